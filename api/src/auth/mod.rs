@@ -1,0 +1,329 @@
+//! Accounts and sessions: signup, login, refresh-token rotation, logout and
+//! session management.
+
+pub mod password;
+
+use crate::domain::{Email, MAX_PASSWORD_BYTES, Password, Username};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiPath, AuthUser};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header::USER_AGENT};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use shared::model::{User, now_millis};
+use shared::protocol::UserNotice;
+use shared::rest::{
+    ErrorBody, LoginRequest, RefreshRequest, Session, SessionList, SignupRequest, TokenResponse,
+};
+use shared::{SessionId, UserId};
+use store::{CreateUserError, NewSession, NewUser, RefreshOutcome};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// Routes that create credentials; the per-IP rate limit applies to these.
+pub fn credential_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(signup))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+}
+
+/// Routes of an authenticated caller's sessions.
+pub fn session_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(logout))
+        .routes(routes!(list_sessions))
+        .routes(routes!(revoke_session))
+}
+
+/// Longest User-Agent kept with a session.
+const MAX_USER_AGENT: usize = 256;
+
+/// Creates an account.
+#[utoipa::path(post, path = "/signup", tag = "auth", request_body = SignupRequest,
+    responses(
+        (status = 201, description = "Account created", body = User),
+        (status = 409, description = "`username_taken` or `email_taken`", body = ErrorBody),
+        (status = 422, description = "`validation_failed` (with `field`) or `invalid_body`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn signup(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<SignupRequest>,
+) -> ApiResult<(StatusCode, Json<User>)> {
+    let username = Username::parse(&req.username)?;
+    let email = Email::parse(&req.email)?;
+    let password = Password::parse(&req.password)?;
+    let password_hash = state.passwords.hash(password).await?;
+    let user = state
+        .store
+        .create_user(NewUser {
+            username: username.as_str(),
+            email: email.as_str(),
+            password_hash: &password_hash,
+            created_at: now_millis(),
+        })
+        .await
+        .map_err(|e| match e {
+            CreateUserError::UsernameTaken => ApiError::UsernameTaken,
+            CreateUserError::EmailTaken => ApiError::EmailTaken,
+            CreateUserError::Store(e) => e.into(),
+        })?;
+    tracing::info!(target: "security", user_id = %user.id, username = %user.username, "account created");
+    metrics::counter!("api_signups_total").increment(1);
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+/// Logs in with a username or email and a password; starts a session.
+#[utoipa::path(post, path = "/login", tag = "auth", request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = TokenResponse),
+        (status = 401, description = "`invalid_credentials` (unknown account and wrong password alike)", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many attempts from this IP or on this account", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> ApiResult<Json<TokenResponse>> {
+    let login = req.login.trim().to_lowercase();
+    state.limits.check_login(&login)?;
+    if req.password.len() > MAX_PASSWORD_BYTES || login.is_empty() || login.contains('\0') {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let credentials = state.store.user_credentials(&login).await?;
+    let (user, hash) = match credentials {
+        Some(c) => (Some(c.user), Some(c.password_hash)),
+        None => (None, None),
+    };
+    let valid = state.passwords.verify(req.password, hash).await?;
+    let Some(user) = user.filter(|_| valid) else {
+        state.limits.login_failed(&login);
+        metrics::counter!("api_logins_total", "outcome" => "failed").increment(1);
+        tracing::warn!(target: "security", login = %login, "failed login");
+        return Err(ApiError::InvalidCredentials);
+    };
+    state.limits.login_succeeded(&login);
+    let session_id = SessionId::new();
+    let (refresh_token, refresh_hash) = new_refresh_token(session_id);
+    let now = now_millis();
+    state
+        .store
+        .create_session(NewSession {
+            id: session_id,
+            user_id: user.id,
+            refresh_hash: &refresh_hash,
+            created_at: now,
+            expires_at: now + refresh_ttl_millis(&state),
+            user_agent: user_agent(&headers),
+        })
+        .await?;
+    metrics::counter!("api_logins_total", "outcome" => "ok").increment(1);
+    tracing::info!(target: "security", user_id = %user.id, %session_id, "login");
+    Ok(Json(token_response(
+        &state,
+        user,
+        session_id,
+        refresh_token,
+    )?))
+}
+
+/// Trades a refresh token for a new access token and a new refresh token.
+/// Each refresh token works once; presenting a used one revokes its session.
+#[utoipa::path(post, path = "/refresh", tag = "auth", request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "New tokens", body = TokenResponse),
+        (status = 401, description = "`invalid_refresh_token`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn refresh(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<RefreshRequest>,
+) -> ApiResult<Json<TokenResponse>> {
+    let (session_id, presented_hash) =
+        parse_refresh_token(&req.refresh_token).ok_or(ApiError::InvalidRefreshToken)?;
+    let (refresh_token, replacement_hash) = new_refresh_token(session_id);
+    let now = now_millis();
+    let outcome = state
+        .store
+        .rotate_refresh(
+            session_id,
+            &presented_hash,
+            &replacement_hash,
+            now,
+            now + refresh_ttl_millis(&state),
+        )
+        .await?;
+    let user_id = match outcome {
+        RefreshOutcome::Rotated { user_id } => user_id,
+        RefreshOutcome::Reused { user_id } => {
+            tracing::warn!(target: "security", %user_id, %session_id,
+                "a used refresh token was presented again; the session is revoked");
+            metrics::counter!("api_refresh_reuse_total").increment(1);
+            end_session(&state, user_id, session_id).await;
+            return Err(ApiError::InvalidRefreshToken);
+        }
+        RefreshOutcome::Invalid => return Err(ApiError::InvalidRefreshToken),
+    };
+    let user = state
+        .store
+        .user(user_id)
+        .await?
+        .ok_or(ApiError::InvalidRefreshToken)?;
+    Ok(Json(token_response(
+        &state,
+        user,
+        session_id,
+        refresh_token,
+    )?))
+}
+
+/// Ends the caller's current session: its refresh token stops working and
+/// its WebSocket connections are closed.
+#[utoipa::path(post, path = "/logout", tag = "auth", security(("bearer" = [])),
+    responses((status = 204, description = "Logged out"), (status = 401, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
+async fn logout(State(state): State<AppState>, caller: AuthUser) -> ApiResult<StatusCode> {
+    state
+        .store
+        .revoke_session(caller.session_id, caller.user_id, now_millis())
+        .await?;
+    tracing::info!(target: "security", user_id = %caller.user_id, session_id = %caller.session_id, "logout");
+    end_session(&state, caller.user_id, caller.session_id).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's live sessions.
+#[utoipa::path(get, path = "/sessions", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = SessionList), (status = 401, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
+async fn list_sessions(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> ApiResult<Json<SessionList>> {
+    let sessions = state.store.sessions(caller.user_id, now_millis()).await?;
+    Ok(Json(SessionList {
+        sessions: sessions
+            .into_iter()
+            .map(|s| Session {
+                current: s.id == caller.session_id,
+                id: s.id,
+                created_at: s.created_at,
+                last_used_at: s.last_used_at,
+                expires_at: s.expires_at,
+                user_agent: s.user_agent,
+            })
+            .collect(),
+    }))
+}
+
+/// Revokes one of the caller's sessions (a lost phone, say).
+#[utoipa::path(delete, path = "/sessions/{session_id}", tag = "auth", security(("bearer" = [])),
+    params(("session_id" = String, Path, description = "Session id")),
+    responses((status = 204, description = "Revoked"), (status = 404, description = "`session_not_found`", body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
+async fn revoke_session(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(session_id): ApiPath<SessionId>,
+) -> ApiResult<StatusCode> {
+    if !state
+        .store
+        .revoke_session(session_id, caller.user_id, now_millis())
+        .await?
+    {
+        return Err(ApiError::SessionNotFound);
+    }
+    tracing::info!(target: "security", user_id = %caller.user_id, %session_id, "session revoked");
+    end_session(&state, caller.user_id, session_id).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// After a revocation: this node stops honouring the session's access
+/// tokens at once, and gateways close its connections.
+async fn end_session(state: &AppState, user_id: UserId, session_id: SessionId) {
+    state.sessions.revoked(session_id);
+    state
+        .events
+        .user_notice(user_id, &UserNotice::SessionRevoked { session_id })
+        .await;
+}
+
+fn token_response(
+    state: &AppState,
+    user: User,
+    session_id: SessionId,
+    refresh_token: String,
+) -> ApiResult<TokenResponse> {
+    let (access_token, _) = state
+        .tokens
+        .signer
+        .issue(user.id, session_id)
+        .map_err(ApiError::Internal)?;
+    Ok(TokenResponse {
+        access_token,
+        token_type: "Bearer".into(),
+        expires_in: state.tokens.signer.ttl().as_secs(),
+        refresh_token,
+        refresh_expires_in: state.tokens.refresh_ttl.as_secs(),
+        session_id,
+        user,
+    })
+}
+
+fn refresh_ttl_millis(state: &AppState) -> i64 {
+    i64::try_from(state.tokens.refresh_ttl.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+fn user_agent(headers: &HeaderMap) -> Option<&str> {
+    let ua = headers.get(USER_AGENT)?.to_str().ok()?;
+    Some(match ua.char_indices().nth(MAX_USER_AGENT) {
+        Some((cut, _)) => &ua[..cut],
+        None => ua,
+    })
+}
+
+/// Bytes of randomness in a refresh token's secret.
+const REFRESH_SECRET_BYTES: usize = 32;
+
+/// A refresh token `<session id>.<secret>` and the hash of its secret (what is stored).
+fn new_refresh_token(session_id: SessionId) -> (String, String) {
+    let mut secret = [0u8; REFRESH_SECRET_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let secret = URL_SAFE_NO_PAD.encode(secret);
+    let hash = hash_secret(&secret);
+    (format!("{session_id}.{secret}"), hash)
+}
+
+fn parse_refresh_token(token: &str) -> Option<(SessionId, String)> {
+    let (session, secret) = token.split_once('.')?;
+    let session_id = session.parse().ok()?;
+    let decoded = URL_SAFE_NO_PAD.decode(secret).ok()?;
+    (decoded.len() == REFRESH_SECRET_BYTES).then(|| (session_id, hash_secret(secret)))
+}
+
+fn hash_secret(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refresh_token_parses_back_to_its_session_and_hash() {
+        let sid = SessionId::new();
+        let (token, hash) = new_refresh_token(sid);
+        assert_eq!(parse_refresh_token(&token), Some((sid, hash)));
+        assert_eq!(parse_refresh_token("garbage"), None);
+        assert_eq!(parse_refresh_token(&format!("{sid}.short")), None);
+        assert_eq!(parse_refresh_token(&token.replace('.', "")), None);
+    }
+}

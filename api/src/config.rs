@@ -1,0 +1,70 @@
+//! The api's configuration: flags or `PARLEY_*` environment variables.
+
+use clap::Args;
+use shared::config::{DatabaseArgs, JwtArgs, RedisArgs, TelemetryArgs};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, Args)]
+pub struct ApiConfig {
+    /// Address the REST api listens on.
+    #[arg(long, env = "PARLEY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Directory for generated keys (and, for SQLite, the database file).
+    #[arg(long, env = "PARLEY_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// Abuse limits and HTTP policy. Limits are per api node; see docs/operations.md.
+#[derive(Clone, Debug, Args)]
+pub struct PolicyArgs {
+    /// Signups, logins and refreshes a client IP may make per minute (burst: a fifth of it, at least 5).
+    #[arg(long, env = "PARLEY_RATE_AUTH_PER_MINUTE", default_value_t = 60)]
+    pub auth_per_minute: u32,
+    /// Failed logins one account may take per 15 minutes before further
+    /// attempts are refused, whatever IP they come from.
+    #[arg(long, env = "PARLEY_RATE_LOGIN_FAILURES", default_value_t = 10)]
+    pub login_failures_per_15min: u32,
+    /// Messages one user may post per second (sustained).
+    #[arg(long, env = "PARLEY_RATE_MESSAGES_PER_SECOND", default_value_t = 20)]
+    pub messages_per_second: u32,
+    /// Messages one user may post in a burst.
+    #[arg(long, env = "PARLEY_RATE_MESSAGES_BURST", default_value_t = 50)]
+    pub messages_burst: u32,
+    /// Take the client IP from `X-Forwarded-For`/`X-Real-IP`/`Forwarded`.
+    /// Only set this behind a load balancer that overwrites those headers.
+    #[arg(long, env = "PARLEY_TRUST_PROXY_HEADERS", default_value_t = false)]
+    pub trust_proxy_headers: bool,
+    /// Browser origins allowed to call the api (CORS), comma-separated;
+    /// `*` allows any. Unset: same-origin only.
+    #[arg(long, env = "PARLEY_CORS_ALLOW_ORIGINS", value_delimiter = ',')]
+    pub cors_allow_origins: Vec<String>,
+    /// Apply the database migrations at start-up (they are idempotent and
+    /// serialised by a database lock, so several nodes may start at once).
+    #[arg(long, env = "PARLEY_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+}
+
+impl Default for PolicyArgs {
+    fn default() -> Self {
+        Self {
+            auth_per_minute: 60,
+            login_failures_per_15min: 10,
+            messages_per_second: 20,
+            messages_burst: 50,
+            trust_proxy_headers: false,
+            cors_allow_origins: Vec::new(),
+            migrate_on_start: true,
+        }
+    }
+}

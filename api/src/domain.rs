@@ -1,0 +1,263 @@
+//! Parsed request values: once a handler holds one, it is valid.
+//!
+//! Each `parse` returns the validation error a client sees, naming the field.
+
+use crate::error::ApiError;
+
+/// 3 to 32 characters of `a-z`, `0-9`, `_`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Username(String);
+
+impl Username {
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        let ok = (3..=32).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(ApiError::validation(
+                "username",
+                "username must be 3 to 32 characters of a-z, 0-9 and _",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An email address with valid RFC 5322 syntax, stored lowercase so that
+/// uniqueness ignores case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Email(String);
+
+/// The longest address SMTP can carry (RFC 5321 path limit).
+const MAX_EMAIL_LEN: usize = 254;
+
+impl Email {
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        let s = s.trim();
+        let valid = s.len() <= MAX_EMAIL_LEN
+            && email_address::EmailAddress::parse_with_options(
+                s,
+                email_address::Options::default()
+                    .without_display_text()
+                    .without_domain_literal(),
+            )
+            .is_ok();
+        if valid {
+            Ok(Self(s.to_lowercase()))
+        } else {
+            Err(ApiError::validation(
+                "email",
+                "email must be a valid address such as name@example.com",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// At least 10 characters and at most 1024 bytes (argon2 is fed the bytes;
+/// a cap keeps a huge password from costing more than a normal one).
+pub struct Password(String);
+
+pub const MIN_PASSWORD_CHARS: usize = 10;
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+impl Password {
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        if s.chars().count() < MIN_PASSWORD_CHARS {
+            return Err(ApiError::validation(
+                "password",
+                "password must be at least 10 characters",
+            ));
+        }
+        if s.len() > MAX_PASSWORD_BYTES {
+            return Err(ApiError::validation(
+                "password",
+                "password must be at most 1024 bytes",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+/// A group room's name: 1 to 100 characters after trimming, no control characters.
+pub struct RoomName(String);
+
+pub const MAX_ROOM_NAME_CHARS: usize = 100;
+
+impl RoomName {
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        let s = s.trim();
+        let count = s.chars().count();
+        if count == 0 || count > MAX_ROOM_NAME_CHARS {
+            return Err(ApiError::validation(
+                "name",
+                "name must be 1 to 100 characters",
+            ));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(ApiError::validation(
+                "name",
+                "name must not contain control characters",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A message body: 1 to 4000 characters, not blank, no NUL (which
+/// PostgreSQL text cannot hold). Newlines and tabs are fine.
+pub struct MessageBody(String);
+
+pub const MAX_BODY_CHARS: usize = 4000;
+
+impl MessageBody {
+    pub fn parse(s: String) -> Result<Self, ApiError> {
+        let count = s.chars().count();
+        if count == 0 || count > MAX_BODY_CHARS {
+            return Err(ApiError::validation(
+                "body",
+                "body must be 1 to 4000 characters",
+            ));
+        }
+        if s.trim().is_empty() {
+            return Err(ApiError::validation("body", "body must not be blank"));
+        }
+        if s.contains('\0') {
+            return Err(ApiError::validation(
+                "body",
+                "body must not contain NUL characters",
+            ));
+        }
+        Ok(Self(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A client's id for a message: 1 to 64 of `A-Z a-z 0-9 - _ . :` (a UUID fits).
+pub struct ClientMsgId(String);
+
+impl ClientMsgId {
+    pub fn parse(s: String) -> Result<Self, ApiError> {
+        let ok = (1..=64).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if ok {
+            Ok(Self(s))
+        } else {
+            Err(ApiError::validation(
+                "client_msg_id",
+                "client_msg_id must be 1 to 64 characters of A-Z, a-z, 0-9, -, _, . and :",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_short_lowercase_words() {
+        for ok in ["abc", "alice_01", &"a".repeat(32)] {
+            assert!(Username::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ab",
+            "Alice",
+            "al ice",
+            "al-ice",
+            "ålice",
+            "",
+            &"a".repeat(33),
+            "bob\0",
+        ] {
+            assert!(Username::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn emails_need_real_syntax_and_are_lowercased() {
+        assert_eq!(
+            Email::parse("Ann@Example.COM").unwrap().as_str(),
+            "ann@example.com"
+        );
+        assert!(Email::parse("first.last+tag@sub.example.org").is_ok());
+        for bad in [
+            "",
+            "ann",
+            "ann@",
+            "@example.com",
+            "a b@example.com",
+            "Ann <ann@example.com>",
+            "a@b@c",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad}");
+        }
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert!(Email::parse(&long).is_err());
+    }
+
+    #[test]
+    fn passwords_have_a_floor_in_characters_and_a_cap_in_bytes() {
+        assert!(Password::parse("123456789").is_err());
+        assert!(Password::parse("1234567890").is_ok());
+        assert!(Password::parse("éééééééééé").is_ok());
+        assert!(Password::parse(&"x".repeat(1024)).is_ok());
+        assert!(Password::parse(&"x".repeat(1025)).is_err());
+        assert_eq!(
+            format!("{:?}", Password::parse("1234567890").unwrap()),
+            "Password(***)"
+        );
+    }
+
+    #[test]
+    fn message_bodies_are_bounded_and_not_blank() {
+        assert!(MessageBody::parse("hi".into()).is_ok());
+        assert!(MessageBody::parse("é".repeat(4000)).is_ok());
+        assert!(MessageBody::parse("x".repeat(4001)).is_err());
+        assert!(MessageBody::parse(String::new()).is_err());
+        assert!(MessageBody::parse(" \n\t".into()).is_err());
+        assert!(MessageBody::parse("a\0b".into()).is_err());
+    }
+
+    #[test]
+    fn room_names_and_client_ids_are_checked() {
+        assert_eq!(RoomName::parse("  general ").unwrap().as_str(), "general");
+        assert!(RoomName::parse("   ").is_err());
+        assert!(RoomName::parse("a\u{7}b").is_err());
+        assert!(RoomName::parse(&"n".repeat(101)).is_err());
+        assert!(ClientMsgId::parse("0b8e2c5e-1f7a-4c3e-9d7a-3b2f1e0c9a8b".into()).is_ok());
+        assert!(ClientMsgId::parse(String::new()).is_err());
+        assert!(ClientMsgId::parse("has space".into()).is_err());
+        assert!(ClientMsgId::parse("x".repeat(65)).is_err());
+    }
+}

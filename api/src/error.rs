@@ -1,0 +1,188 @@
+//! The api's one error type, and the one place it becomes a response.
+//!
+//! Clients get a stable `code` and a readable `message`; causes (database
+//! errors and the like) are logged here and never sent.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use shared::rest::{ErrorBody, ErrorDetail};
+use store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field failed validation (422 `validation_failed`).
+    #[error("{message}")]
+    Validation {
+        field: &'static str,
+        message: String,
+    },
+    /// The body is not JSON (400 `invalid_json`).
+    #[error("the body is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// JSON of the wrong shape: a missing field, a wrong type (422 `invalid_body`).
+    #[error("{0}")]
+    InvalidBody(String),
+    /// Malformed query string (400 `invalid_query`).
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error("expected a body with Content-Type: application/json")]
+    UnsupportedMediaType,
+    #[error("the request body is too large")]
+    PayloadTooLarge,
+    #[error("this endpoint needs an `Authorization: Bearer <access token>` header")]
+    MissingToken,
+    #[error("the access token is not valid")]
+    InvalidToken,
+    #[error("the access token has expired; refresh it")]
+    TokenExpired,
+    #[error("the session of this token was revoked")]
+    SessionRevoked,
+    #[error("wrong username, email or password")]
+    InvalidCredentials,
+    #[error("the refresh token is not valid")]
+    InvalidRefreshToken,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("no such room")]
+    RoomNotFound,
+    #[error("no such user")]
+    UserNotFound,
+    #[error("no such session")]
+    SessionNotFound,
+    #[error("the user is not a member of this room")]
+    MemberNotFound,
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
+    #[error("this username is taken")]
+    UsernameTaken,
+    #[error("an account with this email exists")]
+    EmailTaken,
+    #[error("the user is already a member of this room")]
+    AlreadyMember,
+    #[error("this client_msg_id was already used for a different message")]
+    IdempotencyConflict,
+    #[error("the owner cannot leave the room")]
+    OwnerCannotLeave,
+    #[error("direct rooms have exactly their two members")]
+    DirectRoom,
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("a backing service is unavailable; retry shortly")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn validation(field: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Validation {
+            field,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            InvalidJson(_) | InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            Validation { .. } | InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            MissingToken | InvalidToken | TokenExpired | SessionRevoked | InvalidCredentials
+            | InvalidRefreshToken => StatusCode::UNAUTHORIZED,
+            Forbidden(_) => StatusCode::FORBIDDEN,
+            RoomNotFound | UserNotFound | SessionNotFound | MemberNotFound | NotFound => {
+                StatusCode::NOT_FOUND
+            }
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            UsernameTaken | EmailTaken | AlreadyMember | IdempotencyConflict | OwnerCannotLeave
+            | DirectRoom => StatusCode::CONFLICT,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable code clients match on (listed in docs/api.md).
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            Validation { .. } => "validation_failed",
+            InvalidJson(_) => "invalid_json",
+            InvalidBody(_) => "invalid_body",
+            InvalidQuery(_) => "invalid_query",
+            UnsupportedMediaType => "unsupported_media_type",
+            PayloadTooLarge => "payload_too_large",
+            MissingToken => "missing_token",
+            InvalidToken => "invalid_token",
+            TokenExpired => "token_expired",
+            SessionRevoked => "session_revoked",
+            InvalidCredentials => "invalid_credentials",
+            InvalidRefreshToken => "invalid_refresh_token",
+            Forbidden(_) => "forbidden",
+            RoomNotFound => "room_not_found",
+            UserNotFound => "user_not_found",
+            SessionNotFound => "session_not_found",
+            MemberNotFound => "member_not_found",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            UsernameTaken => "username_taken",
+            EmailTaken => "email_taken",
+            AlreadyMember => "already_member",
+            IdempotencyConflict => "idempotency_conflict",
+            OwnerCannotLeave => "owner_cannot_leave",
+            DirectRoom => "direct_room",
+            RateLimited { .. } => "rate_limited",
+            Unavailable(_) => "unavailable",
+            Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(error = ?cause, "request failed"),
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "backing service unavailable")
+            }
+            _ => {}
+        }
+        metrics::counter!("api_errors_total", "code" => self.code()).increment(1);
+        let field = match &self {
+            ApiError::Validation { field, .. } => Some((*field).to_owned()),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+                field,
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::RateLimited { retry_after_secs } = self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs.max(1)),
+            );
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            ApiError::Unavailable(e.into())
+        } else {
+            ApiError::Internal(e.into())
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,50 @@
+//! Publishing events for live delivery, after the change is committed.
+//!
+//! A failed publish never fails the request: the event is already in the
+//! room's timeline, and gateways fill the gap from there when the room's next
+//! event arrives (or a client fetches history). It is logged and counted.
+
+use broker::{DynBroker, Topic};
+use shared::UserId;
+use shared::model::RoomEvent;
+use shared::protocol::{Encoding, UserNotice, event_frame_json};
+use std::time::Instant;
+
+#[derive(Clone)]
+pub struct Events {
+    broker: DynBroker,
+}
+
+impl Events {
+    pub fn new(broker: DynBroker) -> Self {
+        Self { broker }
+    }
+
+    /// Publishes a committed room event on the room's topic.
+    pub async fn room_event(&self, event: &RoomEvent) {
+        let started = Instant::now();
+        let topic = Topic::Room(event.room_id);
+        match self.broker.publish(topic, event_frame_json(event)).await {
+            Ok(()) => {
+                metrics::histogram!("api_publish_seconds").record(started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                metrics::counter!("api_publish_failures_total").increment(1);
+                tracing::error!(error = %e, room_id = %event.room_id, seq = event.seq,
+                    "publishing a room event failed; it stays in history and gateways will recover it");
+            }
+        }
+    }
+
+    /// Publishes a notice to every connection of `user`.
+    pub async fn user_notice(&self, user: UserId, notice: &UserNotice) {
+        if let Err(e) = self
+            .broker
+            .publish(Topic::User(user), Encoding::Json.encode(notice))
+            .await
+        {
+            metrics::counter!("api_publish_failures_total").increment(1);
+            tracing::error!(error = %e, %user, "publishing a user notice failed");
+        }
+    }
+}

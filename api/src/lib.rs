@@ -1,0 +1,28 @@
+//! Parley's REST api: accounts, sessions, rooms, membership, messages.
+//!
+//! Stateless: every node can serve every request. State lives in the store
+//! (PostgreSQL, or SQLite on a single node); every committed room event is
+//! published on the broker for the gateways to deliver live.
+//!
+//! [`router`] builds the whole api for any host (the `parley-api` binary, or
+//! the single-node `parley` binary next to the gateway); [`Application`]
+//! is the standalone service.
+
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod health;
+pub mod limits;
+pub mod messages;
+pub mod openapi;
+pub mod rooms;
+pub mod startup;
+pub mod state;
+pub mod users;
+
+pub use config::{ApiConfig, PolicyArgs};
+pub use startup::{Application, maintenance, router};
+pub use state::{AppState, Tokens};

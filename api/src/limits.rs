@@ -1,0 +1,124 @@
+//! Abuse limits that live inside the handlers (per-IP limits on the auth
+//! routes are a tower layer, see `startup.rs`).
+
+use crate::config::PolicyArgs;
+use crate::error::ApiError;
+use dashmap::DashMap;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use shared::UserId;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+/// The window over which failed logins of one account are counted.
+pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+pub struct Limits {
+    messages: DefaultKeyedRateLimiter<UserId>,
+    login_failures: DashMap<String, (u32, Instant)>,
+    max_login_failures: u32,
+}
+
+impl Limits {
+    pub fn new(args: &PolicyArgs) -> Self {
+        let per_second = NonZeroU32::new(args.messages_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(args.messages_burst).unwrap_or(per_second);
+        Self {
+            messages: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+            login_failures: DashMap::new(),
+            max_login_failures: args.login_failures_per_15min.max(1),
+        }
+    }
+
+    /// Takes one message from `user`'s allowance.
+    pub fn check_message(&self, user: UserId) -> Result<(), ApiError> {
+        self.messages.check_key(&user).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            tracing::warn!(target: "security", %user, "message rate limit hit");
+            ApiError::RateLimited {
+                retry_after_secs: wait.as_secs().max(1),
+            }
+        })
+    }
+
+    /// Refuses a login to an account that failed too often lately.
+    pub fn check_login(&self, login: &str) -> Result<(), ApiError> {
+        if let Some(entry) = self.login_failures.get(login) {
+            let (failures, since) = *entry;
+            let elapsed = since.elapsed();
+            if failures >= self.max_login_failures && elapsed < LOGIN_FAILURE_WINDOW {
+                tracing::warn!(target: "security", login, "login refused: too many failures");
+                return Err(ApiError::RateLimited {
+                    retry_after_secs: (LOGIN_FAILURE_WINDOW - elapsed).as_secs().max(1),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn login_failed(&self, login: &str) {
+        let mut entry = self
+            .login_failures
+            .entry(login.to_owned())
+            .or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= LOGIN_FAILURE_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+
+    pub fn login_succeeded(&self, login: &str) {
+        self.login_failures.remove(login);
+    }
+
+    /// Forgets state that no longer limits anyone (called periodically).
+    pub fn evict_stale(&self) {
+        self.messages.retain_recent();
+        self.login_failures
+            .retain(|_, (_, since)| since.elapsed() < LOGIN_FAILURE_WINDOW);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(messages_per_second: u32, burst: u32, failures: u32) -> Limits {
+        Limits::new(&PolicyArgs {
+            messages_per_second,
+            messages_burst: burst,
+            login_failures_per_15min: failures,
+            ..PolicyArgs::default()
+        })
+    }
+
+    #[test]
+    fn a_user_may_post_a_burst_then_is_limited() {
+        let l = limits(1, 3, 10);
+        for _ in 0..3 {
+            l.check_message(UserId(1)).unwrap();
+        }
+        assert!(matches!(
+            l.check_message(UserId(1)),
+            Err(ApiError::RateLimited { .. })
+        ));
+        l.check_message(UserId(2)).unwrap();
+    }
+
+    #[test]
+    fn repeated_login_failures_lock_the_account_until_a_success_clears_them() {
+        let l = limits(1, 1, 3);
+        for _ in 0..3 {
+            l.check_login("ann").unwrap();
+            l.login_failed("ann");
+        }
+        assert!(matches!(
+            l.check_login("ann"),
+            Err(ApiError::RateLimited { .. })
+        ));
+        l.check_login("bob").unwrap();
+        l.login_succeeded("ann");
+        l.check_login("ann").unwrap();
+    }
+}

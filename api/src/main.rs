@@ -1,0 +1,67 @@
+//! `parley-api`: the REST api of a Parley cluster.
+
+use api::ApiConfig;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "parley-api",
+    version,
+    about = "Parley's REST api (cluster mode: PostgreSQL + Redis)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: ApiConfig,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the api (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let _telemetry = shared::telemetry::init(&cli.config.telemetry, "parley-api")?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Migrate => {
+            let url = cli
+                .config
+                .database
+                .database_url
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("PARLEY_DATABASE_URL is required"))?;
+            let store = store::Store::connect(url, 1).await?;
+            store.migrate().await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Serve => {
+            let shutdown = CancellationToken::new();
+            let metrics = match cli.config.telemetry.metrics_addr {
+                Some(addr) => Some(
+                    shared::telemetry::serve_metrics(addr, shutdown.clone().cancelled_owned())
+                        .await?,
+                ),
+                None => None,
+            };
+            let app = api::Application::build(&cli.config).await?;
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                shared::shutdown::signal().await;
+                signal.cancel();
+            });
+            app.run(shutdown).await?;
+            if let Some(metrics) = metrics {
+                let _ = metrics.await;
+            }
+            Ok(())
+        }
+    }
+}

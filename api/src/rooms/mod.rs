@@ -1,0 +1,287 @@
+//! Rooms and membership. A non-member asking about a room gets the same 404
+//! as for a room that does not exist: nobody learns which rooms exist.
+
+use crate::domain::RoomName;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiPath, AuthUser};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use shared::model::{Member, Role, Room, RoomKind, now_millis};
+use shared::protocol::UserNotice;
+use shared::rest::{
+    AddMemberRequest, CreateRoomRequest, DirectRoomRequest, ErrorBody, MemberList, RoomList,
+};
+use shared::{RoomId, UserId};
+use store::{AddMemberError, Membership, RemoveMemberError};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_room, list_rooms))
+        .routes(routes!(direct_room))
+        .routes(routes!(get_room))
+        .routes(routes!(list_members, add_member))
+        .routes(routes!(remove_member))
+}
+
+/// The caller's membership of `room`, or the 404 a stranger gets.
+pub(crate) async fn membership_of(
+    state: &AppState,
+    room: RoomId,
+    user: UserId,
+) -> ApiResult<Membership> {
+    state
+        .store
+        .membership(room, user)
+        .await?
+        .ok_or(ApiError::RoomNotFound)
+}
+
+/// Creates a group room; the caller becomes its owner.
+#[utoipa::path(post, path = "/rooms", tag = "rooms", security(("bearer" = [])), request_body = CreateRoomRequest,
+    responses((status = 201, body = Room), (status = 422, description = "`validation_failed`", body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
+async fn create_room(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiJson(req): ApiJson<CreateRoomRequest>,
+) -> ApiResult<(StatusCode, Json<Room>)> {
+    let name = RoomName::parse(&req.name)?;
+    let (room, event) = state
+        .store
+        .create_group_room(caller.user_id, name.as_str(), now_millis())
+        .await?;
+    state.events.room_event(&event).await;
+    Ok((StatusCode::CREATED, Json(room)))
+}
+
+/// The rooms the caller is a member of.
+#[utoipa::path(get, path = "/rooms", tag = "rooms", security(("bearer" = [])),
+    responses((status = 200, body = RoomList)))]
+#[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
+async fn list_rooms(State(state): State<AppState>, caller: AuthUser) -> ApiResult<Json<RoomList>> {
+    Ok(Json(RoomList {
+        rooms: state.store.rooms_of(caller.user_id).await?,
+    }))
+}
+
+/// The direct (1:1) room between the caller and another user, created on
+/// first request. 201 when created, 200 when it already existed.
+#[utoipa::path(post, path = "/rooms/direct", tag = "rooms", security(("bearer" = [])), request_body = DirectRoomRequest,
+    responses(
+        (status = 200, description = "Existing room", body = Room),
+        (status = 201, description = "Created", body = Room),
+        (status = 404, description = "`user_not_found`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a direct room with yourself", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
+async fn direct_room(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiJson(req): ApiJson<DirectRoomRequest>,
+) -> ApiResult<(StatusCode, Json<Room>)> {
+    if req.user_id == caller.user_id {
+        return Err(ApiError::validation(
+            "user_id",
+            "a direct room needs another user",
+        ));
+    }
+    let direct = state
+        .store
+        .direct_room(caller.user_id, req.user_id, now_millis())
+        .await
+        .map_err(|e| match e {
+            AddMemberError::UserNotFound => ApiError::UserNotFound,
+            AddMemberError::Store(e) => e.into(),
+            AddMemberError::AlreadyMember | AddMemberError::RoomNotFound => {
+                ApiError::Internal(e.into())
+            }
+        })?;
+    let Some(event) = direct.created else {
+        return Ok((StatusCode::OK, Json(direct.room)));
+    };
+    state.events.room_event(&event).await;
+    state
+        .events
+        .user_notice(
+            req.user_id,
+            &UserNotice::RoomAdded {
+                room_id: direct.room.id,
+                role: Role::Member,
+            },
+        )
+        .await;
+    Ok((StatusCode::CREATED, Json(direct.room)))
+}
+
+/// One room, as the caller sees it.
+#[utoipa::path(get, path = "/rooms/{room_id}", tag = "rooms", security(("bearer" = [])),
+    params(("room_id" = i64, Path)),
+    responses((status = 200, body = Room), (status = 404, description = "`room_not_found`", body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(user_id = %caller.user_id, %room_id))]
+async fn get_room(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(room_id): ApiPath<RoomId>,
+) -> ApiResult<Json<Room>> {
+    let room = state
+        .store
+        .room_for(room_id, caller.user_id)
+        .await?
+        .ok_or(ApiError::RoomNotFound)?;
+    Ok(Json(room))
+}
+
+/// The members of a room (members only).
+#[utoipa::path(get, path = "/rooms/{room_id}/members", tag = "rooms", security(("bearer" = [])),
+    params(("room_id" = i64, Path)),
+    responses((status = 200, body = MemberList), (status = 404, description = "`room_not_found`", body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(user_id = %caller.user_id, %room_id))]
+async fn list_members(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(room_id): ApiPath<RoomId>,
+) -> ApiResult<Json<MemberList>> {
+    membership_of(&state, room_id, caller.user_id).await?;
+    Ok(Json(MemberList {
+        members: state.store.members(room_id).await?,
+    }))
+}
+
+/// Adds a user to a group room. Owners and admins may add members; only the
+/// owner may add admins.
+#[utoipa::path(post, path = "/rooms/{room_id}/members", tag = "rooms", security(("bearer" = [])),
+    params(("room_id" = i64, Path)), request_body = AddMemberRequest,
+    responses(
+        (status = 201, description = "Added; the body is the new member", body = Member),
+        (status = 403, description = "`forbidden`: the caller may not add (this role)", body = ErrorBody),
+        (status = 404, description = "`room_not_found` or `user_not_found`", body = ErrorBody),
+        (status = 409, description = "`already_member` or `direct_room`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(user_id = %caller.user_id, %room_id))]
+async fn add_member(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(room_id): ApiPath<RoomId>,
+    ApiJson(req): ApiJson<AddMemberRequest>,
+) -> ApiResult<(StatusCode, Json<Member>)> {
+    let me = membership_of(&state, room_id, caller.user_id).await?;
+    if me.kind == RoomKind::Direct {
+        return Err(ApiError::DirectRoom);
+    }
+    let role = req.role.unwrap_or(Role::Member);
+    match (me.role, role) {
+        (_, Role::Owner) => {
+            return Err(ApiError::validation(
+                "role",
+                "a room has one owner; add as admin or member",
+            ));
+        }
+        (Role::Owner, _) | (Role::Admin, Role::Member) => {}
+        (Role::Admin, Role::Admin) => {
+            return Err(deny(&caller, room_id, "only the owner may add admins"));
+        }
+        (Role::Member, _) => {
+            return Err(deny(
+                &caller,
+                room_id,
+                "only owners and admins may add members",
+            ));
+        }
+    }
+    let event = state
+        .store
+        .add_member(room_id, caller.user_id, req.user_id, role, now_millis())
+        .await
+        .map_err(|e| match e {
+            AddMemberError::AlreadyMember => ApiError::AlreadyMember,
+            AddMemberError::UserNotFound => ApiError::UserNotFound,
+            AddMemberError::RoomNotFound => ApiError::RoomNotFound,
+            AddMemberError::Store(e) => e.into(),
+        })?;
+    state.events.room_event(&event).await;
+    state
+        .events
+        .user_notice(req.user_id, &UserNotice::RoomAdded { room_id, role })
+        .await;
+    let user = state
+        .store
+        .user(req.user_id)
+        .await?
+        .ok_or(ApiError::UserNotFound)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Member {
+            user_id: user.id,
+            username: user.username,
+            role,
+            joined_at: event.created_at,
+        }),
+    ))
+}
+
+/// Removes a member from a group room, or (with the caller's own id) leaves
+/// it. The owner may remove anyone else, an admin only plain members; the
+/// owner cannot leave.
+#[utoipa::path(delete, path = "/rooms/{room_id}/members/{user_id}", tag = "rooms", security(("bearer" = [])),
+    params(("room_id" = i64, Path), ("user_id" = i64, Path)),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`room_not_found` or `member_not_found`", body = ErrorBody),
+        (status = 409, description = "`owner_cannot_leave` or `direct_room`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(user_id = %caller.user_id, %room_id, target = %target))]
+async fn remove_member(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath((room_id, target)): ApiPath<(RoomId, UserId)>,
+) -> ApiResult<StatusCode> {
+    let me = membership_of(&state, room_id, caller.user_id).await?;
+    if me.kind == RoomKind::Direct {
+        return Err(ApiError::DirectRoom);
+    }
+    if target == caller.user_id {
+        if me.role == Role::Owner {
+            return Err(ApiError::OwnerCannotLeave);
+        }
+    } else {
+        let theirs = state
+            .store
+            .membership(room_id, target)
+            .await?
+            .ok_or(ApiError::MemberNotFound)?;
+        match (me.role, theirs.role) {
+            (Role::Owner, _) | (Role::Admin, Role::Member) => {}
+            _ => {
+                return Err(deny(
+                    &caller,
+                    room_id,
+                    "your role may not remove this member",
+                ));
+            }
+        }
+    }
+    let event = state
+        .store
+        .remove_member(room_id, caller.user_id, target, now_millis())
+        .await
+        .map_err(|e| match e {
+            RemoveMemberError::NotMember => ApiError::MemberNotFound,
+            RemoveMemberError::Store(e) => e.into(),
+        })?;
+    state.events.room_event(&event).await;
+    state
+        .events
+        .user_notice(target, &UserNotice::RoomRemoved { room_id })
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn deny(caller: &AuthUser, room_id: RoomId, why: &'static str) -> ApiError {
+    tracing::warn!(target: "security", user_id = %caller.user_id, %room_id, why, "membership change refused");
+    ApiError::Forbidden(why)
+}

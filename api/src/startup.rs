@@ -1,0 +1,218 @@
+//! Building and running the api.
+
+use crate::config::{ApiConfig, PolicyArgs};
+use crate::error::ApiError;
+use crate::openapi::ApiDoc;
+use crate::state::{AppState, Tokens};
+use crate::{auth, health, messages, rooms, users};
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Request};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use broker::{DynBroker, RedisBroker};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use store::Store;
+use tokio_util::sync::CancellationToken;
+use tower_governor::GovernorLayer;
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::{KeyExtractor, PeerIpKeyExtractor, SmartIpKeyExtractor};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+/// Largest request body. The largest legitimate one is a 4000-character
+/// message, under 20 KiB even fully escaped.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How often per-node caches and limiters forget what no longer matters.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The complete api (`/v1/...`, `/openapi.json`, `/healthz`, `/readyz`).
+pub fn router(state: AppState, policy: &PolicyArgs) -> Router {
+    let per_minute = policy.auth_per_minute.max(1);
+    let governor = GovernorConfigBuilder::default()
+        .period(Duration::from_millis(60_000 / u64::from(per_minute)))
+        .burst_size((per_minute / 5).max(5))
+        .key_extractor(ClientIp {
+            trust_proxy_headers: policy.trust_proxy_headers,
+        })
+        .finish()
+        .expect("a non-zero period and burst make a valid rate limit");
+    let credentials =
+        auth::credential_router().layer(GovernorLayer::new(governor).error_handler(|e| {
+            let retry_after_secs = match e {
+                tower_governor::GovernorError::TooManyRequests { wait_time, .. } => wait_time,
+                _ => 1,
+            };
+            tracing::warn!(target: "security", "per-IP rate limit hit on an auth endpoint");
+            ApiError::RateLimited { retry_after_secs }.into_response()
+        }));
+
+    let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/v1/auth", credentials.merge(auth::session_router()))
+        .nest(
+            "/v1",
+            rooms::router()
+                .merge(messages::router())
+                .merge(users::router()),
+        )
+        .merge(health::router())
+        .split_for_parts();
+    let openapi = Arc::new(openapi);
+
+    let mut router = api
+        .route(
+            "/openapi.json",
+            get(move || std::future::ready(axum::Json(openapi.clone()))),
+        )
+        .fallback(|| std::future::ready(ApiError::NotFound))
+        .method_not_allowed_fallback(|| std::future::ready(ApiError::MethodNotAllowed))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state);
+    if let Some(cors) = cors_layer(&policy.cors_allow_origins) {
+        router = router.layer(cors);
+    }
+    router
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods(Any)
+            .allow_headers(Any),
+    )
+}
+
+/// The client IP used as the rate-limit key: the peer address, or the
+/// proxy headers when configured to trust them.
+#[derive(Clone, Copy)]
+struct ClientIp {
+    trust_proxy_headers: bool,
+}
+
+impl KeyExtractor for ClientIp {
+    type Key = IpAddr;
+
+    fn extract<T>(&self, req: &Request<T>) -> Result<IpAddr, tower_governor::GovernorError> {
+        if self.trust_proxy_headers {
+            SmartIpKeyExtractor.extract(req)
+        } else {
+            PeerIpKeyExtractor.extract(req)
+        }
+    }
+}
+
+/// Periodic upkeep of per-node caches and limiters, until `shutdown`.
+pub fn maintenance(state: AppState, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    state.sessions.evict_stale();
+                    state.limits.evict_stale();
+                }
+            }
+        }
+    })
+}
+
+/// The standalone api service.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects the store (migrating it) and Redis, loads keys and binds the listener.
+    pub async fn build(config: &ApiConfig) -> anyhow::Result<Self> {
+        let url = config.database.database_url.as_deref().context(
+            "PARLEY_DATABASE_URL is required (postgres://... for a cluster, sqlite://... for one node)",
+        )?;
+        let store = Store::connect(url, config.database.database_max_connections)
+            .await
+            .with_context(|| format!("connecting to {}", shared::config::redact_url(url)))?;
+        if config.policy.migrate_on_start {
+            store.migrate().await.context("migrating the database")?;
+        }
+        let redis_url = config.redis.redis_url.as_deref().context(
+            "PARLEY_REDIS_URL is required: the api publishes events to gateways in other processes \
+             (for everything in one process without Redis, run the single-node `parley` binary)",
+        )?;
+        let broker: DynBroker = Arc::new(
+            RedisBroker::connect(redis_url, &config.redis.redis_prefix)
+                .await
+                .with_context(|| {
+                    format!(
+                        "connecting to Redis at {}",
+                        shared::config::redact_url(redis_url)
+                    )
+                })?,
+        );
+        let tokens = Tokens::from_config(&config.jwt, &config.data_dir)?;
+        let state = AppState::new(store, broker, tokens, &config.policy);
+        let router = router(state.clone(), &config.policy);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        Ok(Self {
+            listener,
+            router,
+            state,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` is cancelled, lets in-flight requests finish,
+    /// then closes the store and the broker.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let upkeep = maintenance(self.state.clone(), shutdown.clone());
+        tracing::info!(addr = %self.listener.local_addr()?, "api listening");
+        let served = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+        shutdown.cancel();
+        let _ = upkeep.await;
+        self.state.broker.close().await;
+        self.state.store.close().await;
+        served.context("serving the api")
+    }
+}

@@ -1,0 +1,119 @@
+//! What every handler can reach.
+
+use crate::auth::password::Passwords;
+use crate::config::PolicyArgs;
+use crate::events::Events;
+use crate::limits::Limits;
+use broker::DynBroker;
+use dashmap::DashMap;
+use shared::SessionId;
+use shared::auth::{TokenSigner, TokenVerifier};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::Store;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub broker: DynBroker,
+    pub events: Events,
+    pub tokens: Arc<Tokens>,
+    pub sessions: Arc<SessionCache>,
+    pub passwords: Arc<Passwords>,
+    pub limits: Arc<Limits>,
+}
+
+/// Signing and verifying access tokens; minting refresh tokens.
+pub struct Tokens {
+    pub signer: TokenSigner,
+    pub verifier: Arc<TokenVerifier>,
+    pub refresh_ttl: Duration,
+}
+
+impl Tokens {
+    /// Keys from the configuration, or the pair generated (once) into
+    /// `data_dir`. The public key is derived from the private one, so the
+    /// two cannot disagree; a configured public key must match it.
+    pub fn from_config(
+        jwt: &shared::config::JwtArgs,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let pair = match jwt.private_pem()? {
+            Some(pem) => {
+                use secrecy::ExposeSecret;
+                shared::auth::KeyPair::from_private_pem(pem.expose_secret())?
+            }
+            None => shared::auth::KeyPair::load_or_generate(data_dir)
+                .context("loading or generating the JWT key pair in the data directory")?,
+        };
+        if let Some(public) = jwt.public_pem()?
+            && public.trim() != pair.public_pem.trim()
+        {
+            anyhow::bail!("the configured JWT public key does not match the private key");
+        }
+        Ok(Self {
+            signer: TokenSigner::from_pem(
+                &pair.private_pem,
+                &jwt.jwt_issuer,
+                jwt.access_token_ttl,
+            )?,
+            verifier: Arc::new(TokenVerifier::from_pem(&pair.public_pem, &jwt.jwt_issuer)?),
+            refresh_ttl: jwt.refresh_token_ttl,
+        })
+    }
+}
+
+impl AppState {
+    pub fn new(store: Store, broker: DynBroker, tokens: Tokens, limits: &PolicyArgs) -> Self {
+        Self {
+            events: Events::new(broker.clone()),
+            store,
+            broker,
+            tokens: Arc::new(tokens),
+            sessions: Arc::new(SessionCache::default()),
+            passwords: Arc::new(Passwords::new()),
+            limits: Arc::new(Limits::new(limits)),
+        }
+    }
+}
+
+/// How long an api node trusts its answer to "is this session still
+/// active?". Revoking a session reaches the revoking node at once and every
+/// other api node within this time (gateways close its connections at once);
+/// it saves a database read on nearly every request.
+pub const SESSION_CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// Recently checked sessions and whether they were active.
+#[derive(Default)]
+pub struct SessionCache {
+    entries: DashMap<SessionId, (bool, Instant)>,
+}
+
+impl SessionCache {
+    /// Whether `id` is active, from the cache when fresh, else from the store.
+    pub async fn is_active(&self, store: &Store, id: SessionId) -> Result<bool, store::StoreError> {
+        if let Some(entry) = self.entries.get(&id)
+            && entry.1.elapsed() < SESSION_CACHE_TTL
+        {
+            return Ok(entry.0);
+        }
+        let active = store
+            .session_active(id, shared::model::now_millis())
+            .await?;
+        self.entries.insert(id, (active, Instant::now()));
+        Ok(active)
+    }
+
+    /// Records a revocation made on this node.
+    pub fn revoked(&self, id: SessionId) {
+        self.entries.insert(id, (false, Instant::now()));
+    }
+
+    /// Drops stale entries (called periodically so the map stays bounded
+    /// by the sessions active in the last TTL).
+    pub fn evict_stale(&self) {
+        self.entries
+            .retain(|_, (_, at)| at.elapsed() < SESSION_CACHE_TTL);
+    }
+}

@@ -1,0 +1,93 @@
+//! The event seam.
+//!
+//! The api publishes each event on a [`Topic`] (a room, or a user); each
+//! gateway node holds one [`Subscription`] and subscribes to the topics its
+//! local connections need, so events only travel to nodes with someone to
+//! deliver them to. Two implementations:
+//!
+//! - [`RedisBroker`]: Redis pub/sub, for a cluster of api and gateway nodes.
+//! - [`MemoryBroker`]: in-process channels, for a single node.
+//!
+//! Both are lossy under overload in the same way (a node that falls too far
+//! behind loses deliveries, counted in `broker_deliveries_dropped_total`);
+//! gateways recover room events from the store by sequence number, so a lost
+//! delivery costs latency, not data.
+
+mod memory;
+mod redis;
+
+pub use memory::MemoryBroker;
+pub use redis::RedisBroker;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use shared::{RoomId, UserId};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Deliveries a node can have queued before the broker starts dropping
+/// (and counting) them. About a second of a busy node's traffic.
+pub const DELIVERY_QUEUE: usize = 65_536;
+
+/// Where an event is published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    /// Every event of a room's timeline.
+    Room(RoomId),
+    /// Notices for every connection of one user.
+    User(UserId),
+}
+
+/// What a node's subscription yields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Message {
+        topic: Topic,
+        payload: Bytes,
+    },
+    /// The connection to the broker was lost and is back, subscriptions
+    /// restored; anything published meanwhile was not delivered.
+    Reconnected,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("broker configuration: {0}")]
+    Config(String),
+}
+
+/// Publishes events and opens subscriptions.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    async fn publish(&self, topic: Topic, payload: Bytes) -> Result<(), BrokerError>;
+    /// Opens a node's subscription (its own connection, for Redis).
+    async fn subscribe(&self) -> Result<Subscription, BrokerError>;
+    /// Answers when the broker does (readiness probes).
+    async fn ping(&self) -> Result<(), BrokerError>;
+    /// A short name for logs: "redis" or "memory".
+    fn kind(&self) -> &'static str;
+    async fn close(&self);
+}
+
+pub type DynBroker = Arc<dyn Broker>;
+
+/// Changes what a subscription receives.
+#[async_trait]
+pub trait SubscriptionControl: Send + Sync + 'static {
+    async fn add(&self, topics: &[Topic]) -> Result<(), BrokerError>;
+    async fn remove(&self, topics: &[Topic]) -> Result<(), BrokerError>;
+    /// Ends the subscription: the delivery stream ends.
+    async fn close(&self);
+}
+
+/// A node's subscription: control on one side, deliveries on the other.
+pub struct Subscription {
+    pub control: Arc<dyn SubscriptionControl>,
+    pub deliveries: mpsc::Receiver<Delivery>,
+}
+
+fn count_dropped(n: u64) {
+    metrics::counter!("broker_deliveries_dropped_total").increment(n);
+}

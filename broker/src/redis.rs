@@ -1,0 +1,248 @@
+//! Redis pub/sub: the fan-out between nodes of a cluster.
+//!
+//! Channels are `{prefix}room:{id}` and `{prefix}user:{id}`. Publishing goes
+//! through a small pool of multiplexed connections; each subscription has its
+//! own connection, which fred re-subscribes after a reconnect.
+
+use crate::{
+    Broker, BrokerError, DELIVERY_QUEUE, Delivery, Subscription, SubscriptionControl, Topic,
+    count_dropped,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::Message;
+use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
+use shared::{RoomId, UserId};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+
+/// Publishing connections. Commands are pipelined on each, so a few carry
+/// tens of thousands of publishes a second.
+const PUBLISH_POOL_SIZE: usize = 4;
+
+/// fred's in-process queue of received pub/sub messages, per subscription
+/// connection. Its default (32) overflows at once under fan-out load.
+const MESSAGE_BUFFER: usize = 16_384;
+
+/// How long a command may go unanswered before fred treats the connection
+/// as dead and reconnects.
+const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(5);
+
+pub struct RedisBroker {
+    config: Config,
+    prefix: Arc<str>,
+    publisher: Pool,
+}
+
+impl RedisBroker {
+    /// Connects the publishing pool; fails if Redis does not answer.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, BrokerError> {
+        let config = Config::from_url(url).map_err(|e| BrokerError::Config(e.to_string()))?;
+        let publisher = builder(&config)
+            .build_pool(PUBLISH_POOL_SIZE)
+            .map_err(|e| BrokerError::Config(e.to_string()))?;
+        publisher.init().await.map_err(unavailable)?;
+        Ok(Self {
+            config,
+            prefix: prefix.into(),
+            publisher,
+        })
+    }
+
+    /// The channel name of a topic.
+    pub fn channel(&self, topic: Topic) -> String {
+        channel_name(&self.prefix, topic)
+    }
+}
+
+fn builder(config: &Config) -> Builder {
+    let mut builder = Builder::from_config(config.clone());
+    builder
+        .with_performance_config(|p| p.broadcast_channel_capacity = MESSAGE_BUFFER)
+        .with_connection_config(|c| {
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(UNRESPONSIVE_AFTER),
+                interval: Duration::from_secs(1),
+            };
+        })
+        // Keep trying forever with capped backoff: a node without Redis
+        // serves nothing live, and should come back by itself.
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+    builder
+}
+
+fn unavailable(e: Error) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+pub(crate) fn channel_name(prefix: &str, topic: Topic) -> String {
+    match topic {
+        Topic::Room(id) => format!("{prefix}room:{id}"),
+        Topic::User(id) => format!("{prefix}user:{id}"),
+    }
+}
+
+pub(crate) fn parse_channel(prefix: &str, channel: &str) -> Option<Topic> {
+    let rest = channel.strip_prefix(prefix)?;
+    if let Some(id) = rest.strip_prefix("room:") {
+        return id.parse().ok().map(|id| Topic::Room(RoomId(id)));
+    }
+    rest.strip_prefix("user:")?
+        .parse()
+        .ok()
+        .map(|id| Topic::User(UserId(id)))
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, topic: Topic, payload: Bytes) -> Result<(), BrokerError> {
+        let _: i64 = self
+            .publisher
+            .next()
+            .publish(self.channel(topic), payload)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn subscribe(&self) -> Result<Subscription, BrokerError> {
+        let client = builder(&self.config)
+            .build_subscriber_client()
+            .map_err(|e| BrokerError::Config(e.to_string()))?;
+        client.init().await.map_err(unavailable)?;
+        let (tx, deliveries) = mpsc::channel(DELIVERY_QUEUE);
+        let resubscriber = client.manage_subscriptions();
+        let forwarder = tokio::spawn(forward(
+            client.message_rx(),
+            client.reconnect_rx(),
+            self.prefix.clone(),
+            tx,
+        ));
+        Ok(Subscription {
+            control: Arc::new(RedisControl {
+                client,
+                prefix: self.prefix.clone(),
+                tasks: std::sync::Mutex::new(vec![resubscriber, forwarder]),
+            }),
+            deliveries,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        let _: String = self.publisher.ping(None).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn close(&self) {
+        let _ = self.publisher.quit().await;
+    }
+}
+
+/// Moves messages from fred's broadcast queue into the node's delivery queue,
+/// and reports reconnections.
+async fn forward(
+    mut messages: broadcast::Receiver<Message>,
+    mut reconnects: broadcast::Receiver<Server>,
+    prefix: Arc<str>,
+    tx: mpsc::Sender<Delivery>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            message = messages.recv() => match message {
+                Ok(message) => {
+                    let Some(topic) = parse_channel(&prefix, &message.channel) else {
+                        continue;
+                    };
+                    let payload = match message.value.convert::<Bytes>() {
+                        Ok(p) => p,
+                        Err(_) => continue,
+                    };
+                    if tx.send(Delivery::Message { topic, payload }).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(lost = n, "the node fell behind Redis; lost deliveries will be recovered from the store");
+                    count_dropped(n);
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            server = reconnects.recv() => match server {
+                Ok(server) => {
+                    tracing::info!(%server, "reconnected to Redis");
+                    if tx.send(Delivery::Reconnected).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+struct RedisControl {
+    client: SubscriberClient,
+    prefix: Arc<str>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl RedisControl {
+    fn channels(&self, topics: &[Topic]) -> Vec<String> {
+        topics
+            .iter()
+            .map(|t| channel_name(&self.prefix, *t))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl SubscriptionControl for RedisControl {
+    async fn add(&self, topics: &[Topic]) -> Result<(), BrokerError> {
+        self.client
+            .subscribe(self.channels(topics))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn remove(&self, topics: &[Topic]) -> Result<(), BrokerError> {
+        self.client
+            .unsubscribe(self.channels(topics))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn close(&self) {
+        let _ = self.client.unsubscribe_all().await;
+        let _ = self.client.quit().await;
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for task in tasks.drain(..) {
+                task.abort();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_round_trip() {
+        for topic in [Topic::Room(RoomId(5)), Topic::User(UserId(9))] {
+            let name = channel_name("p:", topic);
+            assert_eq!(parse_channel("p:", &name), Some(topic));
+        }
+        assert_eq!(channel_name("p:", Topic::Room(RoomId(5))), "p:room:5");
+        assert_eq!(parse_channel("other:", "p:room:5"), None);
+        assert_eq!(parse_channel("p:", "p:room:x"), None);
+    }
+}

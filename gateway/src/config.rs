@@ -1,0 +1,70 @@
+//! The gateway's configuration: flags or `PARLEY_*` environment variables.
+
+use clap::Args;
+use shared::config::{DatabaseArgs, JwtArgs, RedisArgs, TelemetryArgs, parse_duration};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Args)]
+pub struct GatewayConfig {
+    /// Address the WebSocket endpoint (`/ws`) listens on.
+    #[arg(long, env = "PARLEY_LISTEN", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+    /// Directory where a generated public key can be found (single-machine setups).
+    #[arg(long, env = "PARLEY_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub ws: WsSettings,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// Per-connection behaviour and limits.
+#[derive(Clone, Debug, Args)]
+pub struct WsSettings {
+    /// WebSocket connections this node accepts; more get HTTP 503.
+    /// Each holds a file descriptor: keep it under the process's open-file limit.
+    #[arg(long, env = "PARLEY_MAX_CONNECTIONS", default_value_t = 19_000)]
+    pub max_connections: usize,
+    /// Interval of the gateway's pings. A connection silent for twice this
+    /// (plus a few seconds) is closed as dead.
+    #[arg(long, env = "PARLEY_HEARTBEAT_INTERVAL", default_value = "25s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Time a new connection has to send its `auth` frame.
+    #[arg(long, env = "PARLEY_AUTH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub auth_timeout: Duration,
+    /// Frames queued for one connection before it is closed as a slow
+    /// consumer (4009). At 100 events/s in its rooms, about ten seconds.
+    #[arg(long, env = "PARLEY_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+    /// Frames a client may send per second (sustained); beyond the burst it
+    /// is closed with 4008.
+    #[arg(long, env = "PARLEY_CLIENT_FRAMES_PER_SECOND", default_value_t = 20)]
+    pub client_frames_per_second: u32,
+    #[arg(long, env = "PARLEY_CLIENT_FRAME_BURST", default_value_t = 100)]
+    pub client_frame_burst: u32,
+    /// Room shards (tasks that own rooms' state); 0 means one per CPU.
+    #[arg(long, env = "PARLEY_SHARDS", default_value_t = 0)]
+    pub shards: usize,
+}
+
+impl Default for WsSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 19_000,
+            heartbeat_interval: Duration::from_secs(25),
+            auth_timeout: Duration::from_secs(shared::protocol::AUTH_TIMEOUT_SECS),
+            outbound_queue: 1024,
+            client_frames_per_second: 20,
+            client_frame_burst: 100,
+            shards: 0,
+        }
+    }
+}

@@ -1,0 +1,547 @@
+//! One WebSocket connection, from the first frame to the close.
+//!
+//! Two tasks per connection: this one reads and answers the client's frames,
+//! a writer task drains the connection's [`OutQueue`](crate::outq::OutQueue)
+//! (replies, room events, pongs) and sends pings. The reader never waits on
+//! the writer and the node's fan-out never waits on either. The code is
+//! generic over the byte streams so tests can run it without sockets.
+
+use crate::Inner;
+use crate::frame_writer::FrameWriter;
+use crate::hub::{Conn, JoinError};
+use crate::outq::{CloseReason, OutQueue};
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
+use shared::RoomId;
+use shared::auth::TokenError;
+use shared::model::now_millis;
+use shared::protocol::{
+    ClientFrame, DecodeError, Encoding, ErrorCode, LeftReason, MAX_CLIENT_FRAME_BYTES,
+    MAX_ROOMS_PER_CONNECTION, ServerFrame, close,
+};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Grace added to twice the heartbeat interval before a silent client is
+/// declared dead: covers one lost ping and a slow network.
+const HEARTBEAT_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a closing connection's writer may take to flush its last frames.
+const WRITER_DRAIN: Duration = Duration::from_secs(5);
+
+/// Serves one upgraded connection until it ends.
+pub(crate) async fn serve<R, W>(node: Arc<Inner>, read: R, write: W, peer: Option<SocketAddr>)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut reader, _) =
+        fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+    reader.set_max_message_size(MAX_CLIENT_FRAME_BYTES);
+    let mut writer = FrameWriter::new(write);
+    let mut assembler = Assembler::default();
+
+    let conn = match authenticate(&node, &mut reader, &mut writer, &mut assembler).await {
+        Ok(conn) => conn,
+        Err(reason) => {
+            metrics::counter!("gateway_connections_total", "outcome" => reason.reason).increment(1);
+            tracing::debug!(
+                ?peer,
+                code = reason.code,
+                reason = reason.reason,
+                "connection refused"
+            );
+            writer.close(reason.code, reason.reason);
+            let _ = writer.flush().await;
+            writer.shutdown().await;
+            return;
+        }
+    };
+    metrics::counter!("gateway_connections_total", "outcome" => "ready").increment(1);
+    let writer_task = tokio::spawn(write_loop(
+        writer,
+        conn.clone(),
+        node.settings.heartbeat_interval,
+    ));
+
+    let mut session = Session {
+        node: node.clone(),
+        conn: conn.clone(),
+        limiter: FrameLimiter::new(&node),
+    };
+    let reason = session.read_loop(&mut reader, &mut assembler).await;
+    conn.out.close(reason.clone());
+    node.hub.unregister(&conn);
+    tracing::debug!(?peer, user_id = %conn.user_id, code = reason.code, reason = reason.reason, "connection closed");
+    let abort = writer_task.abort_handle();
+    if tokio::time::timeout(WRITER_DRAIN, writer_task)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
+}
+
+/// Reads the first frame, which must be a valid `auth`, and registers the
+/// connection. On failure, the close to send.
+async fn authenticate<R, W>(
+    node: &Arc<Inner>,
+    reader: &mut WebSocketRead<R>,
+    writer: &mut FrameWriter<W>,
+    assembler: &mut Assembler,
+) -> Result<Arc<Conn>, CloseReason>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut pongs = Vec::new();
+    let first = tokio::time::timeout(
+        node.settings.auth_timeout,
+        next_message(reader, assembler, &mut |payload| pongs.push(payload)),
+    )
+    .await;
+    for payload in pongs {
+        writer.pong(&payload);
+    }
+    let (encoding, bytes) = match first {
+        Err(_) => {
+            return Err(CloseReason {
+                code: close::AUTH_TIMEOUT,
+                reason: "no auth frame in time",
+            });
+        }
+        Ok(Err(reason)) => return Err(reason),
+        Ok(Ok(Message::Data(encoding, bytes))) => (encoding, bytes),
+        Ok(Ok(Message::Close | Message::Pong)) => {
+            return Err(CloseReason {
+                code: close::UNAUTHORIZED,
+                reason: "the first frame must be auth",
+            });
+        }
+    };
+    let (id, token) = match encoding.decode_client(&bytes) {
+        Ok(ClientFrame::Auth { id, token }) => (id, token),
+        _ => {
+            return Err(CloseReason {
+                code: close::UNAUTHORIZED,
+                reason: "the first frame must be auth",
+            });
+        }
+    };
+    let identity = node.verifier.verify(&token).map_err(|e| match e {
+        TokenError::Expired => CloseReason {
+            code: close::TOKEN_EXPIRED,
+            reason: "access token expired",
+        },
+        TokenError::Invalid => {
+            tracing::warn!(target: "security", "WebSocket auth with an invalid token");
+            CloseReason {
+                code: close::UNAUTHORIZED,
+                reason: "invalid access token",
+            }
+        }
+    })?;
+    match node
+        .store
+        .session_active(identity.session_id, now_millis())
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(target: "security", user_id = %identity.user_id, session_id = %identity.session_id,
+                "WebSocket auth with a token of a revoked session");
+            return Err(CloseReason {
+                code: close::SESSION_REVOKED,
+                reason: "session revoked",
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check the session");
+            return Err(CloseReason {
+                code: close::INTERNAL_ERROR,
+                reason: "unavailable",
+            });
+        }
+    }
+    let conn = Arc::new(Conn {
+        id: node.next_conn_id.fetch_add(1, Ordering::Relaxed),
+        user_id: identity.user_id,
+        session_id: identity.session_id,
+        encoding,
+        out: OutQueue::new(node.settings.outbound_queue),
+        joined: Default::default(),
+    });
+    if node.hub.register(conn.clone()).await.is_err() {
+        node.hub.unregister(&conn);
+        return Err(CloseReason {
+            code: close::INTERNAL_ERROR,
+            reason: "unavailable",
+        });
+    }
+    conn.send(&ServerFrame::Ready {
+        id,
+        user_id: conn.user_id,
+        session_id: conn.session_id,
+        heartbeat_ms: u64::try_from(node.settings.heartbeat_interval.as_millis())
+            .unwrap_or(u64::MAX),
+        max_frame_bytes: MAX_CLIENT_FRAME_BYTES,
+    });
+    Ok(conn)
+}
+
+/// Drains the queue into the socket and pings on schedule.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: FrameWriter<W>,
+    conn: Arc<Conn>,
+    heartbeat: Duration,
+) {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let batch = tokio::select! {
+            batch = conn.out.next_batch() => batch,
+            _ = ping.tick() => {
+                writer.ping();
+                if writer.flush().await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        for payload in &batch.pongs {
+            writer.pong(payload);
+        }
+        for frame in &batch.frames {
+            match conn.encoding {
+                Encoding::Json => writer.text(frame),
+                Encoding::MsgPack => writer.binary(frame),
+            }
+        }
+        if let Some(reason) = batch.close {
+            writer.close(reason.code, reason.reason);
+            let _ = writer.flush().await;
+            writer.shutdown().await;
+            return;
+        }
+        if writer.flush().await.is_err() {
+            break;
+        }
+    }
+    // The peer is gone: stop everyone from queueing more for it.
+    conn.out.close(CloseReason {
+        code: close::GOING_AWAY,
+        reason: "write failed",
+    });
+}
+
+/// The authenticated part of a connection.
+struct Session {
+    node: Arc<Inner>,
+    conn: Arc<Conn>,
+    limiter: FrameLimiter,
+}
+
+impl Session {
+    /// Reads and answers frames until the connection ends; returns why.
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut WebSocketRead<R>,
+        assembler: &mut Assembler,
+    ) -> CloseReason {
+        let idle = self.node.settings.heartbeat_interval * 2 + HEARTBEAT_GRACE;
+        let conn = self.conn.clone();
+        let mut on_ping = |payload| conn.out.push_pong(payload);
+        loop {
+            let next = tokio::select! {
+                next = tokio::time::timeout(idle, next_message(reader, assembler, &mut on_ping)) => next,
+                // Closed from elsewhere (revoked, slow, shutdown): the writer
+                // sends the close; an unfinished read is abandoned with the socket.
+                _ = conn.out.closed() => return CloseReason { code: close::GOING_AWAY, reason: "closed by the gateway" },
+            };
+            let (encoding, bytes) = match next {
+                Err(_) => {
+                    return CloseReason {
+                        code: close::HEARTBEAT_TIMEOUT,
+                        reason: "heartbeat timeout",
+                    };
+                }
+                Ok(Err(reason)) => return reason,
+                Ok(Ok(Message::Close)) => {
+                    return CloseReason {
+                        code: close::NORMAL,
+                        reason: "",
+                    };
+                }
+                Ok(Ok(Message::Pong)) => continue,
+                Ok(Ok(Message::Data(encoding, bytes))) => (encoding, bytes),
+            };
+            if !self.limiter.allow() {
+                tracing::warn!(target: "security", user_id = %conn.user_id, "client frame rate limit exceeded");
+                return CloseReason {
+                    code: close::RATE_LIMITED,
+                    reason: "too many frames",
+                };
+            }
+            match encoding.decode_client(&bytes) {
+                Ok(frame) => {
+                    metrics::counter!("gateway_client_frames_total").increment(1);
+                    self.handle(frame).await;
+                }
+                Err(DecodeError::UnknownType(kind)) => {
+                    self.error(
+                        None,
+                        ErrorCode::UnknownType,
+                        format!("unknown frame type {kind:?}"),
+                        None,
+                    );
+                }
+                Err(e @ DecodeError::Invalid(..)) => {
+                    self.error(None, ErrorCode::InvalidFrame, e.to_string(), None)
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, frame: ClientFrame) {
+        match frame {
+            ClientFrame::Auth { id, .. } => {
+                self.error(
+                    id,
+                    ErrorCode::AlreadyAuthenticated,
+                    "this connection is already authenticated".into(),
+                    None,
+                );
+            }
+            ClientFrame::Ping { id } => self.conn.send(&ServerFrame::Pong { id }),
+            ClientFrame::Join { id, room_id } => self.join(id, room_id).await,
+            ClientFrame::Leave { id, room_id } => {
+                if self.node.hub.leave(room_id, self.conn.id).await {
+                    self.conn.send(&ServerFrame::Left {
+                        id,
+                        room_id,
+                        reason: LeftReason::Requested,
+                    });
+                } else {
+                    self.error(
+                        id,
+                        ErrorCode::NotJoined,
+                        "this connection has not joined the room".into(),
+                        Some(room_id),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Joins a room the user is a member of. The store is asked first, so a
+    /// stranger's join costs one indexed read and never a subscription.
+    async fn join(&mut self, id: Option<u64>, room_id: RoomId) {
+        if self.conn.joined.load(Ordering::Relaxed) >= MAX_ROOMS_PER_CONNECTION {
+            let message = format!("a connection may join at most {MAX_ROOMS_PER_CONNECTION} rooms");
+            return self.error(id, ErrorCode::TooManyRooms, message, Some(room_id));
+        }
+        let membership = match self.node.store.membership(room_id, self.conn.user_id).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return self.not_found(id, room_id),
+            Err(e) => {
+                tracing::warn!(error = %e, "membership check failed");
+                return self.error(
+                    id,
+                    ErrorCode::Unavailable,
+                    "try again shortly".into(),
+                    Some(room_id),
+                );
+            }
+        };
+        match self
+            .node
+            .hub
+            .join(room_id, self.conn.clone(), membership.last_seq, id)
+            .await
+        {
+            Ok(_) => {}
+            Err(JoinError::NotMember) => self.not_found(id, room_id),
+            Err(JoinError::Unavailable) => self.error(
+                id,
+                ErrorCode::Unavailable,
+                "try again shortly".into(),
+                Some(room_id),
+            ),
+        }
+    }
+
+    fn not_found(&self, id: Option<u64>, room_id: RoomId) {
+        tracing::info!(target: "security", user_id = %self.conn.user_id, %room_id, "join refused: not a member");
+        self.error(
+            id,
+            ErrorCode::RoomNotFound,
+            "no such room".into(),
+            Some(room_id),
+        );
+    }
+
+    fn error(&self, id: Option<u64>, code: ErrorCode, message: String, room_id: Option<RoomId>) {
+        self.conn.send(&ServerFrame::Error {
+            id,
+            code,
+            message,
+            room_id,
+        });
+    }
+}
+
+/// A whole client message, or a control event the caller cares about.
+enum Message {
+    Data(Encoding, Bytes),
+    Pong,
+    Close,
+}
+
+/// Reads until a whole message, a pong or a close arrives. Pings are
+/// answered through `on_ping` (with the payload to echo).
+async fn next_message<R: AsyncRead + Unpin>(
+    reader: &mut WebSocketRead<R>,
+    assembler: &mut Assembler,
+    on_ping: &mut impl FnMut(Bytes),
+) -> Result<Message, CloseReason> {
+    loop {
+        let frame = reader
+            .read_frame(&mut |obligated: Frame<'_>| {
+                // fastwebsockets owes a pong for every ping (and echoes
+                // closes, which the caller answers itself).
+                if obligated.opcode == OpCode::Pong {
+                    on_ping(Bytes::copy_from_slice(&obligated.payload));
+                }
+                std::future::ready(Ok::<(), Infallible>(()))
+            })
+            .await
+            .map_err(close_for)?;
+        match frame.opcode {
+            OpCode::Close => return Ok(Message::Close),
+            OpCode::Pong => return Ok(Message::Pong),
+            OpCode::Ping => continue,
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                if let Some(message) = assembler.push(frame)? {
+                    return Ok(message);
+                }
+            }
+        }
+    }
+}
+
+/// The close a read error deserves.
+fn close_for(e: WebSocketError) -> CloseReason {
+    use WebSocketError::*;
+    match e {
+        FrameTooLarge => CloseReason {
+            code: close::MESSAGE_TOO_BIG,
+            reason: "frame too large",
+        },
+        InvalidUTF8 => CloseReason {
+            code: close::INVALID_PAYLOAD,
+            reason: "text frame is not UTF-8",
+        },
+        UnexpectedEOF | ConnectionClosed | IoError(_) => CloseReason {
+            code: close::GOING_AWAY,
+            reason: "connection lost",
+        },
+        _ => CloseReason {
+            code: close::PROTOCOL_ERROR,
+            reason: "WebSocket protocol error",
+        },
+    }
+}
+
+/// Reassembles fragmented messages, bounded by the frame size limit
+/// (fastwebsockets bounds single frames, not their sum).
+#[derive(Default)]
+struct Assembler {
+    kind: Option<Encoding>,
+    buf: Vec<u8>,
+}
+
+impl Assembler {
+    fn push(&mut self, frame: Frame<'_>) -> Result<Option<Message>, CloseReason> {
+        let protocol_error = CloseReason {
+            code: close::PROTOCOL_ERROR,
+            reason: "bad fragmentation",
+        };
+        let encoding = match frame.opcode {
+            OpCode::Text => Some(Encoding::Json),
+            OpCode::Binary => Some(Encoding::MsgPack),
+            _ => None,
+        };
+        match (encoding, self.kind) {
+            (Some(_), Some(_)) => return Err(protocol_error),
+            (Some(encoding), None) if frame.fin => {
+                return Ok(Some(Message::Data(
+                    encoding,
+                    Bytes::copy_from_slice(&frame.payload),
+                )));
+            }
+            (Some(encoding), None) => {
+                self.kind = Some(encoding);
+                self.buf.extend_from_slice(&frame.payload);
+            }
+            (None, None) => return Err(protocol_error),
+            (None, Some(_)) => {
+                if self.buf.len() + frame.payload.len() > MAX_CLIENT_FRAME_BYTES {
+                    return Err(CloseReason {
+                        code: close::MESSAGE_TOO_BIG,
+                        reason: "message too large",
+                    });
+                }
+                self.buf.extend_from_slice(&frame.payload);
+            }
+        }
+        if !frame.fin {
+            return Ok(None);
+        }
+        let encoding = self.kind.take().unwrap_or(Encoding::Json);
+        let bytes = Bytes::from(std::mem::take(&mut self.buf));
+        if encoding == Encoding::Json && std::str::from_utf8(&bytes).is_err() {
+            return Err(CloseReason {
+                code: close::INVALID_PAYLOAD,
+                reason: "text message is not UTF-8",
+            });
+        }
+        Ok(Some(Message::Data(encoding, bytes)))
+    }
+}
+
+/// A token bucket over the client's frames.
+struct FrameLimiter {
+    per_second: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl FrameLimiter {
+    fn new(node: &Inner) -> Self {
+        let burst = f64::from(node.settings.client_frame_burst.max(1));
+        Self {
+            per_second: f64::from(node.settings.client_frames_per_second.max(1)),
+            burst,
+            tokens: burst,
+            at: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_second)
+            .min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}

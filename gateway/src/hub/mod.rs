@@ -1,0 +1,338 @@
+//! The node's registry and fan-out.
+//!
+//! - Connections live in a `DashMap` (and, per user, in a second one that
+//!   routes user notices).
+//! - Rooms are owned by shard tasks (a room always by the same shard). A
+//!   shard alone decides who is in a room, orders the room's events with a
+//!   [`Sequencer`](crate::sequencer::Sequencer) and writes them to members'
+//!   queues. Joins, leaves and deliveries for one room are handled strictly
+//!   in the order they reach its shard, without locks.
+//! - One subscription task applies SUBSCRIBE/UNSUBSCRIBE to the broker in
+//!   the order they were decided, so the broker's view ends where the node's is:
+//!   subscribed to a room exactly while it has local members.
+
+mod shard;
+mod subscriptions;
+
+use crate::outq::{CloseReason, OutQueue};
+use broker::{Delivery, DynBroker, SubscriptionControl, Topic};
+use bytes::Bytes;
+use dashmap::{DashMap, DashSet};
+use shard::{Shard, ShardCmd};
+use shared::protocol::{Encoding, ServerFrame, UserNotice, close};
+use shared::{RoomId, SessionId, UserId};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use store::Store;
+use subscriptions::{Reply, SubCmd};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use shard::JoinError;
+
+/// Node-local connection number.
+pub type ConnId = u64;
+
+/// Commands a shard may have queued. Producers wait when it is full, which
+/// pushes back on the broker reader (whose losses are then recovered by seq).
+const SHARD_QUEUE: usize = 16_384;
+
+/// How long a join waits for the broker to confirm a subscription.
+pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection as the hub sees it.
+pub struct Conn {
+    pub id: ConnId,
+    pub user_id: UserId,
+    pub session_id: SessionId,
+    pub encoding: Encoding,
+    pub out: OutQueue,
+    /// Rooms this connection is currently in (maintained by the shards).
+    pub joined: AtomicUsize,
+}
+
+impl Conn {
+    /// Encodes a frame in this connection's encoding and queues it; a full
+    /// queue closes the connection as a slow consumer.
+    pub fn send(&self, frame: &ServerFrame) {
+        self.push(self.encoding.encode(frame));
+    }
+
+    /// Queues already-encoded bytes (see [`Conn::send`]).
+    pub fn push(&self, bytes: Bytes) -> bool {
+        if self.out.push(bytes).is_ok() {
+            return true;
+        }
+        metrics::counter!("gateway_slow_consumers_total").increment(1);
+        self.out.close(CloseReason {
+            code: close::SLOW_CONSUMER,
+            reason: "slow consumer: outbound queue full",
+        });
+        false
+    }
+}
+
+pub struct Hub {
+    conns: DashMap<ConnId, Arc<Conn>>,
+    users: DashMap<UserId, Vec<Arc<Conn>>>,
+    shards: Vec<mpsc::Sender<ShardCmd>>,
+    subscriptions: mpsc::UnboundedSender<SubCmd>,
+    /// Topics the broker has confirmed, for introspection and tests.
+    subscribed: Arc<DashSet<Topic>>,
+}
+
+impl Hub {
+    /// Opens the node's subscription and starts the shard, router and
+    /// subscription tasks on `tracker`.
+    pub async fn start(
+        broker: &DynBroker,
+        store: Store,
+        shard_count: usize,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Result<Arc<Hub>, broker::BrokerError> {
+        let subscription = broker.subscribe().await?;
+        let subscribed = Arc::new(DashSet::new());
+        let (sub_tx, sub_rx) = mpsc::unbounded_channel();
+        let mut shards = Vec::new();
+        let mut shard_rxs = Vec::new();
+        for _ in 0..shard_count.max(1) {
+            let (tx, rx) = mpsc::channel(SHARD_QUEUE);
+            shards.push(tx);
+            shard_rxs.push(rx);
+        }
+        let hub = Arc::new(Hub {
+            conns: DashMap::new(),
+            users: DashMap::new(),
+            shards: shards.clone(),
+            subscriptions: sub_tx.clone(),
+            subscribed: subscribed.clone(),
+        });
+        for (index, rx) in shard_rxs.into_iter().enumerate() {
+            let shard = Shard::new(index, store.clone(), sub_tx.clone(), shards[index].clone());
+            tracker.spawn(shard.run(rx, stop.clone()));
+        }
+        let control: Arc<dyn SubscriptionControl> = subscription.control.clone();
+        tracker.spawn(subscriptions::run(
+            control,
+            sub_rx,
+            subscribed,
+            stop.clone(),
+        ));
+        tracker.spawn(route(
+            hub.clone(),
+            subscription.deliveries,
+            subscription.control,
+            stop,
+        ));
+        Ok(hub)
+    }
+
+    fn shard(&self, room: RoomId) -> &mpsc::Sender<ShardCmd> {
+        &self.shards[room.0.unsigned_abs() as usize % self.shards.len()]
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether the broker has confirmed this node's subscription to `topic`.
+    pub fn is_subscribed(&self, topic: Topic) -> bool {
+        self.subscribed.contains(&topic)
+    }
+
+    /// Every topic this node is subscribed to.
+    pub fn subscribed_topics(&self) -> Vec<Topic> {
+        let mut topics: Vec<Topic> = self.subscribed.iter().map(|t| *t).collect();
+        topics.sort();
+        topics
+    }
+
+    /// Adds an authenticated connection; resolves once the node receives
+    /// its user's notices.
+    pub async fn register(&self, conn: Arc<Conn>) -> Result<(), JoinError> {
+        self.conns.insert(conn.id, conn.clone());
+        metrics::gauge!("gateway_connections").increment(1.0);
+        let (tx, rx) = oneshot::channel();
+        let first = {
+            let mut entry = self.users.entry(conn.user_id).or_default();
+            entry.push(conn.clone());
+            // Sent while the entry is locked, so subscription commands for
+            // this user reach the broker in the order the index changed.
+            let first = entry.len() == 1;
+            if first {
+                let _ = self
+                    .subscriptions
+                    .send(SubCmd::Add(Topic::User(conn.user_id), Reply::Once(tx)));
+            }
+            first
+        };
+        if first {
+            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, rx).await {
+                Ok(Ok(true)) => {}
+                _ => return Err(JoinError::Unavailable),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a connection from every map and every room.
+    pub fn unregister(&self, conn: &Conn) {
+        if self.conns.remove(&conn.id).is_some() {
+            metrics::gauge!("gateway_connections").decrement(1.0);
+        }
+        if let dashmap::Entry::Occupied(mut entry) = self.users.entry(conn.user_id) {
+            entry.get_mut().retain(|c| c.id != conn.id);
+            if entry.get().is_empty() {
+                entry.remove();
+                let _ = self
+                    .subscriptions
+                    .send(SubCmd::Remove(Topic::User(conn.user_id)));
+            }
+        }
+        if conn.joined.load(Ordering::Relaxed) > 0 {
+            for shard in &self.shards {
+                // try_send: a full shard must not block a disconnect; the
+                // shard also drops members whose queue is closed.
+                let _ = shard.try_send(ShardCmd::DropConn { conn: conn.id });
+            }
+        }
+    }
+
+    /// Adds `conn` to `room`'s local members. `snapshot` is the room's
+    /// `seq` when the store confirmed membership. The shard queues the
+    /// `joined` frame (answering request `id`) ahead of any event, and
+    /// returns the `seq` after which events will be delivered.
+    pub async fn join(
+        &self,
+        room: RoomId,
+        conn: Arc<Conn>,
+        snapshot: i64,
+        id: Option<u64>,
+    ) -> Result<i64, JoinError> {
+        let (reply, rx) = oneshot::channel();
+        self.shard(room)
+            .send(ShardCmd::Join {
+                room,
+                conn,
+                snapshot,
+                id,
+                reply,
+            })
+            .await
+            .map_err(|_| JoinError::Unavailable)?;
+        rx.await.unwrap_or(Err(JoinError::Unavailable))
+    }
+
+    /// Removes `conn` from `room`; false if it was not in it.
+    pub async fn leave(&self, room: RoomId, conn: ConnId) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .shard(room)
+            .send(ShardCmd::Leave { room, conn, reply })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Rooms with local members on this node (from the shards' own state).
+    pub async fn local_rooms(&self) -> Vec<RoomId> {
+        let mut rooms = Vec::new();
+        for shard in &self.shards {
+            let (reply, rx) = oneshot::channel();
+            if shard.send(ShardCmd::Rooms { reply }).await.is_ok()
+                && let Ok(mut r) = rx.await
+            {
+                rooms.append(&mut r);
+            }
+        }
+        rooms.sort();
+        rooms
+    }
+
+    /// Closes every connection (shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        for conn in self.conns.iter() {
+            conn.out.close(reason.clone());
+        }
+    }
+
+    fn user_notice(&self, user: UserId, payload: &[u8]) {
+        let notice: UserNotice = match Encoding::Json.decode(payload, &[]) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(%user, error = %e, "undecodable user notice");
+                return;
+            }
+        };
+        let Some(conns) = self.users.get(&user).map(|c| c.clone()) else {
+            return;
+        };
+        let frame = match notice {
+            UserNotice::RoomAdded { room_id, role } => ServerFrame::RoomAdded { room_id, role },
+            UserNotice::RoomRemoved { room_id } => ServerFrame::RoomRemoved { room_id },
+            UserNotice::SessionRevoked { session_id } => {
+                for conn in conns.iter().filter(|c| c.session_id == session_id) {
+                    tracing::info!(target: "security", %user, %session_id, "closing a connection of a revoked session");
+                    conn.out.close(CloseReason {
+                        code: close::SESSION_REVOKED,
+                        reason: "session revoked",
+                    });
+                }
+                return;
+            }
+        };
+        for conn in &conns {
+            conn.send(&frame);
+        }
+    }
+}
+
+/// Routes the node's deliveries: room events to their shard, user notices
+/// straight to the user's connections.
+async fn route(
+    hub: Arc<Hub>,
+    mut deliveries: mpsc::Receiver<Delivery>,
+    control: Arc<dyn SubscriptionControl>,
+    stop: CancellationToken,
+) {
+    loop {
+        let delivery = tokio::select! {
+            d = deliveries.recv() => match d {
+                Some(d) => d,
+                None => break,
+            },
+            _ = stop.cancelled() => break,
+        };
+        match delivery {
+            Delivery::Message {
+                topic: Topic::Room(room),
+                payload,
+            } => {
+                if hub
+                    .shard(room)
+                    .send(ShardCmd::Deliver { room, payload })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Delivery::Message {
+                topic: Topic::User(user),
+                payload,
+            } => hub.user_notice(user, &payload),
+            Delivery::Reconnected => {
+                for shard in &hub.shards {
+                    let _ = shard.send(ShardCmd::Resync).await;
+                }
+            }
+        }
+    }
+    control.close().await;
+}

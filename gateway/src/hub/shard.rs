@@ -1,0 +1,604 @@
+//! A shard: the single owner of a set of rooms on this node.
+
+use super::subscriptions::{Reply, SubCmd};
+use super::{Conn, ConnId};
+use crate::sequencer::{MAX_PENDING, Offer, Sequencer};
+use broker::Topic;
+use bytes::Bytes;
+use serde::Deserialize;
+use shared::model::RoomEvent;
+use shared::protocol::{Encoding, LeftReason, ServerFrame, event_frame_json};
+use shared::{RoomId, UserId};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use store::Store;
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a room waits for a missing event before reading it from the
+/// store. Out-of-order publishes land microseconds apart; a real loss
+/// (a publish that failed, a Redis reconnect) costs this much latency.
+pub const GAP_WAIT: Duration = Duration::from_millis(50);
+
+/// `member.removed` seqs remembered per room so a join racing with a
+/// removal can be refused; older ones are forgotten past this many.
+const REMEMBERED_REMOVALS: usize = 1_024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The broker or the store did not answer.
+    #[error("unavailable")]
+    Unavailable,
+    /// The user's membership ended before the join took effect.
+    #[error("not a member")]
+    NotMember,
+}
+
+pub(crate) enum ShardCmd {
+    Join {
+        room: RoomId,
+        conn: Arc<Conn>,
+        snapshot: i64,
+        id: Option<u64>,
+        reply: oneshot::Sender<Result<i64, JoinError>>,
+    },
+    Leave {
+        room: RoomId,
+        conn: ConnId,
+        reply: oneshot::Sender<bool>,
+    },
+    DropConn {
+        conn: ConnId,
+    },
+    Deliver {
+        room: RoomId,
+        payload: Bytes,
+    },
+    Subscribed {
+        room: RoomId,
+        ok: bool,
+    },
+    GapTimer {
+        room: RoomId,
+    },
+    Filled {
+        room: RoomId,
+        from: i64,
+        events: Result<Vec<RoomEvent>, ()>,
+    },
+    Tail {
+        room: RoomId,
+        last_seq: Option<i64>,
+    },
+    Resync,
+    Rooms {
+        reply: oneshot::Sender<Vec<RoomId>>,
+    },
+}
+
+/// What a shard needs to know of a delivered event to route it.
+#[derive(Deserialize)]
+struct Header<'a> {
+    seq: i64,
+    #[serde(borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    user_id: Option<UserId>,
+}
+
+/// An event ready for delivery.
+struct Incoming {
+    json: Bytes,
+    effect: Effect,
+}
+
+enum Effect {
+    None,
+    Added(UserId),
+    Removed(UserId),
+}
+
+impl Incoming {
+    fn parse(json: Bytes) -> Option<(i64, Incoming)> {
+        let header: Header<'_> = serde_json::from_slice(&json).ok()?;
+        let effect = match (header.kind.as_ref(), header.user_id) {
+            ("member.added", Some(u)) => Effect::Added(u),
+            ("member.removed", Some(u)) => Effect::Removed(u),
+            _ => Effect::None,
+        };
+        Some((header.seq, Incoming { json, effect }))
+    }
+}
+
+struct PendingJoin {
+    conn: Arc<Conn>,
+    snapshot: i64,
+    id: Option<u64>,
+    reply: oneshot::Sender<Result<i64, JoinError>>,
+}
+
+enum Phase {
+    /// SUBSCRIBE sent, not yet confirmed. Joins wait here; events that
+    /// arrive meanwhile are kept for the sequencer.
+    Subscribing {
+        joins: Vec<PendingJoin>,
+        early: Vec<Bytes>,
+    },
+    Active {
+        seq: Sequencer<Incoming>,
+    },
+}
+
+struct RoomState {
+    members: Vec<Arc<Conn>>,
+    phase: Phase,
+    /// user → seq of their latest processed `member.removed`.
+    removed: HashMap<UserId, i64>,
+    gap_timer_armed: bool,
+    filling: bool,
+}
+
+pub(crate) struct Shard {
+    index: usize,
+    store: Store,
+    subscriptions: mpsc::UnboundedSender<SubCmd>,
+    me: mpsc::Sender<ShardCmd>,
+    rooms: HashMap<RoomId, RoomState>,
+    /// conn → rooms it is in, so a disconnect does not scan every room.
+    conn_rooms: HashMap<ConnId, Vec<RoomId>>,
+}
+
+impl Shard {
+    pub(crate) fn new(
+        index: usize,
+        store: Store,
+        subscriptions: mpsc::UnboundedSender<SubCmd>,
+        me: mpsc::Sender<ShardCmd>,
+    ) -> Self {
+        Self {
+            index,
+            store,
+            subscriptions,
+            me,
+            rooms: HashMap::new(),
+            conn_rooms: HashMap::new(),
+        }
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<ShardCmd>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            let cmd = tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => cmd,
+                    None => break,
+                },
+                _ = stop.cancelled() => break,
+            };
+            self.handle(cmd);
+        }
+        tracing::debug!(shard = self.index, "shard stopped");
+    }
+
+    fn handle(&mut self, cmd: ShardCmd) {
+        match cmd {
+            ShardCmd::Join {
+                room,
+                conn,
+                snapshot,
+                id,
+                reply,
+            } => self.join(
+                room,
+                PendingJoin {
+                    conn,
+                    snapshot,
+                    id,
+                    reply,
+                },
+            ),
+            ShardCmd::Leave { room, conn, reply } => {
+                let _ = reply.send(self.remove_member(room, conn, None));
+            }
+            ShardCmd::DropConn { conn } => {
+                for room in self.conn_rooms.remove(&conn).unwrap_or_default() {
+                    self.remove_member(room, conn, None);
+                }
+            }
+            ShardCmd::Deliver { room, payload } => self.deliver(room, payload),
+            ShardCmd::Subscribed { room, ok } => self.subscribed(room, ok),
+            ShardCmd::GapTimer { room } => {
+                if let Some(state) = self.rooms.get_mut(&room) {
+                    state.gap_timer_armed = false;
+                }
+                self.fill_gap(room);
+            }
+            ShardCmd::Filled { room, from, events } => self.filled(room, from, events),
+            ShardCmd::Tail { room, last_seq } => self.tail(room, last_seq),
+            ShardCmd::Resync => self.resync(),
+            ShardCmd::Rooms { reply } => {
+                let mut rooms: Vec<RoomId> = self
+                    .rooms
+                    .iter()
+                    .filter(|(_, s)| !s.members.is_empty())
+                    .map(|(r, _)| *r)
+                    .collect();
+                rooms.sort();
+                let _ = reply.send(rooms);
+            }
+        }
+    }
+
+    fn join(&mut self, room: RoomId, join: PendingJoin) {
+        let state = self.rooms.entry(room).or_insert_with(|| {
+            let _ = self.subscriptions.send(SubCmd::Add(
+                Topic::Room(room),
+                Reply::Shard(self.me.clone(), room),
+            ));
+            RoomState {
+                members: Vec::new(),
+                phase: Phase::Subscribing {
+                    joins: Vec::new(),
+                    early: Vec::new(),
+                },
+                removed: HashMap::new(),
+                gap_timer_armed: false,
+                filling: false,
+            }
+        });
+        match &mut state.phase {
+            Phase::Subscribing { joins, .. } => joins.push(join),
+            Phase::Active { seq } => {
+                let delivered = seq.delivered();
+                admit(state, &mut self.conn_rooms, room, join, delivered);
+            }
+        }
+    }
+
+    fn subscribed(&mut self, room: RoomId, ok: bool) {
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let Phase::Subscribing { joins, early } = &mut state.phase else {
+            return;
+        };
+        let joins = std::mem::take(joins);
+        let early = std::mem::take(early);
+        if !ok {
+            for join in joins {
+                let _ = join.reply.send(Err(JoinError::Unavailable));
+            }
+            if state.members.is_empty() {
+                self.rooms.remove(&room);
+                let _ = self.subscriptions.send(SubCmd::Remove(Topic::Room(room)));
+            }
+            return;
+        }
+        // The first joiner's snapshot is where the node's delivery starts;
+        // anything later that it missed is read from the store as a gap.
+        let start = joins.iter().map(|j| j.snapshot).min().unwrap_or(0);
+        state.phase = Phase::Active {
+            seq: Sequencer::new(start),
+        };
+        for join in joins {
+            admit(state, &mut self.conn_rooms, room, join, start);
+        }
+        for payload in early {
+            self.deliver(room, payload);
+        }
+        self.release_if_empty(room);
+    }
+
+    fn deliver(&mut self, room: RoomId, payload: Bytes) {
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let seq = match &mut state.phase {
+            Phase::Subscribing { early, .. } => {
+                early.push(payload);
+                return;
+            }
+            Phase::Active { seq } => seq,
+        };
+        let Some((n, incoming)) = Incoming::parse(payload) else {
+            tracing::warn!(%room, "undecodable room event dropped");
+            return;
+        };
+        match seq.offer(n, incoming) {
+            Offer::Deliver(ready) => self.fan_out(room, ready),
+            Offer::Held => self.arm_gap_timer(room),
+            Offer::Duplicate => metrics::counter!("gateway_duplicate_events_total").increment(1),
+        }
+    }
+
+    /// Writes each event to every member, then applies its membership effect.
+    fn fan_out(&mut self, room: RoomId, ready: Vec<(i64, Incoming)>) {
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        for (seq, event) in ready {
+            let mut msgpack: Option<Option<Bytes>> = None;
+            let mut delivered = 0u64;
+            for conn in &state.members {
+                let bytes = match conn.encoding {
+                    Encoding::Json => event.json.clone(),
+                    Encoding::MsgPack => {
+                        match msgpack.get_or_insert_with(|| to_msgpack(&event.json)) {
+                            Some(bytes) => bytes.clone(),
+                            None => continue,
+                        }
+                    }
+                };
+                if conn.push(bytes) {
+                    delivered += 1;
+                }
+            }
+            metrics::counter!("gateway_deliveries_total").increment(delivered);
+            match event.effect {
+                Effect::Removed(user) => {
+                    if state.removed.len() >= REMEMBERED_REMOVALS
+                        && let Some(oldest) = state
+                            .removed
+                            .iter()
+                            .min_by_key(|(_, s)| **s)
+                            .map(|(u, _)| *u)
+                    {
+                        state.removed.remove(&oldest);
+                    }
+                    state.removed.insert(user, seq);
+                    let gone: Vec<ConnId> = state
+                        .members
+                        .iter()
+                        .filter(|c| c.user_id == user)
+                        .map(|c| c.id)
+                        .collect();
+                    for conn in gone {
+                        remove_from(
+                            state,
+                            &mut self.conn_rooms,
+                            room,
+                            conn,
+                            Some(LeftReason::Removed),
+                        );
+                    }
+                }
+                Effect::Added(user) => {
+                    state.removed.remove(&user);
+                }
+                Effect::None => {}
+            }
+        }
+        // Members whose queue overflowed were closed by `push`; stop feeding them.
+        let closed: Vec<ConnId> = state
+            .members
+            .iter()
+            .filter(|c| c.out.is_closed())
+            .map(|c| c.id)
+            .collect();
+        for conn in closed {
+            remove_from(state, &mut self.conn_rooms, room, conn, None);
+        }
+        self.release_if_empty(room);
+    }
+
+    fn arm_gap_timer(&mut self, room: RoomId) {
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        if let Phase::Active { seq } = &state.phase
+            && seq.pending_len() > MAX_PENDING
+        {
+            // Far behind: read the gap now instead of waiting.
+            self.fill_gap(room);
+            return;
+        }
+        if state.gap_timer_armed || state.filling {
+            return;
+        }
+        state.gap_timer_armed = true;
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(GAP_WAIT).await;
+            let _ = me.send(ShardCmd::GapTimer { room }).await;
+        });
+    }
+
+    fn fill_gap(&mut self, room: RoomId) {
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let Phase::Active { seq } = &state.phase else {
+            return;
+        };
+        let Some((from, to)) = seq.gap() else {
+            return;
+        };
+        if state.filling {
+            return;
+        }
+        state.filling = true;
+        metrics::counter!("gateway_gap_fills_total").increment(1);
+        tracing::debug!(%room, from, to, "reading missed events from the store");
+        let store = self.store.clone();
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let events = store.events_between(room, from, to).await.map_err(|e| {
+                tracing::warn!(%room, error = %e, "reading missed events failed");
+            });
+            let _ = me.send(ShardCmd::Filled { room, from, events }).await;
+        });
+    }
+
+    fn filled(&mut self, room: RoomId, from: i64, events: Result<Vec<RoomEvent>, ()>) {
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        state.filling = false;
+        let Phase::Active { seq } = &mut state.phase else {
+            return;
+        };
+        let mut ready = Vec::new();
+        let got_any = events.as_ref().is_ok_and(|e| !e.is_empty());
+        for event in events.unwrap_or_default() {
+            let json = event_frame_json(&event);
+            if let Some((n, incoming)) = Incoming::parse(json)
+                && let Offer::Deliver(mut r) = seq.offer(n, incoming)
+            {
+                ready.append(&mut r);
+            }
+        }
+        if !got_any && seq.gap().is_some_and(|(start, _)| start == from) {
+            // The store has nothing for the gap (or could not be read):
+            // move on rather than stall the room.
+            tracing::error!(%room, from, "events missing from the store; skipping the gap");
+            metrics::counter!("gateway_gaps_skipped_total").increment(1);
+            ready.extend(seq.skip_gap());
+        }
+        let more = seq.gap().is_some();
+        self.fan_out(room, ready);
+        if more {
+            self.fill_gap(room);
+        }
+    }
+
+    /// After a broker reconnect: ask the store how far each room got.
+    fn resync(&mut self) {
+        for &room in self.rooms.keys() {
+            let store = self.store.clone();
+            let me = self.me.clone();
+            tokio::spawn(async move {
+                let last_seq = store.last_seq(room).await.ok().flatten();
+                let _ = me.send(ShardCmd::Tail { room, last_seq }).await;
+            });
+        }
+    }
+
+    fn tail(&mut self, room: RoomId, last_seq: Option<i64>) {
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let Phase::Active { seq } = &mut state.phase else {
+            return;
+        };
+        let Some(last) = last_seq else {
+            return;
+        };
+        if last > seq.delivered() && seq.gap().is_none() {
+            // Events published while disconnected: fetch them like a gap.
+            let store = self.store.clone();
+            let me = self.me.clone();
+            let from = seq.delivered() + 1;
+            state.filling = true;
+            tokio::spawn(async move {
+                let events = store.events_between(room, from, last).await.map_err(|_| ());
+                let _ = me.send(ShardCmd::Filled { room, from, events }).await;
+            });
+        }
+    }
+
+    /// Removes a member; true if it was one.
+    fn remove_member(&mut self, room: RoomId, conn: ConnId, reason: Option<LeftReason>) -> bool {
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return false;
+        };
+        let was = remove_from(state, &mut self.conn_rooms, room, conn, reason);
+        self.release_if_empty(room);
+        was
+    }
+
+    /// Forgets a room nobody on this node is in, and unsubscribes from it.
+    fn release_if_empty(&mut self, room: RoomId) {
+        let empty = self
+            .rooms
+            .get(&room)
+            .is_some_and(|s| s.members.is_empty() && matches!(s.phase, Phase::Active { .. }));
+        if empty {
+            self.rooms.remove(&room);
+            let _ = self.subscriptions.send(SubCmd::Remove(Topic::Room(room)));
+        }
+    }
+}
+
+/// Makes a joining connection a member of an active room, unless its
+/// membership ended after its snapshot (a removal this node already
+/// applied), and queues its `joined` frame before any event can follow.
+fn admit(
+    state: &mut RoomState,
+    conn_rooms: &mut HashMap<ConnId, Vec<RoomId>>,
+    room: RoomId,
+    join: PendingJoin,
+    delivered: i64,
+) {
+    let PendingJoin {
+        conn,
+        snapshot,
+        id,
+        reply,
+    } = join;
+    let result = if state
+        .removed
+        .get(&conn.user_id)
+        .is_some_and(|&removed_at| removed_at > snapshot)
+    {
+        Err(JoinError::NotMember)
+    } else if conn.out.is_closed() {
+        Err(JoinError::Unavailable)
+    } else {
+        if !state.members.iter().any(|c| c.id == conn.id) {
+            conn.joined.fetch_add(1, Ordering::Relaxed);
+            conn_rooms.entry(conn.id).or_default().push(room);
+            state.members.push(conn.clone());
+        }
+        conn.send(&ServerFrame::Joined {
+            id,
+            room_id: room,
+            seq: delivered,
+        });
+        Ok(delivered)
+    };
+    let _ = reply.send(result);
+}
+
+fn remove_from(
+    state: &mut RoomState,
+    conn_rooms: &mut HashMap<ConnId, Vec<RoomId>>,
+    room: RoomId,
+    conn: ConnId,
+    reason: Option<LeftReason>,
+) -> bool {
+    let Some(index) = state.members.iter().position(|c| c.id == conn) else {
+        return false;
+    };
+    let member = state.members.swap_remove(index);
+    member.joined.fetch_sub(1, Ordering::Relaxed);
+    if let Some(rooms) = conn_rooms.get_mut(&conn) {
+        rooms.retain(|r| *r != room);
+        if rooms.is_empty() {
+            conn_rooms.remove(&conn);
+        }
+    }
+    if let Some(reason) = reason {
+        member.send(&ServerFrame::Left {
+            id: None,
+            room_id: room,
+            reason,
+        });
+    }
+    true
+}
+
+/// The MessagePack form of an event frame (decoded from its JSON once per
+/// event per node, only when a member uses MessagePack).
+fn to_msgpack(json: &Bytes) -> Option<Bytes> {
+    match serde_json::from_slice::<ServerFrame>(json) {
+        Ok(frame) => Some(Encoding::MsgPack.encode(&frame)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot transcode an event to MessagePack");
+            None
+        }
+    }
+}

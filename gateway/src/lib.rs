@@ -1,0 +1,49 @@
+//! Parley's WebSocket gateway.
+//!
+//! A node terminates WebSockets (fastwebsockets), authenticates each
+//! connection with an access token, checks every join against room
+//! membership in the store, and delivers room events that arrive through the
+//! broker: each node subscribes only to rooms its own connections are in.
+//!
+//! Layers, outside in: [`server`] (HTTP listener and the `/ws` upgrade),
+//! [`connection`] (one client's frames), [`hub`] (the node's connections,
+//! rooms and subscriptions), [`sequencer`] (per-room ordering and gap
+//! recovery), [`outq`] and [`frame_writer`] (the way out to one socket).
+
+pub mod config;
+pub(crate) mod connection;
+pub mod frame_writer;
+pub mod hub;
+pub mod outq;
+pub mod sequencer;
+pub mod server;
+
+pub use config::{GatewayConfig, WsSettings};
+pub use server::{Application, Gateway};
+
+use broker::DynBroker;
+use hub::Hub;
+use shared::auth::TokenVerifier;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use store::Store;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A gateway node's shared state.
+pub(crate) struct Inner {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) store: Store,
+    pub(crate) broker: DynBroker,
+    pub(crate) verifier: Arc<TokenVerifier>,
+    pub(crate) settings: WsSettings,
+    /// One permit per WebSocket connection (`max_connections`).
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) next_conn_id: AtomicU64,
+    /// Connection tasks, awaited on shutdown.
+    pub(crate) connections: TaskTracker,
+    /// Hub tasks (shards, router, subscriptions).
+    pub(crate) background: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+}

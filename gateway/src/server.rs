@@ -1,0 +1,334 @@
+//! The gateway node as a service: the HTTP side (`/ws` upgrade, probes),
+//! start-up and shutdown. Connections themselves are in `connection`.
+
+use crate::config::{GatewayConfig, WsSettings};
+use crate::hub::Hub;
+use crate::outq::CloseReason;
+use crate::{Inner, connection};
+use anyhow::Context;
+use axum::Router;
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use broker::{DynBroker, RedisBroker, Topic};
+use fastwebsockets::upgrade::IncomingUpgrade;
+use hyper_util::rt::TokioIo;
+use shared::RoomId;
+use shared::auth::TokenVerifier;
+use shared::protocol::close;
+use shared::rest::{ErrorBody, ErrorDetail};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+use store::Store;
+use tokio::io::AsyncReadExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long shutdown waits for connections to take their close frames.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running gateway node. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl Gateway {
+    /// Opens the node's broker subscription and starts its tasks.
+    pub async fn start(
+        store: Store,
+        broker: DynBroker,
+        verifier: Arc<TokenVerifier>,
+        settings: WsSettings,
+    ) -> anyhow::Result<Gateway> {
+        let background = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let shards = match settings.shards {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        };
+        let hub = Hub::start(
+            &broker,
+            store.clone(),
+            shards,
+            &background,
+            stop.child_token(),
+        )
+        .await
+        .context("opening the broker subscription")?;
+        Ok(Gateway {
+            inner: Arc::new(Inner {
+                hub,
+                store,
+                broker,
+                verifier,
+                slots: Arc::new(Semaphore::new(settings.max_connections)),
+                settings,
+                next_conn_id: AtomicU64::new(1),
+                connections: TaskTracker::new(),
+                background,
+                shutdown: stop,
+            }),
+        })
+    }
+
+    /// `/ws`, `/healthz` and `/readyz`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route(
+                "/healthz",
+                get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+            )
+            .route("/readyz", get(ready))
+            .with_state(self.clone())
+            .merge(self.ws_router())
+    }
+
+    /// Only `/ws`, to mount beside another service's routes (the single node).
+    pub fn ws_router(&self) -> Router {
+        Router::new()
+            .route("/ws", get(upgrade))
+            .with_state(self.clone())
+    }
+
+    /// Authenticated WebSocket connections on this node.
+    pub fn connection_count(&self) -> usize {
+        self.inner.hub.connection_count()
+    }
+
+    /// Whether this node holds a broker subscription to `room`'s events.
+    pub fn is_subscribed_to_room(&self, room: RoomId) -> bool {
+        self.inner.hub.is_subscribed(Topic::Room(room))
+    }
+
+    /// Every topic this node is subscribed to.
+    pub fn subscribed_topics(&self) -> Vec<Topic> {
+        self.inner.hub.subscribed_topics()
+    }
+
+    /// Rooms with at least one local member.
+    pub async fn local_rooms(&self) -> Vec<RoomId> {
+        self.inner.hub.local_rooms().await
+    }
+
+    /// Stops taking connections, closes the open ones with 1001 (going
+    /// away, so clients reconnect elsewhere), waits for them, then stops the
+    /// node's tasks and its broker subscription.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.slots.close();
+        inner.hub.close_all(CloseReason {
+            code: close::GOING_AWAY,
+            reason: "gateway shutting down",
+        });
+        inner.connections.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, inner.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close in time");
+        }
+        inner.shutdown.cancel();
+        inner.background.close();
+        inner.background.wait().await;
+    }
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: code.into(),
+            message: message.into(),
+            field: None,
+        },
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// Upgrades `/ws` and hands the socket to a connection task.
+async fn upgrade(State(gateway): State<Gateway>, request: Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let Ok(incoming) = IncomingUpgrade::from_request_parts(&mut parts, &()).await else {
+        return json_error(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "this endpoint speaks WebSocket only",
+        );
+    };
+    let Ok(permit) = gateway.inner.slots.clone().try_acquire_owned() else {
+        metrics::counter!("gateway_connections_total", "outcome" => "over_capacity").increment(1);
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "over_capacity",
+            "this gateway is full; try another",
+        );
+    };
+    let (response, socket) = match incoming.upgrade() {
+        Ok(pair) => pair,
+        Err(_) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_upgrade",
+                "invalid WebSocket upgrade request",
+            );
+        }
+    };
+    let node = gateway.inner.clone();
+    gateway.inner.connections.spawn(async move {
+        let _permit = permit;
+        let ws = match socket.await {
+            Ok(ws) => ws,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let upgraded = ws.into_inner().into_inner();
+        // With hyper's HTTP/1 server the socket is a TcpStream underneath:
+        // owned halves are lock-free. Otherwise split the generic stream.
+        match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+            Ok(parts) => {
+                let (read, write) = parts.io.into_inner().into_split();
+                let read = std::io::Cursor::new(parts.read_buf).chain(read);
+                connection::serve(node, read, write, peer).await;
+            }
+            Err(upgraded) => {
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                connection::serve(node, read, write, peer).await;
+            }
+        }
+    });
+    response.map(axum::body::Body::new).into_response()
+}
+
+async fn ready(State(gateway): State<Gateway>) -> Response {
+    let (db, broker) = tokio::join!(gateway.inner.store.ping(), gateway.inner.broker.ping());
+    let label = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let ready = db.is_ok() && broker.is_ok();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": label(ready),
+        "database": label(db.is_ok()),
+        "broker": label(broker.is_ok()),
+        "connections": gateway.connection_count(),
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// The verifying key: configured, derived from a configured private key,
+/// or the public half of a pair generated into `data_dir` by an api on
+/// the same machine.
+pub fn verifier_from_config(config: &GatewayConfig) -> anyhow::Result<TokenVerifier> {
+    use secrecy::ExposeSecret;
+    let jwt = &config.jwt;
+    let public = match (jwt.public_pem()?, jwt.private_pem()?) {
+        (Some(public), _) => public,
+        (None, Some(private)) => {
+            shared::auth::KeyPair::from_private_pem(private.expose_secret())?.public_pem
+        }
+        (None, None) => {
+            let path = shared::auth::public_key_path(&config.data_dir);
+            std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "no JWT public key: set PARLEY_JWT_PUBLIC_KEY(_FILE), or run the api once with the same \
+                     PARLEY_DATA_DIR so it generates {}",
+                    path.display()
+                )
+            })?
+        }
+    };
+    TokenVerifier::from_pem(&public, &jwt.jwt_issuer)
+}
+
+/// The standalone gateway service.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    gateway: Gateway,
+}
+
+impl Application {
+    pub async fn build(config: &GatewayConfig) -> anyhow::Result<Self> {
+        let url = config
+            .database
+            .database_url
+            .as_deref()
+            .context("PARLEY_DATABASE_URL is required")?;
+        let store = Store::connect(url, config.database.database_max_connections)
+            .await
+            .with_context(|| format!("connecting to {}", shared::config::redact_url(url)))?;
+        let redis_url = config.redis.redis_url.as_deref().context(
+            "PARLEY_REDIS_URL is required: gateway nodes receive events through Redis \
+             (for everything in one process without Redis, run the single-node `parley` binary)",
+        )?;
+        let broker: DynBroker = Arc::new(
+            RedisBroker::connect(redis_url, &config.redis.redis_prefix)
+                .await
+                .with_context(|| {
+                    format!(
+                        "connecting to Redis at {}",
+                        shared::config::redact_url(redis_url)
+                    )
+                })?,
+        );
+        let verifier = Arc::new(verifier_from_config(config)?);
+        let gateway = Gateway::start(store, broker, verifier, config.ws.clone()).await?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        Ok(Self { listener, gateway })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains connections and
+    /// closes the store and the broker.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.listener.local_addr()?, "gateway listening");
+        let served = serve(self.listener, self.gateway.router(), shutdown).await;
+        self.gateway.shutdown().await;
+        self.gateway.inner.broker.close().await;
+        self.gateway.inner.store.close().await;
+        served
+    }
+}
+
+/// Serves `router` on `listener` (TCP_NODELAY: events are small and must not
+/// wait for Nagle) until `shutdown`, with the peer address available to handlers.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
+    .context("serving HTTP")
+}

@@ -1,0 +1,140 @@
+//! Parley on one machine: the REST api and the WebSocket gateway in one
+//! process, on one port, over the same store and broker seams as a cluster.
+//!
+//! With no configuration the store is an SQLite file in the data directory
+//! and the broker is in-process, so nothing else needs to be installed. Set
+//! `PARLEY_DATABASE_URL=postgres://...` and `PARLEY_REDIS_URL=redis://...`
+//! and the same binary is a combined api+gateway member of a cluster.
+
+use anyhow::Context;
+use api::{AppState, PolicyArgs, Tokens};
+use broker::{DynBroker, MemoryBroker, RedisBroker};
+use clap::Args;
+use gateway::{Gateway, WsSettings};
+use shared::config::{DatabaseArgs, JwtArgs, RedisArgs, TelemetryArgs};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// File name of the SQLite database inside the data directory.
+pub const DATABASE_FILE: &str = "parley.db";
+
+#[derive(Clone, Debug, Args)]
+pub struct NodeConfig {
+    /// Address for both the REST api (`/v1/...`) and the WebSocket (`/ws`).
+    #[arg(long, env = "PARLEY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the database file and the generated signing keys live.
+    #[arg(long, env = "PARLEY_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub ws: WsSettings,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+impl NodeConfig {
+    /// The configured database, or the SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        self.database
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join(DATABASE_FILE).display()))
+    }
+}
+
+/// A running single node.
+pub struct Node {
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    api: AppState,
+    gateway: Gateway,
+    description: String,
+}
+
+impl Node {
+    /// Opens (and migrates) the store, starts the broker and the gateway,
+    /// and binds the listener.
+    pub async fn build(config: &NodeConfig) -> anyhow::Result<Node> {
+        let url = config.database_url();
+        let store = Store::connect(&url, config.database.database_max_connections)
+            .await
+            .with_context(|| format!("opening {}", shared::config::redact_url(&url)))?;
+        if config.policy.migrate_on_start {
+            store.migrate().await.context("migrating the database")?;
+        }
+        let broker: DynBroker = match &config.redis.redis_url {
+            Some(redis) => Arc::new(
+                RedisBroker::connect(redis, &config.redis.redis_prefix)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "connecting to Redis at {}",
+                            shared::config::redact_url(redis)
+                        )
+                    })?,
+            ),
+            None => Arc::new(MemoryBroker::new()),
+        };
+        let tokens = Tokens::from_config(&config.jwt, &config.data_dir)?;
+        let verifier = tokens.verifier.clone();
+        let api = AppState::new(store.clone(), broker.clone(), tokens, &config.policy);
+        let gateway =
+            Gateway::start(store.clone(), broker.clone(), verifier, config.ws.clone()).await?;
+        let router = api::router(api.clone(), &config.policy).merge(gateway.ws_router());
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let description = format!(
+            "store: {} ({}), broker: {}",
+            shared::config::redact_url(&url),
+            match store.backend() {
+                store::Backend::Postgres => "PostgreSQL",
+                store::Backend::Sqlite => "SQLite",
+            },
+            broker.kind()
+        );
+        Ok(Node {
+            listener,
+            router,
+            api,
+            gateway,
+            description,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// What the node runs on, for the start-up banner.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Serves until `shutdown`, then closes WebSockets, the broker and the store.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let upkeep = api::maintenance(self.api.clone(), shutdown.clone());
+        let served = gateway::server::serve(self.listener, self.router, shutdown.clone()).await;
+        shutdown.cancel();
+        self.gateway.shutdown().await;
+        let _ = upkeep.await;
+        self.api.broker.close().await;
+        self.api.store.close().await;
+        served
+    }
+}

@@ -1,0 +1,158 @@
+//! Configuration pieces that several binaries share.
+//!
+//! Each binary has one typed configuration parsed by clap from flags and
+//! `PARLEY_*` environment variables (every flag has one), with defaults that
+//! run on a laptop. `--help` lists them all. These groups are flattened into
+//! each binary's own `Config`.
+
+use clap::{Args, ValueEnum};
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Parses durations written like `15m`, `30s`, `250ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 30s, 15m, 1h)"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logs, traces and metrics.
+#[derive(Clone, Debug, Args)]
+pub struct TelemetryArgs {
+    /// Log filter, in `tracing` env-filter syntax.
+    #[arg(long = "log", env = "PARLEY_LOG", default_value = "info")]
+    pub log_filter: String,
+    #[arg(long, env = "PARLEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+    /// Send traces to this OTLP/gRPC collector (e.g. http://otel-collector:4317).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Serve Prometheus metrics on this address at `/metrics` (off when unset).
+    /// Keep it off the public network.
+    #[arg(long, env = "PARLEY_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// The relational store.
+#[derive(Clone, Debug, Args)]
+pub struct DatabaseArgs {
+    /// `postgres://...` (cluster) or `sqlite://path/to/file.db` (single node).
+    #[arg(long, env = "PARLEY_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Connections in the pool.
+    #[arg(long, env = "PARLEY_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+}
+
+/// The Redis server that carries events between nodes.
+#[derive(Clone, Debug, Args)]
+pub struct RedisArgs {
+    /// `redis://host:6379`. Without it the node uses its in-process broker,
+    /// which only reaches connections in the same process.
+    #[arg(long, env = "PARLEY_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel, so several deployments (or
+    /// test runs) can share one Redis.
+    #[arg(long, env = "PARLEY_REDIS_PREFIX", default_value = "parley:")]
+    pub redis_prefix: String,
+}
+
+/// Access-token keys and lifetimes.
+#[derive(Clone, Debug, Args)]
+pub struct JwtArgs {
+    /// Ed25519 private key (PKCS#8 PEM) that signs access tokens. api only.
+    #[arg(long, env = "PARLEY_JWT_PRIVATE_KEY", hide_env_values = true, value_parser = parse_secret)]
+    pub jwt_private_key: Option<SecretString>,
+    /// File holding the private key, instead of the key itself.
+    #[arg(long, env = "PARLEY_JWT_PRIVATE_KEY_FILE")]
+    pub jwt_private_key_file: Option<PathBuf>,
+    /// Ed25519 public key (SPKI PEM) that verifies access tokens.
+    #[arg(long, env = "PARLEY_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<String>,
+    /// File holding the public key, instead of the key itself.
+    #[arg(long, env = "PARLEY_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// The `iss` claim written and required.
+    #[arg(long, env = "PARLEY_JWT_ISSUER", default_value = "parley")]
+    pub jwt_issuer: String,
+    /// Lifetime of an access token.
+    #[arg(long, env = "PARLEY_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]
+    pub access_token_ttl: Duration,
+    /// Lifetime of a session that is not refreshed.
+    #[arg(long, env = "PARLEY_REFRESH_TOKEN_TTL", default_value = "30d", value_parser = parse_duration)]
+    pub refresh_token_ttl: Duration,
+}
+
+fn parse_secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s.to_owned()))
+}
+
+impl JwtArgs {
+    /// The private key PEM, if configured.
+    pub fn private_pem(&self) -> anyhow::Result<Option<SecretString>> {
+        use secrecy::ExposeSecret;
+        let inline = self.jwt_private_key.as_ref().map(|s| s.expose_secret());
+        Ok(crate::auth::pem_from(
+            inline,
+            self.jwt_private_key_file.as_deref(),
+            "JWT private key",
+        )?
+        .map(SecretString::from))
+    }
+
+    /// The public key PEM, if configured.
+    pub fn public_pem(&self) -> anyhow::Result<Option<String>> {
+        crate::auth::pem_from(
+            self.jwt_public_key.as_deref(),
+            self.jwt_public_key_file.as_deref(),
+            "JWT public key",
+        )
+    }
+}
+
+/// Hides the password of a URL such as `postgres://user:secret@host/db` for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            redact_url("sqlite://data/parley.db"),
+            "sqlite://data/parley.db"
+        );
+    }
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert!(parse_duration("fifteen").is_err());
+    }
+}

@@ -1,0 +1,203 @@
+//! Domain values that both the REST api and the WebSocket protocol carry.
+//!
+//! A room's history is one timeline of [`RoomEvent`]s numbered by `seq`:
+//! messages and membership changes share that numbering, so a gateway that
+//! delivers in `seq` order applies a member's removal exactly between the last
+//! message they may see and the first they may not.
+
+use crate::ids::{RoomId, UserId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A member's role in a room. Owners and admins manage membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "owner" => Some(Role::Owner),
+            "admin" => Some(Role::Admin),
+            "member" => Some(Role::Member),
+            _ => None,
+        }
+    }
+
+    /// Owners and admins may add and remove members.
+    pub fn can_manage_members(self) -> bool {
+        matches!(self, Role::Owner | Role::Admin)
+    }
+}
+
+/// Group rooms have a name and an owner; direct rooms join exactly two users.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomKind {
+    Group,
+    Direct,
+}
+
+impl RoomKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomKind::Group => "group",
+            RoomKind::Direct => "direct",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RoomKind> {
+        match s {
+            "group" => Some(RoomKind::Group),
+            "direct" => Some(RoomKind::Direct),
+            _ => None,
+        }
+    }
+}
+
+/// A user as other users see them (no email, never a password hash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PublicUser {
+    pub id: UserId,
+    pub username: String,
+}
+
+/// The caller's own account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub id: UserId,
+    pub username: String,
+    pub email: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A room as one of its members sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Room {
+    pub id: RoomId,
+    pub kind: RoomKind,
+    pub name: String,
+    pub created_by: UserId,
+    pub created_at: DateTime<Utc>,
+    /// The `seq` of the newest event in the room's timeline (0 when empty).
+    pub last_seq: i64,
+    /// The caller's role in the room.
+    pub role: Role,
+}
+
+/// One member of a room.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Member {
+    pub user_id: UserId,
+    pub username: String,
+    pub role: Role,
+    pub joined_at: DateTime<Utc>,
+}
+
+/// One entry of a room's timeline, as stored, listed by the history endpoint
+/// and delivered live by the gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RoomEvent {
+    pub room_id: RoomId,
+    /// Gap-free, increasing position of the event in its room, from 1.
+    pub seq: i64,
+    /// Who caused the event: the author of a message, the admin who added a member.
+    pub sender_id: UserId,
+    pub created_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened, tagged by `kind`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind")]
+pub enum EventKind {
+    /// The room was created (always `seq` 1 of a group room).
+    #[serde(rename = "room.created")]
+    RoomCreated { name: String },
+    /// A message was posted.
+    #[serde(rename = "message.created")]
+    MessageCreated {
+        body: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
+    },
+    /// A user became a member.
+    #[serde(rename = "member.added")]
+    MemberAdded { user_id: UserId, role: Role },
+    /// A user stopped being a member (removed by an admin, or left).
+    #[serde(rename = "member.removed")]
+    MemberRemoved { user_id: UserId },
+}
+
+impl EventKind {
+    /// The stable `kind` string of this event.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::RoomCreated { .. } => "room.created",
+            EventKind::MessageCreated { .. } => "message.created",
+            EventKind::MemberAdded { .. } => "member.added",
+            EventKind::MemberRemoved { .. } => "member.removed",
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, as the stores keep time, to a UTC time.
+pub fn time_from_millis(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::UNIX_EPOCH)
+}
+
+/// The current time in milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RoomEvent {
+        RoomEvent {
+            room_id: RoomId(7),
+            seq: 3,
+            sender_id: UserId(1),
+            created_at: time_from_millis(1_700_000_000_123),
+            kind: EventKind::MessageCreated {
+                body: "hello".into(),
+                client_msg_id: Some("c-1".into()),
+            },
+        }
+    }
+
+    #[test]
+    fn a_room_event_is_flat_json_tagged_by_kind() {
+        let json = serde_json::to_value(sample()).unwrap();
+        assert_eq!(json["kind"], "message.created");
+        assert_eq!(json["body"], "hello");
+        assert_eq!(json["room_id"], 7);
+        assert_eq!(json["created_at"], "2023-11-14T22:13:20.123Z");
+        let back: RoomEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn role_strings_round_trip() {
+        for role in [Role::Owner, Role::Admin, Role::Member] {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::parse("root"), None);
+    }
+}

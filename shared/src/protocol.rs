@@ -1,0 +1,372 @@
+//! The WebSocket protocol spoken between clients and gateways.
+//!
+//! Every frame is an object tagged by `type`. A connection's encoding is
+//! chosen by its first frame: a text frame means JSON for the whole
+//! connection, a binary frame means MessagePack (maps with named fields, the
+//! same shape as the JSON). docs/protocol.md is the reference for clients;
+//! keep the two in step.
+
+use crate::ids::{RoomId, SessionId, UserId};
+use crate::model::{Role, RoomEvent};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Largest client frame (after reassembly of fragments) a gateway accepts.
+/// Client frames are small commands; 16 KiB leaves room for long tokens
+/// while keeping a hostile client from parking megabytes in a gateway.
+pub const MAX_CLIENT_FRAME_BYTES: usize = 16 * 1024;
+
+/// Time a new connection has to send its `auth` frame.
+pub const AUTH_TIMEOUT_SECS: u64 = 10;
+
+/// Rooms one connection may have joined at once; a client in more rooms
+/// opens another connection or relies on user events.
+pub const MAX_ROOMS_PER_CONNECTION: usize = 512;
+
+/// WebSocket close codes the gateway uses. 1xxx are RFC 6455's; 4xxx are ours.
+pub mod close {
+    /// Normal closure (the client's own close, echoed).
+    pub const NORMAL: u16 = 1000;
+    /// The gateway is shutting down; reconnect (to another node).
+    pub const GOING_AWAY: u16 = 1001;
+    /// The peer broke the WebSocket protocol (bad fragments, reserved bits...).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame was not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A frame exceeded [`super::MAX_CLIENT_FRAME_BYTES`].
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// Unexpected failure inside the gateway.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The first frame was not a valid `auth`, or its token was invalid.
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// The access token has expired: refresh it and reconnect.
+    pub const TOKEN_EXPIRED: u16 = 4002;
+    /// No `auth` frame arrived within the auth timeout.
+    pub const AUTH_TIMEOUT: u16 = 4003;
+    /// The session behind this connection was revoked (logout elsewhere).
+    pub const SESSION_REVOKED: u16 = 4004;
+    /// The client sent frames faster than the per-connection limit allows.
+    pub const RATE_LIMITED: u16 = 4008;
+    /// The client read too slowly and its outbound queue overflowed; it
+    /// should reconnect and fetch what it missed from history.
+    pub const SLOW_CONSUMER: u16 = 4009;
+    /// No frame (not even a pong) arrived within the heartbeat timeout.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4010;
+}
+
+/// Frames a client sends. `id`, when present, is echoed in the reply so a
+/// client can match answers to requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Must be the first frame: authenticates the connection.
+    Auth {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        token: String,
+    },
+    /// Start receiving a room's events (members only).
+    Join {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room_id: RoomId,
+    },
+    /// Stop receiving a room's events.
+    Leave {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room_id: RoomId,
+    },
+    /// Application-level keepalive for clients that cannot send WebSocket pings.
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+}
+
+impl ClientFrame {
+    pub const TYPES: &'static [&'static str] = &["auth", "join", "leave", "ping"];
+
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            ClientFrame::Auth { id, .. }
+            | ClientFrame::Join { id, .. }
+            | ClientFrame::Leave { id, .. }
+            | ClientFrame::Ping { id } => *id,
+        }
+    }
+}
+
+/// Why the gateway stopped sending a room's events to a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeftReason {
+    /// The client sent `leave`.
+    Requested,
+    /// The user is no longer a member of the room.
+    Removed,
+}
+
+/// Frames a gateway sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The answer to a valid `auth`.
+    Ready {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        user_id: UserId,
+        session_id: SessionId,
+        /// The gateway pings at this interval; a client that hears nothing
+        /// for twice as long should reconnect.
+        heartbeat_ms: u64,
+        max_frame_bytes: usize,
+    },
+    /// The connection now receives every event of `room_id` with a `seq`
+    /// greater than `seq`; older ones are in the history endpoint.
+    Joined {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room_id: RoomId,
+        seq: i64,
+    },
+    /// The connection no longer receives `room_id`'s events.
+    Left {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room_id: RoomId,
+        reason: LeftReason,
+    },
+    /// A room event, in `seq` order, at most once per connection.
+    Event(RoomEvent),
+    /// The user was added to a room (join it to receive its events).
+    RoomAdded { room_id: RoomId, role: Role },
+    /// The user is no longer a member of a room.
+    RoomRemoved { room_id: RoomId },
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// A request failed; the connection stays open.
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room_id: Option<RoomId>,
+    },
+}
+
+/// Stable error codes of `error` frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame could not be decoded (malformed JSON or MessagePack, a
+    /// missing or mistyped field).
+    InvalidFrame,
+    /// The frame's `type` is not one this gateway knows.
+    UnknownType,
+    /// `auth` sent on a connection that is already authenticated.
+    AlreadyAuthenticated,
+    /// The room does not exist or the user is not a member (the two are
+    /// deliberately indistinguishable).
+    RoomNotFound,
+    /// `leave` for a room the connection has not joined.
+    NotJoined,
+    /// The connection has joined [`MAX_ROOMS_PER_CONNECTION`] rooms.
+    TooManyRooms,
+    /// The gateway could not reach its database or broker; retry later.
+    Unavailable,
+}
+
+/// The JSON text frame that delivers `event`: exactly what
+/// `Encoding::Json.encode(&ServerFrame::Event(event))` produces, without
+/// cloning the event. The api publishes these bytes; gateways forward them
+/// to JSON clients untouched.
+pub fn event_frame_json(event: &RoomEvent) -> Bytes {
+    #[derive(Serialize)]
+    struct EventFrame<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(flatten)]
+        event: &'a RoomEvent,
+    }
+    Encoding::Json.encode(&EventFrame {
+        kind: "event",
+        event,
+    })
+}
+
+/// Events the api sends to one user's connections (on the user's channel).
+/// Gateways turn the first two into frames and act on the last one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum UserNotice {
+    RoomAdded { room_id: RoomId, role: Role },
+    RoomRemoved { room_id: RoomId },
+    SessionRevoked { session_id: SessionId },
+}
+
+/// How a connection's frames are encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// Text frames of JSON.
+    Json,
+    /// Binary frames of MessagePack with named fields.
+    MsgPack,
+}
+
+/// Why a client frame could not be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("frame is not a valid {0}: {1}")]
+    Invalid(&'static str, String),
+    #[error("unknown frame type {0:?}")]
+    UnknownType(String),
+}
+
+impl Encoding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Json => "JSON",
+            Encoding::MsgPack => "MessagePack",
+        }
+    }
+
+    /// Encodes any frame (server or client) in this encoding.
+    pub fn encode<T: Serialize>(self, frame: &T) -> Bytes {
+        let bytes = match self {
+            // Serialising our own types to JSON cannot fail: every map key is a string.
+            Encoding::Json => serde_json::to_vec(frame).unwrap_or_default(),
+            Encoding::MsgPack => rmp_serde::to_vec_named(frame).unwrap_or_default(),
+        };
+        Bytes::from(bytes)
+    }
+
+    /// Decodes a client frame, telling an unknown `type` apart from a malformed frame.
+    pub fn decode_client(self, bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
+        self.decode(bytes, ClientFrame::TYPES)
+    }
+
+    /// Decodes a frame of type `T` whose variants are named in `known_types`.
+    pub fn decode<T: for<'de> Deserialize<'de>>(
+        self,
+        bytes: &[u8],
+        known_types: &[&str],
+    ) -> Result<T, DecodeError> {
+        #[derive(Deserialize)]
+        struct TypeOnly {
+            #[serde(rename = "type")]
+            kind: String,
+        }
+        let (full, type_only) = match self {
+            Encoding::Json => (
+                serde_json::from_slice::<T>(bytes).map_err(|e| e.to_string()),
+                serde_json::from_slice::<TypeOnly>(bytes).ok(),
+            ),
+            Encoding::MsgPack => (
+                rmp_serde::from_slice::<T>(bytes).map_err(|e| e.to_string()),
+                rmp_serde::from_slice::<TypeOnly>(bytes).ok(),
+            ),
+        };
+        full.map_err(|reason| match type_only {
+            Some(t) if !known_types.contains(&t.kind.as_str()) => DecodeError::UnknownType(t.kind),
+            _ => DecodeError::Invalid(self.name(), reason),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EventKind, time_from_millis};
+
+    fn event() -> ServerFrame {
+        ServerFrame::Event(RoomEvent {
+            room_id: RoomId(2),
+            seq: 9,
+            sender_id: UserId(4),
+            created_at: time_from_millis(1_700_000_000_000),
+            kind: EventKind::MessageCreated {
+                body: "hi".into(),
+                client_msg_id: None,
+            },
+        })
+    }
+
+    #[test]
+    fn server_frames_round_trip_in_both_encodings() {
+        for enc in [Encoding::Json, Encoding::MsgPack] {
+            for frame in [
+                event(),
+                ServerFrame::Joined {
+                    id: Some(3),
+                    room_id: RoomId(1),
+                    seq: 0,
+                },
+                ServerFrame::Error {
+                    id: None,
+                    code: ErrorCode::RoomNotFound,
+                    message: "no".into(),
+                    room_id: Some(RoomId(5)),
+                },
+            ] {
+                let bytes = enc.encode(&frame);
+                let back: ServerFrame = enc.decode(&bytes, &[]).unwrap();
+                assert_eq!(back, frame, "{enc:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_event_frame_is_flat_json() {
+        let json: serde_json::Value =
+            serde_json::from_slice(&Encoding::Json.encode(&event())).unwrap();
+        assert_eq!(json["type"], "event");
+        assert_eq!(json["kind"], "message.created");
+        assert_eq!(json["seq"], 9);
+    }
+
+    #[test]
+    fn the_published_event_bytes_are_the_event_frame() {
+        let ServerFrame::Event(inner) = event() else {
+            unreachable!()
+        };
+        assert_eq!(event_frame_json(&inner), Encoding::Json.encode(&event()));
+    }
+
+    #[test]
+    fn client_frames_decode_from_json_and_msgpack() {
+        let join = ClientFrame::Join {
+            id: Some(1),
+            room_id: RoomId(8),
+        };
+        assert_eq!(
+            Encoding::Json.decode_client(br#"{"type":"join","id":1,"room_id":8}"#),
+            Ok(join.clone())
+        );
+        let packed = Encoding::MsgPack.encode(&join);
+        assert_eq!(Encoding::MsgPack.decode_client(&packed), Ok(join));
+    }
+
+    #[test]
+    fn an_unknown_type_is_told_apart_from_a_malformed_frame() {
+        assert_eq!(
+            Encoding::Json.decode_client(br#"{"type":"teleport"}"#),
+            Err(DecodeError::UnknownType("teleport".into()))
+        );
+        assert!(matches!(
+            Encoding::Json.decode_client(br#"{"type":"join","room_id":"x"}"#),
+            Err(DecodeError::Invalid(..))
+        ));
+        assert!(matches!(
+            Encoding::Json.decode_client(b"{not json"),
+            Err(DecodeError::Invalid(..))
+        ));
+        assert!(matches!(
+            Encoding::MsgPack.decode_client(&[0xc1, 0xff, 0x00]),
+            Err(DecodeError::Invalid(..))
+        ));
+    }
+}

@@ -1,0 +1,173 @@
+//! Request and response bodies of the REST api (`/v1/...`).
+//!
+//! They live here rather than in the api crate so that clients written in
+//! Rust (the load tester, the test harness) use exactly the types the server
+//! parses and produces.
+
+use crate::ids::{SessionId, UserId};
+use crate::model::{Member, PublicUser, Role, Room, RoomEvent, User};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// `POST /v1/auth/signup`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignupRequest {
+    /// 3 to 32 characters of `a-z`, `0-9` and `_`.
+    pub username: String,
+    pub email: String,
+    /// At least 10 characters, at most 1024 bytes.
+    pub password: String,
+}
+
+/// `POST /v1/auth/login`: `login` is a username or an email address
+/// (`username` and `email` are accepted as the field's name too).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    #[serde(alias = "username", alias = "email")]
+    pub login: String,
+    pub password: String,
+}
+
+/// `POST /v1/auth/refresh` and `POST /v1/auth/logout`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// The answer to a login or a refresh.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenResponse {
+    /// A JWT (EdDSA) to send as `Authorization: Bearer ...` and in the gateway's `auth` frame.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// Single-use: each refresh returns a new one and retires this one.
+    pub refresh_token: String,
+    /// Seconds until the session expires unless refreshed.
+    pub refresh_expires_in: u64,
+    pub session_id: SessionId,
+    pub user: User,
+}
+
+/// One of the caller's sessions.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Session {
+    pub id: SessionId,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// True for the session of the token that made this request.
+    pub current: bool,
+    pub user_agent: Option<String>,
+}
+
+/// `POST /v1/rooms`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoomRequest {
+    /// 1 to 100 characters.
+    pub name: String,
+}
+
+/// `POST /v1/rooms/direct`: the direct room between the caller and `user_id`,
+/// created the first time it is asked for.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectRoomRequest {
+    pub user_id: UserId,
+}
+
+/// `POST /v1/rooms/{id}/members`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberRequest {
+    pub user_id: UserId,
+    /// `member` (default) or `admin`; only the owner may add admins.
+    #[serde(default)]
+    pub role: Option<Role>,
+}
+
+/// `POST /v1/rooms/{id}/messages`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostMessageRequest {
+    /// 1 to 4000 characters.
+    pub body: String,
+    /// The client's own id for this message (1 to 64 of `A-Z a-z 0-9 - _ . :`).
+    /// Retrying a post with the same id returns the first result instead of a duplicate.
+    #[serde(default)]
+    pub client_msg_id: Option<String>,
+}
+
+/// Query of `GET /v1/rooms/{id}/messages`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Only events with a smaller `seq` (default: from the newest).
+    pub before_seq: Option<i64>,
+    /// Page size, 1 to 100 (default 50).
+    pub limit: Option<u32>,
+}
+
+/// A page of a room's timeline, newest first.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct HistoryPage {
+    pub events: Vec<RoomEvent>,
+    /// Pass as `before_seq` for the next (older) page; absent on the last page.
+    pub next_before_seq: Option<i64>,
+}
+
+/// `GET /v1/rooms`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct RoomList {
+    pub rooms: Vec<Room>,
+}
+
+/// `GET /v1/rooms/{id}/members`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct MemberList {
+    pub members: Vec<Member>,
+}
+
+/// `GET /v1/auth/sessions`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<Session>,
+}
+
+/// Query of `GET /v1/users`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UserLookup {
+    /// Exact username to look up.
+    pub username: String,
+}
+
+/// `GET /v1/users?username=`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserLookupResponse {
+    pub user: PublicUser,
+}
+
+/// Every error the REST api returns has this shape.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable code (see docs/api.md).
+    pub code: String,
+    /// Human-readable explanation; may change between versions.
+    pub message: String,
+    /// The request field at fault, for validation errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}

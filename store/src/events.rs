@@ -1,0 +1,275 @@
+//! Room timelines: appending events with gap-free sequence numbers, and
+//! reading them back.
+//!
+//! A room's `last_seq` is incremented by the same transaction that inserts
+//! the event, under the room row's lock. Concurrent appends to one room
+//! therefore queue on that lock and each gets the next number; a failed
+//! append rolls the increment back with it, so no number is ever skipped.
+
+use crate::error::unique_violation;
+use crate::{Backend, Result, Store, StoreError};
+use shared::model::{EventKind, Role, RoomEvent, time_from_millis};
+use shared::{RoomId, UserId};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+/// A message to append.
+pub struct NewMessage<'a> {
+    pub room_id: RoomId,
+    pub sender_id: UserId,
+    pub body: &'a str,
+    pub client_msg_id: Option<&'a str>,
+    pub created_at: i64,
+}
+
+#[derive(Debug)]
+pub enum PostOutcome {
+    /// Appended now.
+    Created(RoomEvent),
+    /// The sender already posted this `client_msg_id` in this room: the original.
+    Existing(RoomEvent),
+    /// No such room, or the sender is not a member.
+    NotFound,
+}
+
+/// `SELECT <every event column> FROM room_events <rest>`, as a `&'static str`.
+macro_rules! select_events {
+    ($rest:literal) => {
+        concat!(
+            "SELECT room_id, seq, kind, sender_id, body, client_msg_id, target_user_id, role, room_name, created_at \
+             FROM room_events ",
+            $rest
+        )
+    };
+}
+
+pub(crate) fn event_from_row(row: &AnyRow) -> Result<RoomEvent> {
+    let kind: String = row.try_get("kind")?;
+    let role = |row: &AnyRow| -> Result<Role> {
+        let role: Option<String> = row.try_get("role")?;
+        role.as_deref()
+            .and_then(Role::parse)
+            .ok_or_else(|| StoreError::Corrupt(format!("event role {role:?}")))
+    };
+    let target = |row: &AnyRow| -> Result<UserId> {
+        let id: Option<i64> = row.try_get("target_user_id")?;
+        id.map(UserId)
+            .ok_or_else(|| StoreError::Corrupt("member event without a user".into()))
+    };
+    let kind = match kind.as_str() {
+        "message.created" => EventKind::MessageCreated {
+            body: row
+                .try_get::<Option<String>, _>("body")?
+                .unwrap_or_default(),
+            client_msg_id: row.try_get("client_msg_id")?,
+        },
+        "member.added" => EventKind::MemberAdded {
+            user_id: target(row)?,
+            role: role(row)?,
+        },
+        "member.removed" => EventKind::MemberRemoved {
+            user_id: target(row)?,
+        },
+        "room.created" => EventKind::RoomCreated {
+            name: row
+                .try_get::<Option<String>, _>("room_name")?
+                .unwrap_or_default(),
+        },
+        other => return Err(StoreError::Corrupt(format!("event kind {other:?}"))),
+    };
+    Ok(RoomEvent {
+        room_id: RoomId(row.try_get("room_id")?),
+        seq: row.try_get("seq")?,
+        sender_id: UserId(row.try_get("sender_id")?),
+        created_at: time_from_millis(row.try_get("created_at")?),
+        kind,
+    })
+}
+
+/// Takes the next number of `room`'s timeline inside the caller's
+/// transaction (and with it the room row's lock). None if there is no such room.
+pub(crate) async fn next_seq(
+    conn: &mut AnyConnection,
+    room: RoomId,
+) -> Result<Option<i64>, sqlx::Error> {
+    let row =
+        sqlx::query("UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq")
+            .bind(room.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+    row.map(|r| r.try_get("last_seq")).transpose()
+}
+
+/// Inserts an event whose `seq` the caller took with [`next_seq`].
+pub(crate) async fn insert_event(
+    conn: &mut AnyConnection,
+    event: &RoomEvent,
+) -> Result<(), sqlx::Error> {
+    let (mut body, mut client_msg_id, mut target, mut role, mut room_name) =
+        (None, None, None, None, None);
+    match &event.kind {
+        EventKind::MessageCreated {
+            body: b,
+            client_msg_id: c,
+        } => {
+            body = Some(b.as_str());
+            client_msg_id = c.as_deref();
+        }
+        EventKind::MemberAdded { user_id, role: r } => {
+            target = Some(user_id.0);
+            role = Some(r.as_str());
+        }
+        EventKind::MemberRemoved { user_id } => target = Some(user_id.0),
+        EventKind::RoomCreated { name } => room_name = Some(name.as_str()),
+    }
+    sqlx::query(
+        "INSERT INTO room_events (room_id, seq, kind, sender_id, body, client_msg_id, target_user_id, role, room_name, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(event.room_id.0)
+    .bind(event.seq)
+    .bind(event.kind.name())
+    .bind(event.sender_id.0)
+    .bind(body)
+    .bind(client_msg_id)
+    .bind(target)
+    .bind(role)
+    .bind(room_name)
+    .bind(event.created_at.timestamp_millis())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Largest page the history endpoint serves.
+pub const MAX_HISTORY_PAGE: u32 = 100;
+
+impl Store {
+    /// Appends a message to a room its sender is a member of.
+    #[tracing::instrument(skip_all, fields(room_id = %msg.room_id, sender_id = %msg.sender_id))]
+    pub async fn post_message(&self, msg: NewMessage<'_>) -> Result<PostOutcome> {
+        let appended = match self.backend {
+            Backend::Postgres => self.append_message_postgres(&msg).await,
+            Backend::Sqlite => self.append_message_sqlite(&msg).await,
+        };
+        match appended {
+            Ok(Some(seq)) => Ok(PostOutcome::Created(RoomEvent {
+                room_id: msg.room_id,
+                seq,
+                sender_id: msg.sender_id,
+                created_at: time_from_millis(msg.created_at),
+                kind: EventKind::MessageCreated {
+                    body: msg.body.to_owned(),
+                    client_msg_id: msg.client_msg_id.map(str::to_owned),
+                },
+            })),
+            Ok(None) => Ok(PostOutcome::NotFound),
+            Err(e) if unique_violation(&e) == Some("room_events_idempotency_key") => {
+                let client_msg_id = msg.client_msg_id.unwrap_or_default();
+                let row = sqlx::query(select_events!(
+                    "WHERE room_id = $1 AND sender_id = $2 AND client_msg_id = $3"
+                ))
+                .bind(msg.room_id.0)
+                .bind(msg.sender_id.0)
+                .bind(client_msg_id)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(PostOutcome::Existing(event_from_row(&row)?))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// PostgreSQL: membership check, numbering and insert in one statement,
+    /// one round trip. A duplicate `client_msg_id` fails the whole statement,
+    /// so the increment is rolled back with it.
+    async fn append_message_postgres(
+        &self,
+        msg: &NewMessage<'_>,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        let row = sqlx::query(
+            "WITH next AS ( \
+                 UPDATE rooms SET last_seq = last_seq + 1 \
+                 WHERE id = $1 AND EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2) \
+                 RETURNING last_seq) \
+             INSERT INTO room_events (room_id, seq, kind, sender_id, body, client_msg_id, created_at) \
+             SELECT $1, last_seq, 'message.created', $2, $3, $4, $5 FROM next \
+             RETURNING seq",
+        )
+        .bind(msg.room_id.0)
+        .bind(msg.sender_id.0)
+        .bind(msg.body)
+        .bind(msg.client_msg_id)
+        .bind(msg.created_at)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| r.try_get("seq")).transpose()
+    }
+
+    /// SQLite has no writable CTEs: the same steps in one IMMEDIATE transaction.
+    async fn append_message_sqlite(
+        &self,
+        msg: &NewMessage<'_>,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        let mut tx = self.begin_write().await?;
+        let member = sqlx::query("SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2")
+            .bind(msg.room_id.0)
+            .bind(msg.sender_id.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if member.is_none() {
+            return Ok(None);
+        }
+        let Some(seq) = next_seq(&mut tx, msg.room_id).await? else {
+            return Ok(None);
+        };
+        let event = RoomEvent {
+            room_id: msg.room_id,
+            seq,
+            sender_id: msg.sender_id,
+            created_at: time_from_millis(msg.created_at),
+            kind: EventKind::MessageCreated {
+                body: msg.body.to_owned(),
+                client_msg_id: msg.client_msg_id.map(str::to_owned),
+            },
+        };
+        insert_event(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(Some(seq))
+    }
+
+    /// A page of `room`'s timeline, newest first, strictly before `before_seq`.
+    #[tracing::instrument(skip(self))]
+    pub async fn history(
+        &self,
+        room: RoomId,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<RoomEvent>> {
+        let rows = sqlx::query(select_events!(
+            "WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+        ))
+        .bind(room.0)
+        .bind(before_seq.unwrap_or(i64::MAX))
+        .bind(i64::from(limit.clamp(1, MAX_HISTORY_PAGE)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// Events `from..=to` of `room`, oldest first, at most `MAX_HISTORY_PAGE`
+    /// (gateways fill gaps in what they received with this).
+    #[tracing::instrument(skip(self))]
+    pub async fn events_between(&self, room: RoomId, from: i64, to: i64) -> Result<Vec<RoomEvent>> {
+        let rows = sqlx::query(select_events!(
+            "WHERE room_id = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq LIMIT $4"
+        ))
+        .bind(room.0)
+        .bind(from)
+        .bind(to)
+        .bind(i64::from(MAX_HISTORY_PAGE))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+}

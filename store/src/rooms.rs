@@ -1,0 +1,372 @@
+//! Rooms and their members. Every membership change is also an event in the
+//! room's timeline, appended in the same transaction.
+
+use crate::error::{is_foreign_key_violation, unique_violation};
+use crate::events::{insert_event, next_seq};
+use crate::{Result, Store, StoreError};
+use shared::model::{EventKind, Member, Role, Room, RoomEvent, RoomKind, time_from_millis};
+use shared::{RoomId, UserId};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+/// A user's standing in a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Membership {
+    pub role: Role,
+    pub kind: RoomKind,
+    /// The room's newest `seq` when this was read.
+    pub last_seq: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AddMemberError {
+    #[error("already a member")]
+    AlreadyMember,
+    #[error("no such user")]
+    UserNotFound,
+    #[error("no such room")]
+    RoomNotFound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveMemberError {
+    #[error("not a member")]
+    NotMember,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The outcome of asking for a direct room.
+pub struct DirectRoom {
+    pub room: Room,
+    /// The room's first event if this call created it.
+    pub created: Option<RoomEvent>,
+}
+
+/// `SELECT <a room as one member sees it> <rest>`, as a `&'static str`.
+macro_rules! select_rooms {
+    ($rest:literal) => {
+        concat!(
+            "SELECT r.id, r.kind, r.name, r.created_by, r.created_at, r.last_seq, m.role \
+             FROM room_members m JOIN rooms r ON r.id = m.room_id ",
+            $rest
+        )
+    };
+}
+
+fn room_from_row(row: &AnyRow) -> Result<Room> {
+    let kind: String = row.try_get("kind")?;
+    let role: String = row.try_get("role")?;
+    Ok(Room {
+        id: RoomId(row.try_get("id")?),
+        kind: RoomKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("room kind {kind:?}")))?,
+        name: row.try_get("name")?,
+        created_by: UserId(row.try_get("created_by")?),
+        created_at: time_from_millis(row.try_get("created_at")?),
+        last_seq: row.try_get("last_seq")?,
+        role: Role::parse(&role)
+            .ok_or_else(|| StoreError::Corrupt(format!("member role {role:?}")))?,
+    })
+}
+
+/// Both users of a direct room, smallest id first, as stored in `direct_key`.
+fn direct_key(a: UserId, b: UserId) -> String {
+    let (low, high) = if a <= b { (a, b) } else { (b, a) };
+    format!("{low}:{high}")
+}
+
+impl Store {
+    /// Creates a group room owned by `owner`; its first event is `room.created`.
+    #[tracing::instrument(skip(self))]
+    pub async fn create_group_room(
+        &self,
+        owner: UserId,
+        name: &str,
+        now: i64,
+    ) -> Result<(Room, RoomEvent)> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "INSERT INTO rooms (kind, name, created_by, created_at, last_seq) VALUES ('group', $1, $2, $3, 1) RETURNING id",
+        )
+        .bind(name)
+        .bind(owner.0)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let room_id = RoomId(row.try_get("id")?);
+        add_member_row(&mut tx, room_id, owner, Role::Owner, now).await?;
+        let event = RoomEvent {
+            room_id,
+            seq: 1,
+            sender_id: owner,
+            created_at: time_from_millis(now),
+            kind: EventKind::RoomCreated {
+                name: name.to_owned(),
+            },
+        };
+        insert_event(&mut tx, &event).await?;
+        tx.commit().await?;
+        let room = Room {
+            id: room_id,
+            kind: RoomKind::Group,
+            name: name.to_owned(),
+            created_by: owner,
+            created_at: event.created_at,
+            last_seq: 1,
+            role: Role::Owner,
+        };
+        Ok((room, event))
+    }
+
+    /// The direct room of `me` and `other`, created on first request.
+    #[tracing::instrument(skip(self))]
+    pub async fn direct_room(
+        &self,
+        me: UserId,
+        other: UserId,
+        now: i64,
+    ) -> Result<DirectRoom, AddMemberError> {
+        let key = direct_key(me, other);
+        if let Some(room) = self.direct_room_by_key(&key, me).await? {
+            return Ok(DirectRoom {
+                room,
+                created: None,
+            });
+        }
+        let created = async {
+            let mut tx = self.begin_write().await?;
+            let row = sqlx::query(
+                "INSERT INTO rooms (kind, name, direct_key, created_by, created_at, last_seq) \
+                 VALUES ('direct', '', $1, $2, $3, 1) RETURNING id",
+            )
+            .bind(&key)
+            .bind(me.0)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            let room_id = RoomId(row.try_get("id")?);
+            add_member_row(&mut tx, room_id, me, Role::Member, now).await?;
+            add_member_row(&mut tx, room_id, other, Role::Member, now).await?;
+            let event = RoomEvent {
+                room_id,
+                seq: 1,
+                sender_id: me,
+                created_at: time_from_millis(now),
+                kind: EventKind::RoomCreated {
+                    name: String::new(),
+                },
+            };
+            insert_event(&mut tx, &event).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(event)
+        }
+        .await;
+        match created {
+            Ok(event) => {
+                let room = self.direct_room_by_key(&key, me).await?.ok_or_else(|| {
+                    StoreError::Corrupt("direct room vanished after creation".into())
+                })?;
+                Ok(DirectRoom {
+                    room,
+                    created: Some(event),
+                })
+            }
+            // Someone created the same pair's room concurrently: use theirs.
+            Err(e) if unique_violation(&e) == Some("rooms_direct_key_key") => {
+                let room = self
+                    .direct_room_by_key(&key, me)
+                    .await?
+                    .ok_or(AddMemberError::RoomNotFound)?;
+                Ok(DirectRoom {
+                    room,
+                    created: None,
+                })
+            }
+            Err(e) if is_foreign_key_violation(&e) => Err(AddMemberError::UserNotFound),
+            Err(e) => Err(AddMemberError::Store(e.into())),
+        }
+    }
+
+    async fn direct_room_by_key(&self, key: &str, me: UserId) -> Result<Option<Room>> {
+        let row = sqlx::query(select_rooms!("WHERE r.direct_key = $1 AND m.user_id = $2"))
+            .bind(key)
+            .bind(me.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(room_from_row).transpose()
+    }
+
+    /// The rooms `user` is a member of, oldest first.
+    #[tracing::instrument(skip(self))]
+    pub async fn rooms_of(&self, user: UserId) -> Result<Vec<Room>> {
+        let rows = sqlx::query(select_rooms!("WHERE m.user_id = $1 ORDER BY r.id"))
+            .bind(user.0)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(room_from_row).collect()
+    }
+
+    /// `room` as `user` sees it; None if it does not exist or they are not a member.
+    #[tracing::instrument(skip(self))]
+    pub async fn room_for(&self, room: RoomId, user: UserId) -> Result<Option<Room>> {
+        let row = sqlx::query(select_rooms!("WHERE m.room_id = $1 AND m.user_id = $2"))
+            .bind(room.0)
+            .bind(user.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(room_from_row).transpose()
+    }
+
+    /// `user`'s role in `room` and the room's newest `seq`; None for non-members.
+    #[tracing::instrument(skip(self))]
+    pub async fn membership(&self, room: RoomId, user: UserId) -> Result<Option<Membership>> {
+        Ok(self.room_for(room, user).await?.map(|r| Membership {
+            role: r.role,
+            kind: r.kind,
+            last_seq: r.last_seq,
+        }))
+    }
+
+    /// The newest `seq` of `room`'s timeline; None if there is no such room.
+    #[tracing::instrument(skip(self))]
+    pub async fn last_seq(&self, room: RoomId) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT last_seq FROM rooms WHERE id = $1")
+            .bind(room.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("last_seq")).transpose()?)
+    }
+
+    /// Everyone in `room`, in the order they joined.
+    #[tracing::instrument(skip(self))]
+    pub async fn members(&self, room: RoomId) -> Result<Vec<Member>> {
+        let rows = sqlx::query(
+            "SELECT m.user_id, u.username, m.role, m.joined_at FROM room_members m JOIN users u ON u.id = m.user_id \
+             WHERE m.room_id = $1 ORDER BY m.joined_at, m.user_id",
+        )
+        .bind(room.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let role: String = row.try_get("role")?;
+                Ok(Member {
+                    user_id: UserId(row.try_get("user_id")?),
+                    username: row.try_get("username")?,
+                    role: Role::parse(&role)
+                        .ok_or_else(|| StoreError::Corrupt(format!("member role {role:?}")))?,
+                    joined_at: time_from_millis(row.try_get("joined_at")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Makes `user` a member of `room` and appends `member.added` (by `actor`).
+    /// Authorising `actor` is the caller's job.
+    #[tracing::instrument(skip(self))]
+    pub async fn add_member(
+        &self,
+        room: RoomId,
+        actor: UserId,
+        user: UserId,
+        role: Role,
+        now: i64,
+    ) -> Result<RoomEvent, AddMemberError> {
+        let result = async {
+            let mut tx = self.begin_write().await?;
+            // Numbering first: it takes the room row's lock, ordering this
+            // change with concurrent messages.
+            let Some(seq) = next_seq(&mut tx, room).await? else {
+                return Ok(None);
+            };
+            add_member_row(&mut tx, room, user, role, now).await?;
+            let event = RoomEvent {
+                room_id: room,
+                seq,
+                sender_id: actor,
+                created_at: time_from_millis(now),
+                kind: EventKind::MemberAdded {
+                    user_id: user,
+                    role,
+                },
+            };
+            insert_event(&mut tx, &event).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(Some(event))
+        }
+        .await;
+        match result {
+            Ok(Some(event)) => Ok(event),
+            Ok(None) => Err(AddMemberError::RoomNotFound),
+            Err(e) if unique_violation(&e) == Some("room_members_pkey") => {
+                Err(AddMemberError::AlreadyMember)
+            }
+            Err(e) if is_foreign_key_violation(&e) => Err(AddMemberError::UserNotFound),
+            Err(e) => Err(AddMemberError::Store(e.into())),
+        }
+    }
+
+    /// Removes `user` from `room` and appends `member.removed` (by `actor`).
+    #[tracing::instrument(skip(self))]
+    pub async fn remove_member(
+        &self,
+        room: RoomId,
+        actor: UserId,
+        user: UserId,
+        now: i64,
+    ) -> Result<RoomEvent, RemoveMemberError> {
+        let result = async {
+            let mut tx = self.begin_write().await?;
+            let Some(seq) = next_seq(&mut tx, room).await? else {
+                return Ok(None);
+            };
+            let removed =
+                sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
+                    .bind(room.0)
+                    .bind(user.0)
+                    .execute(&mut *tx)
+                    .await?;
+            if removed.rows_affected() == 0 {
+                return Ok(None);
+            }
+            let event = RoomEvent {
+                room_id: room,
+                seq,
+                sender_id: actor,
+                created_at: time_from_millis(now),
+                kind: EventKind::MemberRemoved { user_id: user },
+            };
+            insert_event(&mut tx, &event).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(Some(event))
+        }
+        .await;
+        match result {
+            Ok(Some(event)) => Ok(event),
+            Ok(None) => Err(RemoveMemberError::NotMember),
+            Err(e) => Err(RemoveMemberError::Store(e.into())),
+        }
+    }
+}
+
+async fn add_member_row(
+    conn: &mut sqlx::AnyConnection,
+    room: RoomId,
+    user: UserId,
+    role: Role,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO room_members (room_id, user_id, role, joined_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(room.0)
+    .bind(user.0)
+    .bind(role.as_str())
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Login sessions and their rotating refresh tokens.
+//!
+//! Only SHA-256 hashes of refresh secrets are stored. Each refresh replaces
+//! the current hash and keeps the one before; a client presenting that
+//! previous secret again is replaying a token that was already used, which
+//! means it leaked, so the whole session is revoked.
+
+use crate::{Result, Store};
+use shared::model::time_from_millis;
+use shared::{SessionId, UserId};
+use sqlx::Row;
+
+pub struct NewSession<'a> {
+    pub id: SessionId,
+    pub user_id: UserId,
+    pub refresh_hash: &'a str,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub user_agent: Option<&'a str>,
+}
+
+/// A live session as its owner sees it.
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub last_used_at: chrono::DateTime<chrono::Utc>,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    pub user_agent: Option<String>,
+}
+
+/// The result of presenting a refresh token.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// The token was current: it has been replaced by the new hash.
+    Rotated { user_id: UserId },
+    /// The token was the one before the current: replay of a leaked token.
+    /// The session is now revoked.
+    Reused { user_id: UserId },
+    /// Unknown, expired or revoked session, or a wrong secret.
+    Invalid,
+}
+
+impl Store {
+    #[tracing::instrument(skip_all, fields(session_id = %new.id, user_id = %new.user_id))]
+    pub async fn create_session(&self, new: NewSession<'_>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, refresh_hash, created_at, last_used_at, expires_at, user_agent) \
+             VALUES ($1, $2, $3, $4, $4, $5, $6)",
+        )
+        .bind(new.id.to_string())
+        .bind(new.user_id.0)
+        .bind(new.refresh_hash)
+        .bind(new.created_at)
+        .bind(new.expires_at)
+        .bind(new.user_agent)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Swaps the session's refresh hash from `presented` to `replacement`
+    /// if `presented` is current; detects replays of the previous one.
+    #[tracing::instrument(skip(self, presented, replacement))]
+    pub async fn rotate_refresh(
+        &self,
+        id: SessionId,
+        presented: &str,
+        replacement: &str,
+        now: i64,
+        new_expiry: i64,
+    ) -> Result<RefreshOutcome> {
+        // The compare-and-swap is the UPDATE's WHERE clause, so two
+        // refreshes racing with one token cannot both succeed.
+        let rotated = sqlx::query(
+            "UPDATE sessions SET previous_hash = refresh_hash, refresh_hash = $3, last_used_at = $4, expires_at = $5 \
+             WHERE id = $1 AND refresh_hash = $2 AND revoked_at IS NULL AND expires_at > $4 RETURNING user_id",
+        )
+        .bind(id.to_string())
+        .bind(presented)
+        .bind(replacement)
+        .bind(now)
+        .bind(new_expiry)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = rotated {
+            return Ok(RefreshOutcome::Rotated {
+                user_id: UserId(row.try_get("user_id")?),
+            });
+        }
+        let replayed = sqlx::query(
+            "UPDATE sessions SET revoked_at = $3 WHERE id = $1 AND previous_hash = $2 AND revoked_at IS NULL RETURNING user_id",
+        )
+        .bind(id.to_string())
+        .bind(presented)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match replayed {
+            Some(row) => RefreshOutcome::Reused {
+                user_id: UserId(row.try_get("user_id")?),
+            },
+            None => RefreshOutcome::Invalid,
+        })
+    }
+
+    /// Revokes one of `user_id`'s sessions; false if there was none to revoke.
+    #[tracing::instrument(skip(self))]
+    pub async fn revoke_session(&self, id: SessionId, user_id: UserId, now: i64) -> Result<bool> {
+        let done = sqlx::query("UPDATE sessions SET revoked_at = $3 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL")
+            .bind(id.to_string())
+            .bind(user_id.0)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Whether a session may still be used (not revoked, not expired).
+    #[tracing::instrument(skip(self))]
+    pub async fn session_active(&self, id: SessionId, now: i64) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// The user's live sessions, most recently used first.
+    #[tracing::instrument(skip(self))]
+    pub async fn sessions(&self, user_id: UserId, now: i64) -> Result<Vec<SessionRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, created_at, last_used_at, expires_at, user_agent FROM sessions \
+             WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 ORDER BY last_used_at DESC",
+        )
+        .bind(user_id.0)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                Ok(SessionRecord {
+                    id: id
+                        .parse()
+                        .map_err(|_| crate::StoreError::Corrupt(format!("session id {id:?}")))?,
+                    created_at: time_from_millis(row.try_get("created_at")?),
+                    last_used_at: time_from_millis(row.try_get("last_used_at")?),
+                    expires_at: time_from_millis(row.try_get("expires_at")?),
+                    user_agent: row.try_get("user_agent")?,
+                })
+            })
+            .collect()
+    }
+}
