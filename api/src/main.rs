@@ -23,6 +23,12 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Create the JWT key pair in PARLEY_DATA_DIR (kept if it exists) and
+    /// print where it is; with --print, print the PEMs instead (for secrets stores).
+    Keygen {
+        #[arg(long)]
+        print: bool,
+    },
 }
 
 #[tokio::main]
@@ -30,6 +36,24 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _telemetry = shared::telemetry::init(&cli.config.telemetry, "parley-api")?;
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Keygen { print: true } => {
+            use secrecy::ExposeSecret;
+            let pair = shared::auth::KeyPair::generate();
+            print!("{}{}", pair.private_pem.expose_secret(), pair.public_pem);
+            Ok(())
+        }
+        Command::Keygen { print: false } => {
+            shared::auth::KeyPair::load_or_generate(&cli.config.data_dir)?;
+            println!(
+                "{}\n{}",
+                cli.config
+                    .data_dir
+                    .join(shared::auth::PRIVATE_KEY_FILE)
+                    .display(),
+                shared::auth::public_key_path(&cli.config.data_dir).display()
+            );
+            Ok(())
+        }
         Command::Migrate => {
             let url = cli
                 .config

@@ -39,12 +39,14 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: AppState, policy: &PolicyArgs) -> Router {
     let per_minute = policy.auth_per_minute.max(1);
     let governor = GovernorConfigBuilder::default()
-        .period(Duration::from_millis(60_000 / u64::from(per_minute)))
+        .period(Duration::from_secs(60) / per_minute)
         .burst_size((per_minute / 5).max(5))
         .key_extractor(ClientIp {
             trust_proxy_headers: policy.trust_proxy_headers,
         })
         .finish()
+        // 60 s / u32::MAX is still over 10 ns and the burst is at least 5,
+        // so the quota is always valid.
         .expect("a non-zero period and burst make a valid rate limit");
     let credentials =
         auth::credential_router().layer(GovernorLayer::new(governor).error_handler(|e| {
@@ -81,6 +83,7 @@ pub fn router(state: AppState, policy: &PolicyArgs) -> Router {
         router = router.layer(cors);
     }
     router
+        .layer(axum::middleware::from_fn(record_http_metrics))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                 let request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -89,6 +92,28 @@ pub fn router(state: AppState, policy: &PolicyArgs) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+}
+
+/// `http_requests_total` and `http_request_duration_seconds` by route
+/// template (`/v1/rooms/{room_id}`), never by raw path: ids would explode the
+/// number of series.
+async fn record_http_metrics(
+    request: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!("http_request_duration_seconds", "method" => method.clone(), "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("http_requests_total", "method" => method, "route" => route, "status" => status).increment(1);
+    response
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {

@@ -26,8 +26,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Grace added to twice the heartbeat interval before a silent client is
-/// declared dead: covers one lost ping and a slow network.
+/// Most grace added to twice the heartbeat interval before a silent client
+/// is declared dead (one more interval, up to this): covers a slow network.
 const HEARTBEAT_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a closing connection's writer may take to flush its last frames.
@@ -252,7 +252,8 @@ impl Session {
         reader: &mut WebSocketRead<R>,
         assembler: &mut Assembler,
     ) -> CloseReason {
-        let idle = self.node.settings.heartbeat_interval * 2 + HEARTBEAT_GRACE;
+        let heartbeat = self.node.settings.heartbeat_interval;
+        let idle = heartbeat * 2 + heartbeat.min(HEARTBEAT_GRACE);
         let conn = self.conn.clone();
         let mut on_ping = |payload| conn.out.push_pong(payload);
         loop {

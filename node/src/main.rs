@@ -26,12 +26,25 @@ async fn main() -> anyhow::Result<()> {
     let node = Node::build(&cli.config).await?;
     let addr = node.local_addr()?;
     // The banner goes to stdout (logs go to stderr): it is what a person
-    // reads first, and what the quick-start test parses.
-    println!("Parley is running ({}).", node.description());
-    println!("  REST api:  http://{addr}/v1   (OpenAPI: http://{addr}/openapi.json)");
-    println!("  WebSocket: ws://{addr}/ws");
-    println!("  Data:      {}", cli.config.data_dir.display());
-    println!("Try it: see \"Quick start\" in README.md. Stop with Ctrl-C.");
+    // reads first, and what the quick-start test parses. A closed stdout
+    // (a supervisor that stopped reading) must not stop the node, so write
+    // errors are ignored rather than panicking like `println!`.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "Parley is running ({}).", node.description());
+        let _ = writeln!(
+            out,
+            "  REST api:  http://{addr}/v1   (OpenAPI: http://{addr}/openapi.json)"
+        );
+        let _ = writeln!(out, "  WebSocket: ws://{addr}/ws");
+        let _ = writeln!(out, "  Data:      {}", cli.config.data_dir.display());
+        let _ = writeln!(
+            out,
+            "Try it: see \"Quick start\" in README.md. Stop with Ctrl-C."
+        );
+        let _ = out.flush();
+    }
     let signal = shutdown.clone();
     tokio::spawn(async move {
         shared::shutdown::signal().await;

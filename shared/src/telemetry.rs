@@ -32,9 +32,15 @@ impl Drop for TelemetryGuard {
 pub fn init(args: &TelemetryArgs, service: &'static str) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_new(&args.log_filter)
         .with_context(|| format!("PARLEY_LOG={:?} is not a valid log filter", args.log_filter))?;
+    // Logs go to stderr; stdout is left to what a binary prints for people
+    // (the single node's start-up banner).
     let fmt = match args.log_format {
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_target(false).boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
             .with_current_span(true)

@@ -1,1 +1,515 @@
+//! The test harness: a real deployment on loopback, port 0, per test.
+//!
+//! [`TestApp::spawn`] starts either shape of the system:
+//! - [`Mode::Cluster`]: the api and several gateway nodes, each with its own
+//!   listener, store pool and Redis connections, sharing nothing but a fresh
+//!   PostgreSQL database and a unique Redis key prefix;
+//! - [`Mode::Single`]: one `parley` node (api + gateway on one port) on a
+//!   fresh SQLite file and the in-process broker.
+//!
+//! Test bodies take the mode as a parameter and [`both_modes!`] runs each
+//! one in both shapes, so there is one copy of every test.
 
+mod db;
+mod ws;
+
+pub use db::{TestDatabase, admin_url};
+pub use ws::{FRAME_TIMEOUT, Received, WsClient};
+
+use api::PolicyArgs;
+use gateway::{Gateway, WsSettings};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shared::auth::KeyPair;
+use shared::config::{DatabaseArgs, JwtArgs, LogFormat, RedisArgs, TelemetryArgs};
+use shared::model::RoomEvent;
+use shared::protocol::Encoding;
+use shared::{RoomId, SessionId, UserId};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Which shape of the system a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// api + gateways on PostgreSQL and Redis.
+    Cluster,
+    /// One node on SQLite and the in-process broker.
+    Single,
+}
+
+/// Where tests find Redis.
+pub fn redis_url() -> String {
+    std::env::var("PARLEY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Runs each listed `async fn name(mode: Mode)` as two tests, one per mode.
+#[macro_export]
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod postgres_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Mode::Cluster).await
+                }
+            )*
+        }
+        mod sqlite_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Mode::Single).await
+                }
+            )*
+        }
+    };
+}
+
+/// What a test may change about the deployment.
+#[derive(Clone)]
+pub struct Options {
+    /// Gateway nodes in cluster mode (a single node is always one).
+    pub gateways: usize,
+    pub policy: PolicyArgs,
+    pub ws: WsSettings,
+    pub access_token_ttl: Duration,
+    /// Keep data here (and keep it after `stop`): for restart tests.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            gateways: 3,
+            // Tests sign up and post fast from one IP; the limits have tests of their own.
+            policy: PolicyArgs {
+                auth_per_minute: 1_000_000,
+                login_failures_per_15min: 1_000,
+                messages_per_second: 1_000_000,
+                messages_burst: 1_000_000,
+                ..PolicyArgs::default()
+            },
+            ws: WsSettings::default(),
+            access_token_ttl: Duration::from_secs(900),
+            data_dir: None,
+        }
+    }
+}
+
+/// A signed-up, logged-in user.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub id: UserId,
+    pub username: String,
+    pub token: String,
+    pub refresh_token: String,
+    pub session_id: SessionId,
+}
+
+pub struct TestApp {
+    pub mode: Mode,
+    /// `http://127.0.0.1:port`
+    pub api: String,
+    gateway_urls: Vec<String>,
+    gateways: Vec<Gateway>,
+    http: reqwest::Client,
+    pub redis_prefix: String,
+    pub data_dir: PathBuf,
+    keep_data: bool,
+    database: Option<TestDatabase>,
+    keys: KeyPair,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+fn telemetry() -> TelemetryArgs {
+    TelemetryArgs {
+        log_filter: "warn".into(),
+        log_format: LogFormat::Pretty,
+        otlp_endpoint: None,
+        metrics_addr: None,
+    }
+}
+
+fn loopback() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().expect("a valid address")
+}
+
+impl TestApp {
+    pub async fn spawn(mode: Mode) -> TestApp {
+        Self::spawn_with(mode, Options::default()).await
+    }
+
+    pub async fn spawn_with(mode: Mode, options: Options) -> TestApp {
+        init_tracing();
+        let shutdown = CancellationToken::new();
+        let keep_data = options.data_dir.is_some();
+        let data_dir = options.data_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("parley-test-{}", uuid::Uuid::new_v4().simple()))
+        });
+        let redis_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+        let keys = KeyPair::generate();
+        let jwt = JwtArgs {
+            jwt_private_key: None,
+            jwt_private_key_file: None,
+            jwt_public_key: None,
+            jwt_public_key_file: None,
+            jwt_issuer: "parley".into(),
+            access_token_ttl: options.access_token_ttl,
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+        };
+        let mut tasks = Vec::new();
+        let (api, gateway_urls, gateways, database) = match mode {
+            Mode::Cluster => {
+                let database = TestDatabase::create()
+                    .await
+                    .expect("creating a test database");
+                let redis = RedisArgs {
+                    redis_url: Some(redis_url()),
+                    redis_prefix: redis_prefix.clone(),
+                };
+                let api_config = api::ApiConfig {
+                    listen: loopback(),
+                    data_dir: data_dir.clone(),
+                    database: DatabaseArgs {
+                        database_url: Some(database.url.clone()),
+                        database_max_connections: 5,
+                    },
+                    redis: redis.clone(),
+                    jwt: JwtArgs {
+                        jwt_private_key: Some(keys.private_pem.clone()),
+                        ..jwt.clone()
+                    },
+                    policy: options.policy.clone(),
+                    telemetry: telemetry(),
+                };
+                let app = api::Application::build(&api_config)
+                    .await
+                    .expect("building the api");
+                let api = format!("http://{}", app.local_addr().expect("api address"));
+                tasks.push(tokio::spawn(app.run(shutdown.clone())));
+                let mut urls = Vec::new();
+                let mut gateways = Vec::new();
+                for _ in 0..options.gateways.max(1) {
+                    let config = gateway::GatewayConfig {
+                        listen: loopback(),
+                        data_dir: data_dir.clone(),
+                        database: DatabaseArgs {
+                            database_url: Some(database.url.clone()),
+                            database_max_connections: 3,
+                        },
+                        redis: redis.clone(),
+                        jwt: JwtArgs {
+                            jwt_public_key: Some(keys.public_pem.clone()),
+                            ..jwt.clone()
+                        },
+                        ws: options.ws.clone(),
+                        telemetry: telemetry(),
+                    };
+                    let app = gateway::Application::build(&config)
+                        .await
+                        .expect("building a gateway");
+                    urls.push(format!(
+                        "ws://{}/ws",
+                        app.local_addr().expect("gateway address")
+                    ));
+                    gateways.push(app.gateway().clone());
+                    tasks.push(tokio::spawn(app.run(shutdown.clone())));
+                }
+                (api, urls, gateways, Some(database))
+            }
+            Mode::Single => {
+                let config = parley::NodeConfig {
+                    listen: loopback(),
+                    data_dir: data_dir.clone(),
+                    database: DatabaseArgs {
+                        database_url: None,
+                        database_max_connections: 5,
+                    },
+                    redis: RedisArgs {
+                        redis_url: None,
+                        redis_prefix: redis_prefix.clone(),
+                    },
+                    // A test's node must not depend on (or leave) key files.
+                    jwt: JwtArgs {
+                        jwt_private_key: Some(keys.private_pem.clone()),
+                        ..jwt
+                    },
+                    policy: options.policy.clone(),
+                    ws: options.ws.clone(),
+                    telemetry: telemetry(),
+                };
+                let node = parley::Node::build(&config)
+                    .await
+                    .expect("building the node");
+                let addr = node.local_addr().expect("node address");
+                let gateway = node.gateway().clone();
+                tasks.push(tokio::spawn(node.run(shutdown.clone())));
+                (
+                    format!("http://{addr}"),
+                    vec![format!("ws://{addr}/ws")],
+                    vec![gateway],
+                    None,
+                )
+            }
+        };
+        TestApp {
+            mode,
+            api,
+            gateway_urls,
+            gateways,
+            http: reqwest::Client::new(),
+            redis_prefix,
+            data_dir,
+            keep_data,
+            database,
+            keys,
+            shutdown,
+            tasks,
+        }
+    }
+
+    /// An access token for `user`'s session, signed with the deployment's
+    /// key, that expired `ago` ago (beyond any clock-skew leeway).
+    pub fn expired_token(&self, user: &TestUser, ago: Duration) -> String {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header};
+        use secrecy::ExposeSecret;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs();
+        let claims = shared::auth::AccessClaims {
+            sub: user.id.to_string(),
+            sid: user.session_id,
+            iat: now - ago.as_secs() - 60,
+            exp: now - ago.as_secs(),
+            jti: uuid::Uuid::new_v4().to_string(),
+            iss: "parley".into(),
+        };
+        let key = EncodingKey::from_ed_pem(self.keys.private_pem.expose_secret().as_bytes())
+            .expect("our key");
+        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key).expect("signing")
+    }
+
+    /// The database URL the services use (PostgreSQL, or the node's SQLite file).
+    pub fn database_url(&self) -> String {
+        match &self.database {
+            Some(db) => db.url.clone(),
+            None => format!(
+                "sqlite://{}",
+                self.data_dir.join(parley::DATABASE_FILE).display()
+            ),
+        }
+    }
+
+    /// Stops every service, waits for them, and drops the test's data
+    /// (unless the test asked to keep it).
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            match tokio::time::timeout(Duration::from_secs(30), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => panic!("a service failed: {e:#}"),
+                Ok(Err(e)) => panic!("a service panicked: {e}"),
+                Err(_) => panic!("a service did not stop within 30 s"),
+            }
+        }
+        if let Some(db) = self.database {
+            db.drop_database().await;
+        }
+        if !self.keep_data {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+    }
+
+    /// How many gateway nodes there are (1 for a single node).
+    pub fn gateway_count(&self) -> usize {
+        self.gateways.len()
+    }
+
+    /// The WebSocket URL of gateway `i` (modulo the node count, so a test
+    /// written for three nodes runs unchanged on one).
+    pub fn ws_url(&self, i: usize) -> &str {
+        &self.gateway_urls[i % self.gateway_urls.len()]
+    }
+
+    pub fn gateway(&self, i: usize) -> &Gateway {
+        &self.gateways[i % self.gateways.len()]
+    }
+
+    /// An authenticated JSON WebSocket to gateway `i`.
+    pub async fn ws(&self, i: usize, user: &TestUser) -> WsClient {
+        WsClient::authenticated(self.ws_url(i), &user.token, Encoding::Json).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.api, path)
+    }
+
+    /// Sends a request and returns the status and the JSON body (Null if none).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("sending a request");
+        let status = response.status();
+        let text = response.text().await.expect("reading a response");
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, json)
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.request(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.request(reqwest::Method::GET, path, token, None).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.request(reqwest::Method::DELETE, path, token, None)
+            .await
+    }
+
+    /// Signs `name` up (with `name@example.com`) and logs in.
+    pub async fn user(&self, name: &str) -> TestUser {
+        let password = format!("{name}-correct-horse");
+        let (status, body) = self
+            .post("/v1/auth/signup", None, json!({"username": name, "email": format!("{name}@example.com"), "password": password}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "signup of {name}: {body}");
+        self.login(name, &password).await
+    }
+
+    pub async fn login(&self, login: &str, password: &str) -> TestUser {
+        let (status, body) = self
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"login": login, "password": password}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "login of {login}: {body}");
+        TestUser {
+            id: UserId(body["user"]["id"].as_i64().expect("user id")),
+            username: body["user"]["username"].as_str().expect("username").into(),
+            token: body["access_token"].as_str().expect("access token").into(),
+            refresh_token: body["refresh_token"]
+                .as_str()
+                .expect("refresh token")
+                .into(),
+            session_id: body["session_id"]
+                .as_str()
+                .expect("session id")
+                .parse()
+                .expect("a uuid"),
+        }
+    }
+
+    pub async fn create_room(&self, owner: &TestUser, name: &str) -> RoomId {
+        let (status, body) = self
+            .post("/v1/rooms", Some(&owner.token), json!({"name": name}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "creating room {name}: {body}");
+        RoomId(body["id"].as_i64().expect("room id"))
+    }
+
+    pub async fn add_member(&self, owner: &TestUser, room: RoomId, user: &TestUser) {
+        let (status, body) = self
+            .post(
+                &format!("/v1/rooms/{room}/members"),
+                Some(&owner.token),
+                json!({"user_id": user.id}),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "adding {} to {room}: {body}",
+            user.username
+        );
+    }
+
+    /// Posts a message and returns the stored event.
+    pub async fn send_message(&self, user: &TestUser, room: RoomId, body: &str) -> RoomEvent {
+        let (status, json) = self
+            .post(
+                &format!("/v1/rooms/{room}/messages"),
+                Some(&user.token),
+                json!({"body": body}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "posting to {room}: {json}");
+        serde_json::from_value(json).expect("a room event")
+    }
+
+    /// Redis channel of a room (cluster mode).
+    pub fn room_channel(&self, room: RoomId) -> String {
+        format!("{}room:{room}", self.redis_prefix)
+    }
+
+    /// How many connections Redis has subscribed to `room`'s channel, i.e.
+    /// how many gateway nodes receive its events. None in single-node mode.
+    pub async fn redis_subscribers(&self, room: RoomId) -> Option<i64> {
+        use fred::prelude::*;
+        if self.mode != Mode::Cluster {
+            return None;
+        }
+        let client = Client::new(
+            Config::from_url(&redis_url()).expect("redis url"),
+            None,
+            None,
+            None,
+        );
+        client.init().await.expect("connecting to Redis");
+        let counts: Vec<(String, i64)> = client
+            .pubsub_numsub(self.room_channel(room))
+            .await
+            .expect("PUBSUB NUMSUB");
+        let _ = client.quit().await;
+        Some(counts.first().map(|(_, n)| *n).unwrap_or(0))
+    }
+}
+
+/// Polls `check` until it holds or `within` passes. For conditions that
+/// settle asynchronously (a node unsubscribing after the last member left):
+/// it waits on the real condition, never for a fixed time.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -82,6 +82,8 @@ pub(crate) enum ShardCmd {
 struct Header<'a> {
     seq: i64,
     #[serde(borrow)]
+    created_at: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
     kind: std::borrow::Cow<'a, str>,
     #[serde(default)]
     user_id: Option<UserId>,
@@ -91,6 +93,8 @@ struct Header<'a> {
 struct Incoming {
     json: Bytes,
     effect: Effect,
+    /// When the api committed the event (milliseconds since the epoch).
+    created_ms: i64,
 }
 
 enum Effect {
@@ -107,7 +111,17 @@ impl Incoming {
             ("member.removed", Some(u)) => Effect::Removed(u),
             _ => Effect::None,
         };
-        Some((header.seq, Incoming { json, effect }))
+        let created_ms = chrono::DateTime::parse_from_rfc3339(&header.created_at)
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(0);
+        Some((
+            header.seq,
+            Incoming {
+                json,
+                effect,
+                created_ms,
+            },
+        ))
     }
 }
 
@@ -338,6 +352,12 @@ impl Shard {
                 }
             }
             metrics::counter!("gateway_deliveries_total").increment(delivered);
+            if event.created_ms > 0 {
+                // Commit to fan-out on this node; clocks of different hosts
+                // may disagree by a little, so it is a health signal, not a benchmark.
+                let lag_ms = (shared::model::now_millis() - event.created_ms).max(0);
+                metrics::histogram!("gateway_event_lag_seconds").record(lag_ms as f64 / 1000.0);
+            }
             match event.effect {
                 Effect::Removed(user) => {
                     if state.removed.len() >= REMEMBERED_REMOVALS

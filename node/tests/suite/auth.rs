@@ -1,0 +1,304 @@
+//! Accounts and sessions.
+
+use reqwest::StatusCode;
+use serde_json::json;
+use testkit::{Mode, Options, TestApp, both_modes};
+
+both_modes!(
+    signup_validates_every_field_and_never_returns_the_hash,
+    a_taken_username_or_email_is_a_conflict_with_its_own_code,
+    login_accepts_username_or_email_and_fails_the_same_way_for_unknown_users,
+    refresh_rotates_and_a_replayed_refresh_token_revokes_the_session,
+    logout_and_revocation_end_a_session_everywhere,
+    repeated_failed_logins_lock_the_account,
+    the_auth_endpoints_are_rate_limited_per_ip,
+);
+
+async fn signup_validates_every_field_and_never_returns_the_hash(mode: Mode) {
+    let app = TestApp::spawn(mode).await;
+    let good =
+        json!({"username": "alice_01", "email": "Alice@Example.com", "password": "long enough pw"});
+    let (status, body) = app.post("/v1/auth/signup", None, good).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        body["email"], "alice@example.com",
+        "emails are stored lowercase"
+    );
+    assert!(body.get("password_hash").is_none() && !body.to_string().contains("argon2"));
+
+    let cases = [
+        (
+            json!({"username": "al", "email": "a@example.com", "password": "long enough pw"}),
+            "username",
+        ),
+        (
+            json!({"username": "Alice", "email": "a@example.com", "password": "long enough pw"}),
+            "username",
+        ),
+        (
+            json!({"username": "a".repeat(33), "email": "a@example.com", "password": "long enough pw"}),
+            "username",
+        ),
+        (
+            json!({"username": "bob", "email": "not-an-email", "password": "long enough pw"}),
+            "email",
+        ),
+        (
+            json!({"username": "bob", "email": "bob@", "password": "long enough pw"}),
+            "email",
+        ),
+        (
+            json!({"username": "bob", "email": "bob@example.com", "password": "short"}),
+            "password",
+        ),
+        (
+            json!({"username": "bob", "email": "bob@example.com", "password": "x".repeat(1025)}),
+            "password",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, answer) = app.post("/v1/auth/signup", None, body.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(answer["error"]["code"], "validation_failed");
+        assert_eq!(answer["error"]["field"], field, "{body}");
+    }
+    let (status, answer) = app
+        .post("/v1/auth/signup", None, json!({"username": "bob"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer["error"]["code"], "invalid_body");
+    app.stop().await;
+}
+
+async fn a_taken_username_or_email_is_a_conflict_with_its_own_code(mode: Mode) {
+    let app = TestApp::spawn(mode).await;
+    app.user("alice").await;
+    let (status, body) = app
+        .post("/v1/auth/signup", None, json!({"username": "alice", "email": "other@example.com", "password": "long enough pw"}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("username_taken"))
+    );
+    let (status, body) = app
+        .post("/v1/auth/signup", None, json!({"username": "alice2", "email": "ALICE@example.com", "password": "long enough pw"}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("email_taken"))
+    );
+    app.stop().await;
+}
+
+async fn login_accepts_username_or_email_and_fails_the_same_way_for_unknown_users(mode: Mode) {
+    let app = TestApp::spawn(mode).await;
+    let alice = app.user("alice").await;
+    let by_email = app.login("ALICE@example.com", "alice-correct-horse").await;
+    assert_eq!(by_email.id, alice.id);
+    assert_ne!(
+        by_email.session_id, alice.session_id,
+        "each login is a session"
+    );
+
+    let (wrong_status, wrong) = app
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"login": "alice", "password": "wrong password"}),
+        )
+        .await;
+    let (unknown_status, unknown) = app
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"login": "nobody", "password": "wrong password"}),
+        )
+        .await;
+    assert_eq!(wrong_status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        wrong, unknown,
+        "an unknown account and a wrong password look the same"
+    );
+    assert_eq!(unknown_status, StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong["error"]["code"], "invalid_credentials");
+
+    let (status, me) = app.get("/v1/users/me", Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["username"], "alice");
+    app.stop().await;
+}
+
+async fn refresh_rotates_and_a_replayed_refresh_token_revokes_the_session(mode: Mode) {
+    let app = TestApp::spawn(mode).await;
+    let alice = app.user("alice").await;
+    let (status, first) = app
+        .post(
+            "/v1/auth/refresh",
+            None,
+            json!({"refresh_token": alice.refresh_token}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_ne!(
+        first["refresh_token"],
+        alice.refresh_token.as_str(),
+        "a new refresh token each time"
+    );
+    assert_eq!(first["session_id"], alice.session_id.to_string());
+    let (status, _) = app
+        .get("/v1/users/me", first["access_token"].as_str())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The first token again: a replay. The session dies, with every token of it.
+    let (status, body) = app
+        .post(
+            "/v1/auth/refresh",
+            None,
+            json!({"refresh_token": alice.refresh_token}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_refresh_token"))
+    );
+    let (status, _) = app
+        .post(
+            "/v1/auth/refresh",
+            None,
+            json!({"refresh_token": first["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the rotated token died with the session"
+    );
+    let (status, body) = app
+        .get("/v1/users/me", first["access_token"].as_str())
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("session_revoked"))
+    );
+
+    for garbage in ["", "x.y", "00000000-0000-0000-0000-000000000000.AAAA"] {
+        let (status, _) = app
+            .post("/v1/auth/refresh", None, json!({"refresh_token": garbage}))
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{garbage:?}");
+    }
+    app.stop().await;
+}
+
+async fn logout_and_revocation_end_a_session_everywhere(mode: Mode) {
+    let app = TestApp::spawn(mode).await;
+    let alice = app.user("alice").await;
+    let phone = app.login("alice", "alice-correct-horse").await;
+    let (status, list) = app.get("/v1/auth/sessions", Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    let sessions = list["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(sessions.iter().filter(|s| s["current"] == true).count(), 1);
+
+    // Someone else cannot revoke alice's session.
+    let mallory = app.user("mallory").await;
+    let (status, body) = app
+        .delete(
+            &format!("/v1/auth/sessions/{}", phone.session_id),
+            Some(&mallory.token),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("session_not_found"))
+    );
+
+    let (status, _) = app
+        .delete(
+            &format!("/v1/auth/sessions/{}", phone.session_id),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = app.get("/v1/users/me", Some(&phone.token)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = app
+        .post(
+            "/v1/auth/refresh",
+            None,
+            json!({"refresh_token": phone.refresh_token}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (status, _) = app
+        .post("/v1/auth/logout", Some(&alice.token), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = app.get("/v1/rooms", Some(&alice.token)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("session_revoked"))
+    );
+    app.stop().await;
+}
+
+async fn repeated_failed_logins_lock_the_account(mode: Mode) {
+    let mut options = Options::default();
+    options.policy.login_failures_per_15min = 3;
+    let app = TestApp::spawn_with(mode, options).await;
+    app.user("alice").await;
+    for _ in 0..3 {
+        let (status, _) = app
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"login": "alice", "password": "guess guess"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, body) = app
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"login": "alice", "password": "alice-correct-horse"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
+    );
+    app.stop().await;
+}
+
+async fn the_auth_endpoints_are_rate_limited_per_ip(mode: Mode) {
+    let mut options = Options::default();
+    options.policy.auth_per_minute = 5;
+    let app = TestApp::spawn_with(mode, options).await;
+    let mut statuses = Vec::new();
+    for n in 0..8 {
+        let (status, body) = app
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"login": format!("nobody{n}"), "password": "whatever pw"}),
+            )
+            .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(body["error"]["code"], "rate_limited");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses[..5],
+        [StatusCode::UNAUTHORIZED; 5],
+        "a burst of five is allowed"
+    );
+    assert_eq!(statuses[5..], [StatusCode::TOO_MANY_REQUESTS; 3]);
+    // Other endpoints are not affected.
+    let (status, _) = app.get("/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    app.stop().await;
+}

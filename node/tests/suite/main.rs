@@ -1,0 +1,12 @@
+//! The integration suite: one binary, every test against real services.
+//! Most tests run twice through `both_modes!`: against api + three gateway
+//! nodes on PostgreSQL and Redis, and against one node on SQLite and the
+//! in-process broker.
+
+mod auth;
+mod errors;
+mod messages;
+mod realtime;
+mod rooms;
+mod schema;
+mod single_node;

@@ -1,0 +1,75 @@
+//! The PostgreSQL and SQLite migrations describe the same schema.
+
+use sqlx::{Connection, PgConnection, Row, SqliteConnection};
+use std::collections::BTreeSet;
+use testkit::TestDatabase;
+
+/// (table, column, NOT NULL)
+type Columns = BTreeSet<(String, String, bool)>;
+
+#[tokio::test]
+async fn the_postgres_and_sqlite_schemas_have_the_same_tables_and_columns() {
+    let pg = TestDatabase::create().await.expect("test database");
+    store::Store::connect(&pg.url, 1)
+        .await
+        .expect("connect")
+        .migrate()
+        .await
+        .expect("migrate postgres");
+    let mut conn = PgConnection::connect(&pg.url).await.expect("connect");
+    let rows = sqlx::query(
+        "SELECT table_name::text AS t, column_name::text AS c, is_nullable::text AS n FROM information_schema.columns \
+         WHERE table_schema = 'public' AND table_name NOT LIKE '\\_sqlx%'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("postgres columns");
+    let postgres: Columns = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<String, _>("t"),
+                r.get::<String, _>("c"),
+                r.get::<String, _>("n") == "NO",
+            )
+        })
+        .collect();
+    conn.close().await.ok();
+    pg.drop_database().await;
+
+    let dir = std::env::temp_dir().join(format!("parley-schema-{}", uuid::Uuid::new_v4().simple()));
+    let url = format!("sqlite://{}/schema.db", dir.display());
+    let sqlite_store = store::Store::connect(&url, 1).await.expect("open sqlite");
+    sqlite_store.migrate().await.expect("migrate sqlite");
+    sqlite_store.close().await;
+    let mut conn = SqliteConnection::connect(&format!("{url}?mode=ro"))
+        .await
+        .expect("open sqlite");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_sqlx%' ESCAPE '\\' AND name <> 'sqlite_sequence'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("sqlite tables");
+    let mut sqlite = Columns::new();
+    for table in tables {
+        let columns = sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA table_info({table})")))
+            .fetch_all(&mut conn)
+            .await
+            .expect("table info");
+        for c in columns {
+            // An INTEGER PRIMARY KEY is SQLite's rowid: never NULL, though not declared NOT NULL.
+            let not_null = c.get::<i64, _>("notnull") == 1 || c.get::<i64, _>("pk") > 0;
+            sqlite.insert((table.clone(), c.get::<String, _>("name"), not_null));
+        }
+    }
+    conn.close().await.ok();
+    std::fs::remove_dir_all(&dir).ok();
+
+    assert!(postgres.len() > 20, "the schema was read: {postgres:?}");
+    assert_eq!(
+        postgres.symmetric_difference(&sqlite).collect::<Vec<_>>(),
+        Vec::<&(String, String, bool)>::new(),
+        "tables, columns and nullability must match"
+    );
+}
