@@ -1,6 +1,7 @@
 //! The api's configuration: flags or `PARLEY_*` environment variables.
 
 use clap::Args;
+use secrecy::SecretString;
 use shared::config::{DatabaseArgs, JwtArgs, RedisArgs, TelemetryArgs};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,7 +54,23 @@ pub struct PolicyArgs {
     /// serialised by a database lock, so several nodes may start at once).
     #[arg(long, env = "PARLEY_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate_on_start: bool,
+    /// Enables the admin endpoints (`/v1/admin/...`, load-test provisioning)
+    /// for callers presenting this bearer token; at least 32 characters.
+    /// Unset: the admin endpoints do not exist.
+    #[arg(long, env = "PARLEY_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub admin_token: Option<SecretString>,
 }
+
+fn parse_secret(s: &str) -> Result<SecretString, String> {
+    if s.len() < MIN_ADMIN_TOKEN_LEN {
+        return Err(format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"));
+    }
+    Ok(SecretString::from(s.to_owned()))
+}
+
+/// Shortest admin token accepted: long enough that guessing is hopeless
+/// even without the per-IP limit in front of it.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
 impl Default for PolicyArgs {
     fn default() -> Self {
@@ -65,6 +82,7 @@ impl Default for PolicyArgs {
             trust_proxy_headers: false,
             cors_allow_origins: Vec::new(),
             migrate_on_start: true,
+            admin_token: None,
         }
     }
 }

@@ -68,6 +68,8 @@ pub enum ApiError {
     OwnerCannotLeave,
     #[error("direct rooms have exactly their two members")]
     DirectRoom,
+    #[error("users with this prefix exist already")]
+    PrefixTaken,
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("a backing service is unavailable; retry shortly")]
@@ -99,7 +101,7 @@ impl ApiError {
             }
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             UsernameTaken | EmailTaken | AlreadyMember | IdempotencyConflict | OwnerCannotLeave
-            | DirectRoom => StatusCode::CONFLICT,
+            | DirectRoom | PrefixTaken => StatusCode::CONFLICT,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -135,6 +137,7 @@ impl ApiError {
             IdempotencyConflict => "idempotency_conflict",
             OwnerCannotLeave => "owner_cannot_leave",
             DirectRoom => "direct_room",
+            PrefixTaken => "prefix_taken",
             RateLimited { .. } => "rate_limited",
             Unavailable(_) => "unavailable",
             Internal(_) => "internal",

@@ -8,6 +8,7 @@
 //! the single-node `parley` binary next to the gateway); [`Application`]
 //! is the standalone service.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod domain;

@@ -18,6 +18,7 @@ use utoipa::{Modify, OpenApi};
         (name = "messages", description = "Posting and history"),
         (name = "users", description = "Accounts as others see them"),
         (name = "health", description = "Probes"),
+        (name = "admin", description = "Operator endpoints, enabled by PARLEY_ADMIN_TOKEN"),
     )
 )]
 pub struct ApiDoc;

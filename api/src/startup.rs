@@ -4,7 +4,7 @@ use crate::config::{ApiConfig, PolicyArgs};
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, Tokens};
-use crate::{auth, health, messages, rooms, users};
+use crate::{admin, auth, health, messages, rooms, users};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -58,13 +58,17 @@ pub fn router(state: AppState, policy: &PolicyArgs) -> Router {
             ApiError::RateLimited { retry_after_secs }.into_response()
         }));
 
+    // Provisioning bodies are small but answers carry a token per user; the
+    // request limit is the api's default.
+    let admin_router = admin::router();
     let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/v1/auth", credentials.merge(auth::session_router()))
         .nest(
             "/v1",
             rooms::router()
                 .merge(messages::router())
-                .merge(users::router()),
+                .merge(users::router())
+                .merge(admin_router),
         )
         .merge(health::router())
         .split_for_parts();

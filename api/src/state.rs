@@ -21,6 +21,8 @@ pub struct AppState {
     pub sessions: Arc<SessionCache>,
     pub passwords: Arc<Passwords>,
     pub limits: Arc<Limits>,
+    /// Enables `/v1/admin/...` when set.
+    pub admin_token: Option<secrecy::SecretString>,
 }
 
 /// Signing and verifying access tokens; minting refresh tokens.
@@ -74,6 +76,7 @@ impl AppState {
             sessions: Arc::new(SessionCache::default()),
             passwords: Arc::new(Passwords::new()),
             limits: Arc::new(Limits::new(limits)),
+            admin_token: limits.admin_token.clone(),
         }
     }
 }

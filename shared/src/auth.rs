@@ -86,12 +86,22 @@ impl TokenSigner {
         user_id: UserId,
         session_id: SessionId,
     ) -> anyhow::Result<(String, AccessClaims)> {
+        self.issue_for(user_id, session_id, self.ttl)
+    }
+
+    /// Like [`TokenSigner::issue`], with a lifetime of its own.
+    pub fn issue_for(
+        &self,
+        user_id: UserId,
+        session_id: SessionId,
+        ttl: Duration,
+    ) -> anyhow::Result<(String, AccessClaims)> {
         let now = unix_now();
         let claims = AccessClaims {
             sub: user_id.to_string(),
             sid: session_id,
             iat: now,
-            exp: now + self.ttl.as_secs(),
+            exp: now + ttl.as_secs(),
             jti: uuid::Uuid::new_v4().to_string(),
             iss: self.issuer.clone(),
         };

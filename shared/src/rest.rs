@@ -4,7 +4,7 @@
 //! Rust (the load tester, the test harness) use exactly the types the server
 //! parses and produces.
 
-use crate::ids::{SessionId, UserId};
+use crate::ids::{RoomId, SessionId, UserId};
 use crate::model::{Member, PublicUser, Role, Room, RoomEvent, User};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -170,4 +170,55 @@ pub struct ErrorDetail {
     /// The request field at fault, for validation errors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+}
+
+/// `POST /v1/admin/provision` (admin token only): users, sessions and rooms
+/// for a load test, in one request.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionRequest {
+    /// Usernames are `{prefix}_{index}`: 1 to 16 of `a-z`, `0-9`, `_`, unused so far.
+    pub prefix: String,
+    /// 1 to 100000.
+    pub users: u32,
+    /// Rooms to create (0 to 10000).
+    #[serde(default)]
+    pub rooms: u32,
+    /// Members per room; member `i` of room `r` is user [`member_of`]`(r, i, ...)`.
+    #[serde(default)]
+    pub room_size: u32,
+    /// Lifetime of the access tokens returned (default: the configured one; at most 24 h).
+    #[serde(default)]
+    pub token_ttl_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProvisionedUser {
+    pub id: UserId,
+    pub username: String,
+    pub access_token: String,
+    pub session_id: SessionId,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProvisionedRoom {
+    pub id: RoomId,
+    pub name: String,
+    pub last_seq: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProvisionResponse {
+    /// In index order.
+    pub users: Vec<ProvisionedUser>,
+    /// In index order.
+    pub rooms: Vec<ProvisionedRoom>,
+    /// Seconds the access tokens are valid.
+    pub expires_in: u64,
+}
+
+/// The user index of member `i` of room `r` in a provisioned load test:
+/// rooms take consecutive users, wrapping around. The first is the owner.
+pub fn member_of(r: u32, i: u32, room_size: u32, users: u32) -> u32 {
+    ((u64::from(r) * u64::from(room_size) + u64::from(i)) % u64::from(users.max(1))) as u32
 }

@@ -12,12 +12,14 @@
 mod error;
 #[macro_use]
 mod events;
+mod provision;
 mod rooms;
 mod sessions;
 mod users;
 
 pub use error::StoreError;
 pub use events::{MAX_HISTORY_PAGE, NewMessage, PostOutcome};
+pub use provision::{ProvisionError, ProvisionSpec, Provisioned, UNUSABLE_PASSWORD};
 pub use rooms::{AddMemberError, DirectRoom, Membership, RemoveMemberError};
 pub use sessions::{NewSession, RefreshOutcome, SessionRecord};
 pub use users::{CreateUserError, NewUser, UserCredentials};

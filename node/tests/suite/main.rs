@@ -3,6 +3,7 @@
 //! nodes on PostgreSQL and Redis, and against one node on SQLite and the
 //! in-process broker.
 
+mod admin;
 mod auth;
 mod errors;
 mod messages;
