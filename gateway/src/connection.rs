@@ -546,3 +546,100 @@ impl FrameLimiter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fastwebsockets::Payload;
+
+    fn frame(fin: bool, opcode: OpCode, payload: &[u8]) -> Frame<'static> {
+        Frame::new(fin, opcode, None, Payload::Owned(payload.to_vec()))
+    }
+
+    fn data(message: Option<Message>) -> Option<(Encoding, Bytes)> {
+        match message {
+            Some(Message::Data(encoding, bytes)) => Some((encoding, bytes)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn fragments_are_reassembled_into_one_message() {
+        let mut a = Assembler::default();
+        assert!(
+            a.push(frame(false, OpCode::Text, b"{\"type\":"))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            a.push(frame(false, OpCode::Continuation, b"\"pi"))
+                .unwrap()
+                .is_none()
+        );
+        let message = a.push(frame(true, OpCode::Continuation, b"ng\"}")).unwrap();
+        assert_eq!(
+            data(message),
+            Some((Encoding::Json, Bytes::from_static(b"{\"type\":\"ping\"}")))
+        );
+        let single = a.push(frame(true, OpCode::Binary, b"\x81")).unwrap();
+        assert_eq!(
+            data(single),
+            Some((Encoding::MsgPack, Bytes::from_static(b"\x81")))
+        );
+    }
+
+    #[test]
+    fn reassembly_is_bounded_by_the_frame_limit() {
+        let mut a = Assembler::default();
+        let chunk = vec![b'x'; MAX_CLIENT_FRAME_BYTES / 2];
+        assert!(
+            a.push(frame(false, OpCode::Text, &chunk))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            a.push(frame(false, OpCode::Continuation, &chunk))
+                .unwrap()
+                .is_none()
+        );
+        let err = a
+            .push(frame(false, OpCode::Continuation, b"x"))
+            .err()
+            .unwrap();
+        assert_eq!(err.code, close::MESSAGE_TOO_BIG);
+    }
+
+    #[test]
+    fn broken_fragmentation_is_a_protocol_error() {
+        let mut a = Assembler::default();
+        let err = a
+            .push(frame(true, OpCode::Continuation, b"x"))
+            .err()
+            .unwrap();
+        assert_eq!(err.code, close::PROTOCOL_ERROR);
+        let mut a = Assembler::default();
+        a.push(frame(false, OpCode::Text, b"a")).unwrap();
+        let err = a.push(frame(true, OpCode::Text, b"b")).err().unwrap();
+        assert_eq!(err.code, close::PROTOCOL_ERROR);
+    }
+
+    #[test]
+    fn text_split_inside_a_character_must_still_be_utf8_at_the_end() {
+        let mut a = Assembler::default();
+        let e_acute = "é".as_bytes();
+        a.push(frame(false, OpCode::Text, &e_acute[..1])).unwrap();
+        let ok = a
+            .push(frame(true, OpCode::Continuation, &e_acute[1..]))
+            .unwrap();
+        assert_eq!(
+            data(ok).map(|(_, b)| b),
+            Some(Bytes::from_static("é".as_bytes()))
+        );
+        a.push(frame(false, OpCode::Text, &e_acute[..1])).unwrap();
+        let err = a
+            .push(frame(true, OpCode::Continuation, b""))
+            .err()
+            .unwrap();
+        assert_eq!(err.code, close::INVALID_PAYLOAD);
+    }
+}

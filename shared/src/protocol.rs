@@ -351,6 +351,18 @@ mod tests {
     }
 
     #[test]
+    fn unknown_fields_in_client_frames_are_rejected() {
+        assert!(matches!(
+            Encoding::Json.decode_client(br#"{"type":"ping","extra":1}"#),
+            Err(DecodeError::Invalid(..))
+        ));
+        assert!(matches!(
+            Encoding::Json.decode_client(br#"{"type":"join","room_id":1,"room":2}"#),
+            Err(DecodeError::Invalid(..))
+        ));
+    }
+
+    #[test]
     fn an_unknown_type_is_told_apart_from_a_malformed_frame() {
         assert_eq!(
             Encoding::Json.decode_client(br#"{"type":"teleport"}"#),
