@@ -2,7 +2,6 @@
 
 use api::ApiConfig;
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -67,25 +66,12 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            let shutdown = CancellationToken::new();
-            let metrics = match cli.config.telemetry.metrics_addr {
-                Some(addr) => Some(
-                    shared::telemetry::serve_metrics(addr, shutdown.clone().cancelled_owned())
-                        .await?,
-                ),
-                None => None,
-            };
-            let app = api::Application::build(&cli.config).await?;
-            let signal = shutdown.clone();
-            tokio::spawn(async move {
-                shared::shutdown::signal().await;
-                signal.cancel();
-            });
-            app.run(shutdown).await?;
-            if let Some(metrics) = metrics {
-                let _ = metrics.await;
-            }
-            Ok(())
+            let config = cli.config;
+            let telemetry = config.telemetry.clone();
+            shared::shutdown::run_until_signal(&telemetry, |shutdown| async move {
+                api::Application::build(&config).await?.run(shutdown).await
+            })
+            .await
         }
     }
 }

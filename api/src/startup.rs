@@ -11,7 +11,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Request};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use broker::{DynBroker, RedisBroker};
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -191,20 +191,17 @@ impl Application {
         if config.policy.migrate_on_start {
             store.migrate().await.context("migrating the database")?;
         }
-        let redis_url = config.redis.redis_url.as_deref().context(
-            "PARLEY_REDIS_URL is required: the api publishes events to gateways in other processes \
-             (for everything in one process without Redis, run the single-node `parley` binary)",
-        )?;
-        let broker: DynBroker = Arc::new(
-            RedisBroker::connect(redis_url, &config.redis.redis_prefix)
-                .await
-                .with_context(|| {
-                    format!(
-                        "connecting to Redis at {}",
-                        shared::config::redact_url(redis_url)
-                    )
-                })?,
-        );
+        if config.redis.redis_url.is_none() {
+            anyhow::bail!(
+                "PARLEY_REDIS_URL is required: the api publishes events to gateways in other processes \
+             (for everything in one process without Redis, run the single-node `parley` binary)"
+            );
+        }
+        let broker = broker::connect(
+            config.redis.redis_url.as_deref(),
+            &config.redis.redis_prefix,
+        )
+        .await?;
         let tokens = Tokens::from_config(&config.jwt, &config.data_dir)?;
         let state = AppState::new(store, broker, tokens, &config.policy);
         let router = router(state.clone(), &config.policy);

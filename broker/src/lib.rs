@@ -88,6 +88,24 @@ pub struct Subscription {
     pub deliveries: mpsc::Receiver<Delivery>,
 }
 
+/// Redis when a URL is given, else the in-process broker.
+pub async fn connect(redis_url: Option<&str>, prefix: &str) -> Result<DynBroker, BrokerError> {
+    Ok(match redis_url {
+        Some(url) => Arc::new(
+            RedisBroker::connect(url, prefix)
+                .await
+                .map_err(|e| match e {
+                    BrokerError::Unavailable(why) => BrokerError::Unavailable(format!(
+                        "Redis at {}: {why}",
+                        shared::config::redact_url(url)
+                    )),
+                    other => other,
+                })?,
+        ),
+        None => Arc::new(MemoryBroker::new()),
+    })
+}
+
 fn count_dropped(n: u64) {
     metrics::counter!("broker_deliveries_dropped_total").increment(n);
 }

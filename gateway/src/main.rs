@@ -2,7 +2,6 @@
 
 use clap::Parser;
 use gateway::GatewayConfig;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -19,22 +18,13 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _telemetry = shared::telemetry::init(&cli.config.telemetry, "parley-gateway")?;
-    let shutdown = CancellationToken::new();
-    let metrics = match cli.config.telemetry.metrics_addr {
-        Some(addr) => {
-            Some(shared::telemetry::serve_metrics(addr, shutdown.clone().cancelled_owned()).await?)
-        }
-        None => None,
-    };
-    let app = gateway::Application::build(&cli.config).await?;
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        shared::shutdown::signal().await;
-        signal.cancel();
-    });
-    app.run(shutdown).await?;
-    if let Some(metrics) = metrics {
-        let _ = metrics.await;
-    }
-    Ok(())
+    let config = cli.config;
+    let telemetry = config.telemetry.clone();
+    shared::shutdown::run_until_signal(&telemetry, |shutdown| async move {
+        gateway::Application::build(&config)
+            .await?
+            .run(shutdown)
+            .await
+    })
+    .await
 }

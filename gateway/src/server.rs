@@ -12,7 +12,7 @@ use axum::extract::{FromRequestParts, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use broker::{DynBroker, RedisBroker, Topic};
+use broker::{DynBroker, Topic};
 use fastwebsockets::upgrade::IncomingUpgrade;
 use hyper_util::rt::TokioIo;
 use shared::RoomId;
@@ -271,20 +271,17 @@ impl Application {
         let store = Store::connect(url, config.database.database_max_connections)
             .await
             .with_context(|| format!("connecting to {}", shared::config::redact_url(url)))?;
-        let redis_url = config.redis.redis_url.as_deref().context(
-            "PARLEY_REDIS_URL is required: gateway nodes receive events through Redis \
-             (for everything in one process without Redis, run the single-node `parley` binary)",
-        )?;
-        let broker: DynBroker = Arc::new(
-            RedisBroker::connect(redis_url, &config.redis.redis_prefix)
-                .await
-                .with_context(|| {
-                    format!(
-                        "connecting to Redis at {}",
-                        shared::config::redact_url(redis_url)
-                    )
-                })?,
-        );
+        if config.redis.redis_url.is_none() {
+            anyhow::bail!(
+                "PARLEY_REDIS_URL is required: gateway nodes receive events through Redis \
+             (for everything in one process without Redis, run the single-node `parley` binary)"
+            );
+        }
+        let broker = broker::connect(
+            config.redis.redis_url.as_deref(),
+            &config.redis.redis_prefix,
+        )
+        .await?;
         let verifier = Arc::new(verifier_from_config(config)?);
         let gateway = Gateway::start(store, broker, verifier, config.ws.clone()).await?;
         let listener = tokio::net::TcpListener::bind(config.listen)

@@ -8,13 +8,12 @@
 
 use anyhow::Context;
 use api::{AppState, PolicyArgs, Tokens};
-use broker::{DynBroker, MemoryBroker, RedisBroker};
 use clap::Args;
 use gateway::{Gateway, WsSettings};
 use shared::config::{DatabaseArgs, JwtArgs, RedisArgs, TelemetryArgs};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+
 use store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -73,19 +72,11 @@ impl Node {
         if config.policy.migrate_on_start {
             store.migrate().await.context("migrating the database")?;
         }
-        let broker: DynBroker = match &config.redis.redis_url {
-            Some(redis) => Arc::new(
-                RedisBroker::connect(redis, &config.redis.redis_prefix)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "connecting to Redis at {}",
-                            shared::config::redact_url(redis)
-                        )
-                    })?,
-            ),
-            None => Arc::new(MemoryBroker::new()),
-        };
+        let broker = broker::connect(
+            config.redis.redis_url.as_deref(),
+            &config.redis.redis_prefix,
+        )
+        .await?;
         let tokens = Tokens::from_config(&config.jwt, &config.data_dir)?;
         let verifier = tokens.verifier.clone();
         let api = AppState::new(store.clone(), broker.clone(), tokens, &config.policy);

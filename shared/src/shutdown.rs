@@ -23,3 +23,32 @@ pub async fn signal() {
         _ = term => tracing::info!("received SIGTERM, shutting down"),
     }
 }
+
+/// Runs a service: serves metrics if configured, cancels the token on
+/// Ctrl-C or SIGTERM, and returns when `serve` (given the token) has drained.
+pub async fn run_until_signal<F>(
+    telemetry: &crate::config::TelemetryArgs,
+    serve: impl FnOnce(tokio_util::sync::CancellationToken) -> F,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let metrics = match telemetry.metrics_addr {
+        Some(addr) => {
+            Some(crate::telemetry::serve_metrics(addr, shutdown.clone().cancelled_owned()).await?)
+        }
+        None => None,
+    };
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        signal().await;
+        on_signal.cancel();
+    });
+    let served = serve(shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
+    served
+}

@@ -88,26 +88,16 @@ impl Store {
         now: i64,
     ) -> Result<(Room, RoomEvent)> {
         let mut tx = self.begin_write().await?;
-        let row = sqlx::query(
-            "INSERT INTO rooms (kind, name, created_by, created_at, last_seq) VALUES ('group', $1, $2, $3, 1) RETURNING id",
+        let event = insert_room(
+            &mut tx,
+            RoomKind::Group,
+            name,
+            None,
+            &[(owner, Role::Owner)],
+            now,
         )
-        .bind(name)
-        .bind(owner.0)
-        .bind(now)
-        .fetch_one(&mut *tx)
         .await?;
-        let room_id = RoomId(row.try_get("id")?);
-        add_member_row(&mut tx, room_id, owner, Role::Owner, now).await?;
-        let event = RoomEvent {
-            room_id,
-            seq: 1,
-            sender_id: owner,
-            created_at: time_from_millis(now),
-            kind: EventKind::RoomCreated {
-                name: name.to_owned(),
-            },
-        };
-        insert_event(&mut tx, &event).await?;
+        let room_id = event.room_id;
         tx.commit().await?;
         let room = Room {
             id: room_id,
@@ -138,28 +128,9 @@ impl Store {
         }
         let created = async {
             let mut tx = self.begin_write().await?;
-            let row = sqlx::query(
-                "INSERT INTO rooms (kind, name, direct_key, created_by, created_at, last_seq) \
-                 VALUES ('direct', '', $1, $2, $3, 1) RETURNING id",
-            )
-            .bind(&key)
-            .bind(me.0)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            let room_id = RoomId(row.try_get("id")?);
-            add_member_row(&mut tx, room_id, me, Role::Member, now).await?;
-            add_member_row(&mut tx, room_id, other, Role::Member, now).await?;
-            let event = RoomEvent {
-                room_id,
-                seq: 1,
-                sender_id: me,
-                created_at: time_from_millis(now),
-                kind: EventKind::RoomCreated {
-                    name: String::new(),
-                },
-            };
-            insert_event(&mut tx, &event).await?;
+            let members = [(me, Role::Member), (other, Role::Member)];
+            let event =
+                insert_room(&mut tx, RoomKind::Direct, "", Some(&key), &members, now).await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(event)
         }
@@ -350,6 +321,45 @@ impl Store {
             Err(e) => Err(RemoveMemberError::Store(e.into())),
         }
     }
+}
+
+/// Inserts a room with its members (the first is its creator) and its first
+/// event, `room.created` at seq 1, inside the caller's transaction.
+async fn insert_room(
+    conn: &mut sqlx::AnyConnection,
+    kind: RoomKind,
+    name: &str,
+    direct_key: Option<&str>,
+    members: &[(UserId, Role)],
+    now: i64,
+) -> Result<RoomEvent, sqlx::Error> {
+    let creator = members.first().map(|(u, _)| *u).unwrap_or(UserId(0));
+    let row = sqlx::query(
+        "INSERT INTO rooms (kind, name, direct_key, created_by, created_at, last_seq) \
+         VALUES ($1, $2, $3, $4, $5, 1) RETURNING id",
+    )
+    .bind(kind.as_str())
+    .bind(name)
+    .bind(direct_key)
+    .bind(creator.0)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    let room_id = RoomId(row.try_get("id")?);
+    for (user, role) in members {
+        add_member_row(conn, room_id, *user, *role, now).await?;
+    }
+    let event = RoomEvent {
+        room_id,
+        seq: 1,
+        sender_id: creator,
+        created_at: time_from_millis(now),
+        kind: EventKind::RoomCreated {
+            name: name.to_owned(),
+        },
+    };
+    insert_event(conn, &event).await?;
+    Ok(event)
 }
 
 async fn add_member_row(

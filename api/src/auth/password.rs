@@ -49,20 +49,13 @@ impl Passwords {
 
     /// The PHC string of a new hash of `password` (random salt).
     pub async fn hash(self: &Arc<Self>, password: Password) -> Result<String, ApiError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
+        self.off_runtime(move |this| {
             this.argon
                 .hash_password(password.expose().as_bytes())
                 .map(|h| h.to_string())
                 .map_err(|e| ApiError::Internal(anyhow!("hashing a password: {e}")))
         })
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
+        .await?
     }
 
     /// Whether `password` matches `hash`; with no hash (unknown account),
@@ -72,13 +65,7 @@ impl Passwords {
         password: String,
         hash: Option<String>,
     ) -> Result<bool, ApiError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
+        self.off_runtime(move |this| {
             let known = hash.is_some();
             let hash = hash.as_deref().unwrap_or(&this.dummy_hash);
             let matches = this
@@ -88,6 +75,22 @@ impl Passwords {
             known && matches
         })
         .await
-        .map_err(|e| ApiError::Internal(e.into()))
+    }
+
+    /// Runs argon2 work on the blocking pool, at most
+    /// `MAX_CONCURRENT_HASHES` at a time.
+    async fn off_runtime<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Passwords) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || work(&this))
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))
     }
 }
