@@ -23,9 +23,12 @@ use tokio::sync::{broadcast, mpsc};
 /// tens of thousands of publishes a second.
 const PUBLISH_POOL_SIZE: usize = 4;
 
-/// fred's in-process queue of received pub/sub messages, per subscription
-/// connection. Its default (32) overflows at once under fan-out load.
-const MESSAGE_BUFFER: usize = 16_384;
+/// fred's in-process queues (received pub/sub messages, and its event
+/// channels, which share the setting), per client. The default (32)
+/// overflows at once under fan-out load; the forwarder drains it into the
+/// node's own queue within microseconds, so a few thousand is plenty, and
+/// each slot of every channel is allocated up front.
+const MESSAGE_BUFFER: usize = 4_096;
 
 /// How long a command may go unanswered before fred treats the connection
 /// as dead and reconnects.

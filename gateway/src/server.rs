@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use broker::{DynBroker, Topic};
 use fastwebsockets::upgrade::IncomingUpgrade;
-use hyper_util::rt::TokioIo;
 use shared::RoomId;
 use shared::auth::TokenVerifier;
 use shared::protocol::close;
@@ -24,7 +23,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use store::Store;
-use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -194,20 +192,8 @@ async fn upgrade(State(gateway): State<Gateway>, request: Request) -> Response {
                 return;
             }
         };
-        let upgraded = ws.into_inner().into_inner();
-        // With hyper's HTTP/1 server the socket is a TcpStream underneath:
-        // owned halves are lock-free. Otherwise split the generic stream.
-        match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
-            Ok(parts) => {
-                let (read, write) = parts.io.into_inner().into_split();
-                let read = std::io::Cursor::new(parts.read_buf).chain(read);
-                connection::serve(node, read, write, peer).await;
-            }
-            Err(upgraded) => {
-                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                connection::serve(node, read, write, peer).await;
-            }
-        }
+        let (read, write) = tokio::io::split(ws.into_inner());
+        connection::serve(node, read, write, peer).await;
     });
     response.map(axum::body::Body::new).into_response()
 }
