@@ -46,8 +46,15 @@ impl Tokens {
                 use secrecy::ExposeSecret;
                 shared::auth::KeyPair::from_private_pem(pem.expose_secret())?
             }
-            None => shared::auth::KeyPair::load_or_generate(data_dir)
-                .context("loading or generating the JWT key pair in the data directory")?,
+            None => {
+                tracing::info!(
+                    data_dir = %data_dir.display(),
+                    "no JWT key configured: using the pair kept in the data directory (generated on first start); \
+                     with several api replicas, give them all the same key (PARLEY_JWT_PRIVATE_KEY_FILE)"
+                );
+                shared::auth::KeyPair::load_or_generate(data_dir)
+                    .context("loading or generating the JWT key pair in the data directory")?
+            }
         };
         if let Some(public) = jwt.public_pem()?
             && public.trim() != pair.public_pem.trim()

@@ -50,6 +50,10 @@ pub struct WsSettings {
     pub client_frames_per_second: u32,
     #[arg(long, env = "PARLEY_CLIENT_FRAME_BURST", default_value_t = 100)]
     pub client_frame_burst: u32,
+    /// How long shutdown waits for connections to take their close frame
+    /// (size terminationGracePeriod and `docker stop -t` above it).
+    #[arg(long, env = "PARLEY_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
     /// Room shards (tasks that own rooms' state); 0 means one per CPU.
     #[arg(long, env = "PARLEY_SHARDS", default_value_t = 0)]
     pub shards: usize,
@@ -64,6 +68,7 @@ impl Default for WsSettings {
             outbound_queue: 1024,
             client_frames_per_second: 20,
             client_frame_burst: 100,
+            shutdown_grace: Duration::from_secs(10),
             shards: 0,
         }
     }

@@ -48,7 +48,8 @@ where
     let conn = match authenticate(&node, &mut reader, &mut writer, &mut assembler).await {
         Ok(conn) => conn,
         Err(reason) => {
-            metrics::counter!("gateway_connections_total", "outcome" => reason.reason).increment(1);
+            metrics::counter!("gateway_connections_total", "outcome" => close::name(reason.code))
+                .increment(1);
             tracing::debug!(
                 ?peer,
                 code = reason.code,

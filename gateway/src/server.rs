@@ -21,14 +21,11 @@ use shared::rest::{ErrorBody, ErrorDetail};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+
 use store::Store;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// How long shutdown waits for connections to take their close frames.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running gateway node. Cheap to clone.
 #[derive(Clone)]
@@ -44,6 +41,7 @@ impl Gateway {
         verifier: Arc<TokenVerifier>,
         settings: WsSettings,
     ) -> anyhow::Result<Gateway> {
+        shared::system::raise_open_files_limit(settings.max_connections as u64);
         let background = TaskTracker::new();
         let stop = CancellationToken::new();
         let shards = match settings.shards {
@@ -127,7 +125,7 @@ impl Gateway {
             reason: "gateway shutting down",
         });
         inner.connections.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, inner.connections.wait())
+        if tokio::time::timeout(inner.settings.shutdown_grace, inner.connections.wait())
             .await
             .is_err()
         {
@@ -198,10 +196,14 @@ async fn upgrade(State(gateway): State<Gateway>, request: Request) -> Response {
     response.map(axum::body::Body::new).into_response()
 }
 
+/// Ready when the database and Redis answer and the node has room for
+/// another connection: a full node drops out of the load balancer's
+/// rotation (its open connections stay) instead of refusing upgrades.
 async fn ready(State(gateway): State<Gateway>) -> Response {
     let (db, broker) = tokio::join!(gateway.inner.store.ping(), gateway.inner.broker.ping());
     let label = |ok: bool| if ok { "ok" } else { "unavailable" };
-    let ready = db.is_ok() && broker.is_ok();
+    let full = gateway.inner.slots.available_permits() == 0;
+    let ready = db.is_ok() && broker.is_ok() && !full;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -212,6 +214,7 @@ async fn ready(State(gateway): State<Gateway>) -> Response {
         "database": label(db.is_ok()),
         "broker": label(broker.is_ok()),
         "connections": gateway.connection_count(),
+        "full": full,
     });
     (status, axum::Json(body)).into_response()
 }

@@ -9,6 +9,7 @@ pub mod model;
 pub mod protocol;
 pub mod rest;
 pub mod shutdown;
+pub mod system;
 pub mod telemetry;
 
 pub use ids::{RoomId, SessionId, UserId};

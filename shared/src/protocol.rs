@@ -52,6 +52,26 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4009;
     /// No frame (not even a pong) arrived within the heartbeat timeout.
     pub const HEARTBEAT_TIMEOUT: u16 = 4010;
+
+    /// A stable, label-friendly name for a close code (metrics, logs).
+    pub fn name(code: u16) -> &'static str {
+        match code {
+            NORMAL => "normal",
+            GOING_AWAY => "going_away",
+            PROTOCOL_ERROR => "protocol_error",
+            INVALID_PAYLOAD => "invalid_payload",
+            MESSAGE_TOO_BIG => "message_too_big",
+            INTERNAL_ERROR => "internal_error",
+            UNAUTHORIZED => "unauthorized",
+            TOKEN_EXPIRED => "token_expired",
+            AUTH_TIMEOUT => "auth_timeout",
+            SESSION_REVOKED => "session_revoked",
+            RATE_LIMITED => "rate_limited",
+            SLOW_CONSUMER => "slow_consumer",
+            HEARTBEAT_TIMEOUT => "heartbeat_timeout",
+            _ => "other",
+        }
+    }
 }
 
 /// Frames a client sends. `id`, when present, is echoed in the reply so a
