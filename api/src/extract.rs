@@ -79,7 +79,7 @@ impl FromRequestParts<AppState> for AuthUser {
             })
             .map(str::trim)
             .ok_or(ApiError::MissingToken)?;
-        let identity = state.tokens.verifier.verify(token).map_err(|e| match e {
+        let identity = state.tokens.verify(token).map_err(|e| match e {
             TokenError::Expired => ApiError::TokenExpired,
             TokenError::Invalid => {
                 tracing::warn!(target: "security", "request with an invalid access token");

@@ -165,6 +165,7 @@ pub fn maintenance(state: AppState, shutdown: CancellationToken) -> tokio::task:
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {
                     state.sessions.evict_stale();
+                    state.tokens.evict_expired();
                     state.limits.evict_stale();
                 }
             }
@@ -205,8 +206,7 @@ impl Application {
         let tokens = Tokens::from_config(&config.jwt, &config.data_dir)?;
         let state = AppState::new(store, broker, tokens, &config.policy);
         let router = router(state.clone(), &config.policy);
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
+        let listener = shared::system::listen(config.listen)
             .with_context(|| format!("binding {}", config.listen))?;
         Ok(Self {
             listener,

@@ -7,7 +7,7 @@ use crate::limits::Limits;
 use broker::DynBroker;
 use dashmap::DashMap;
 use shared::SessionId;
-use shared::auth::{TokenSigner, TokenVerifier};
+use shared::auth::{Identity, TokenError, TokenSigner, TokenVerifier};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::Store;
@@ -30,7 +30,15 @@ pub struct Tokens {
     pub signer: TokenSigner,
     pub verifier: Arc<TokenVerifier>,
     pub refresh_ttl: Duration,
+    /// Tokens already verified, until they expire: an Ed25519 verification
+    /// was about a sixth of the api's CPU per post (perf, docs/benchmarks.md),
+    /// and a client sends the same token for minutes.
+    verified: DashMap<Box<str>, Identity>,
 }
+
+/// Verified tokens remembered at most (a few MB); beyond it new ones are
+/// verified every time until expired entries are evicted.
+const VERIFIED_TOKENS_CAPACITY: usize = 100_000;
 
 impl Tokens {
     /// Keys from the configuration, or the pair generated (once) into
@@ -69,8 +77,39 @@ impl Tokens {
             )?,
             verifier: Arc::new(TokenVerifier::from_pem(&pair.public_pem, &jwt.jwt_issuer)?),
             refresh_ttl: jwt.refresh_token_ttl,
+            verified: DashMap::new(),
         })
     }
+
+    /// Verifies an access token, from memory when this exact token was
+    /// verified before and has not expired.
+    pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        let now = unix_now();
+        if let Some(identity) = self.verified.get(token)
+            && identity.expires_at > now
+        {
+            return Ok(*identity);
+        }
+        let identity = self.verifier.verify(token)?;
+        if self.verified.len() < VERIFIED_TOKENS_CAPACITY {
+            self.verified.insert(token.into(), identity);
+        }
+        Ok(identity)
+    }
+
+    /// Forgets expired tokens (called periodically).
+    pub fn evict_expired(&self) {
+        let now = unix_now();
+        self.verified
+            .retain(|_, identity| identity.expires_at > now);
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl AppState {

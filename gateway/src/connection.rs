@@ -76,6 +76,8 @@ where
     };
     let reason = session.read_loop(&mut reader, &mut assembler).await;
     conn.out.close(reason.clone());
+    metrics::counter!("gateway_disconnects_total", "reason" => close::name(reason.code))
+        .increment(1);
     node.hub.unregister(&conn);
     tracing::debug!(?peer, user_id = %conn.user_id, code = reason.code, reason = reason.reason, "connection closed");
     let abort = writer_task.abort_handle();

@@ -273,8 +273,7 @@ impl Application {
         .await?;
         let verifier = Arc::new(verifier_from_config(config)?);
         let gateway = Gateway::start(store, broker, verifier, config.ws.clone()).await?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
+        let listener = shared::system::listen(config.listen)
             .with_context(|| format!("binding {}", config.listen))?;
         Ok(Self { listener, gateway })
     }

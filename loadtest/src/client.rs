@@ -480,9 +480,13 @@ async fn upgrade(stream: &mut TcpStream, target: &GatewayTarget) -> Result<(), C
                     return Err(ConnError::Protocol("wrong Sec-WebSocket-Accept".into()));
                 }
                 if head_len != len {
-                    // The gateway speaks only after `auth`: bytes here mean
-                    // something other than a Parley gateway answered.
-                    return Err(ConnError::Protocol("data before the first frame".into()));
+                    // The gateway speaks only after `auth`, except to close
+                    // (4003 when this client took longer than the auth
+                    // timeout to read the 101, i.e. it is overloaded).
+                    return Err(match early_close_code(&buf[head_len..len]) {
+                        Some(code) => ConnError::Closed { code },
+                        None => ConnError::Protocol("data before the first frame".into()),
+                    });
                 }
                 return Ok(());
             }
@@ -497,6 +501,15 @@ async fn upgrade(stream: &mut TcpStream, target: &GatewayTarget) -> Result<(), C
     }
 }
 
+/// The code of a server close frame at the start of `bytes` (unmasked
+/// close opcode, payload under 126 bytes, code first).
+fn early_close_code(bytes: &[u8]) -> Option<u16> {
+    match bytes {
+        [0x88, len, hi, lo, ..] if (2..126).contains(len) => Some(u16::from_be_bytes([*hi, *lo])),
+        _ => None,
+    }
+}
+
 /// The `error.code` of a JSON error body, when it arrived with the head.
 fn error_code(body: &[u8]) -> Option<String> {
     serde_json::from_slice::<shared::rest::ErrorBody>(body)
@@ -507,6 +520,16 @@ fn error_code(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_close_right_after_the_upgrade_is_reported_as_that_close() {
+        assert_eq!(
+            early_close_code(&[0x88, 0x04, 0x0f, 0xa3, b'n', b'o']),
+            Some(4003)
+        );
+        assert_eq!(early_close_code(&[0x81, 0x02, b'h', b'i']), None);
+        assert_eq!(early_close_code(&[0x88]), None);
+    }
 
     #[test]
     fn an_event_frame_is_read_without_the_fields_we_do_not_need() {

@@ -83,8 +83,7 @@ impl Node {
         let gateway =
             Gateway::start(store.clone(), broker.clone(), verifier, config.ws.clone()).await?;
         let router = api::router(api.clone(), &config.policy).merge(gateway.ws_router());
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
+        let listener = shared::system::listen(config.listen)
             .with_context(|| format!("binding {}", config.listen))?;
         let description = format!(
             "store: {} ({}), broker: {}",

@@ -27,3 +27,21 @@ pub fn raise_open_files_limit(wanted: u64) -> u64 {
     }
     limit
 }
+
+/// Pending connections the kernel may queue for a listener. Tokio's default
+/// (1024) overflows when thousands of clients reconnect at once (a gateway
+/// restart), and overflowing costs each of them a SYN retry: one second.
+/// The kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener with [`LISTEN_BACKLOG`].
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
