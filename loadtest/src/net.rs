@@ -19,30 +19,12 @@ pub struct FileLimit {
 /// a file descriptor, and the usual soft default (1024) would cap a run at
 /// about a thousand connections long before anything else does.
 pub fn raise_nofile_limit() -> io::Result<FileLimit> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own and pass by pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let soft_before = lim.rlim_cur;
-    if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: setrlimit reads the struct we pass by pointer.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        lim = raised;
-    }
+    let (soft_before, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+    let soft = rlimit::increase_nofile_limit(hard)?;
     Ok(FileLimit {
         soft_before,
-        soft: lim.rlim_cur,
-        hard: lim.rlim_max,
+        soft,
+        hard,
     })
 }
 
@@ -201,18 +183,11 @@ pub fn preflight(
 
 /// The current open-file limits, without changing them.
 pub fn nofile_limit() -> Option<FileLimit> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own and pass by pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return None;
-    }
+    let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).ok()?;
     Some(FileLimit {
-        soft_before: lim.rlim_cur,
-        soft: lim.rlim_cur,
-        hard: lim.rlim_max,
+        soft_before: soft,
+        soft,
+        hard,
     })
 }
 

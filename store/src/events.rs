@@ -22,6 +22,22 @@ pub struct NewMessage<'a> {
     pub created_at: i64,
 }
 
+impl NewMessage<'_> {
+    /// The event this message is once it has number `seq`.
+    fn event(&self, seq: i64) -> RoomEvent {
+        RoomEvent {
+            room_id: self.room_id,
+            seq,
+            sender_id: self.sender_id,
+            created_at: time_from_millis(self.created_at),
+            kind: EventKind::MessageCreated {
+                body: self.body.to_owned(),
+                client_msg_id: self.client_msg_id.map(str::to_owned),
+            },
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum PostOutcome {
     /// Appended now.
@@ -153,16 +169,7 @@ impl Store {
             Backend::Sqlite => self.append_message_sqlite(&msg).await,
         };
         match appended {
-            Ok(Some(seq)) => Ok(PostOutcome::Created(RoomEvent {
-                room_id: msg.room_id,
-                seq,
-                sender_id: msg.sender_id,
-                created_at: time_from_millis(msg.created_at),
-                kind: EventKind::MessageCreated {
-                    body: msg.body.to_owned(),
-                    client_msg_id: msg.client_msg_id.map(str::to_owned),
-                },
-            })),
+            Ok(Some(seq)) => Ok(PostOutcome::Created(msg.event(seq))),
             Ok(None) => Ok(PostOutcome::NotFound),
             Err(e) if unique_violation(&e) == Some("room_events_idempotency_key") => {
                 let client_msg_id = msg.client_msg_id.unwrap_or_default();
@@ -223,17 +230,7 @@ impl Store {
         let Some(seq) = next_seq(&mut tx, msg.room_id).await? else {
             return Ok(None);
         };
-        let event = RoomEvent {
-            room_id: msg.room_id,
-            seq,
-            sender_id: msg.sender_id,
-            created_at: time_from_millis(msg.created_at),
-            kind: EventKind::MessageCreated {
-                body: msg.body.to_owned(),
-                client_msg_id: msg.client_msg_id.map(str::to_owned),
-            },
-        };
-        insert_event(&mut tx, &event).await?;
+        insert_event(&mut tx, &msg.event(seq)).await?;
         tx.commit().await?;
         Ok(Some(seq))
     }
