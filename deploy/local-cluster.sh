@@ -11,6 +11,8 @@
 #
 #   LOCAL_POSTGRES_URL  server URL without database  postgres://postgres@127.0.0.1:5432
 #   LOCAL_DATABASE      database name                parley_local
+#   LOCAL_DATABASE_PARAMS  query of the services' database URL   sslmode=disable
+#                       (loopback: TLS would only cost CPU on both ends)
 #   LOCAL_REDIS_HOST / LOCAL_REDIS_PORT              127.0.0.1 / 6379
 #   LOCAL_REDIS_PREFIX  keeps this cluster's keys apart from tests'   parley-local:
 #   API_PORT            REST api port                8080
@@ -29,6 +31,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 postgres_url="${LOCAL_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}"
 database="${LOCAL_DATABASE:-parley_local}"
+database_params="${LOCAL_DATABASE_PARAMS-sslmode=disable}"
 redis_host="${LOCAL_REDIS_HOST:-127.0.0.1}"
 redis_port="${LOCAL_REDIS_PORT:-6379}"
 redis_prefix="${LOCAL_REDIS_PREFIX:-parley-local:}"
@@ -169,7 +172,7 @@ mkdir -p "$data_dir" "$run_dir"
 chmod 700 "$data_dir"
 
 common=(
-  "PARLEY_DATABASE_URL=$postgres_url/$database"
+  "PARLEY_DATABASE_URL=$postgres_url/$database${database_params:+?$database_params}"
   "PARLEY_REDIS_URL=redis://$redis_host:$redis_port"
   "PARLEY_REDIS_PREFIX=$redis_prefix"
   "PARLEY_DATA_DIR=$data_dir"
