@@ -57,6 +57,14 @@ pub struct WsSettings {
     /// Room shards (tasks that own rooms' state); 0 means one per CPU.
     #[arg(long, env = "PARLEY_SHARDS", default_value_t = 0)]
     pub shards: usize,
+    /// Least time between two writes of room events to one connection.
+    /// Events arriving sooner wait and share the next write: fewer, larger
+    /// TCP segments when a connection receives many events per second, at
+    /// the cost of up to this much latency for those events. A connection
+    /// that receives events less often than this is not delayed. 0 writes
+    /// every event at once.
+    #[arg(long, env = "PARLEY_WRITE_COALESCE", default_value = "0ms", value_parser = parse_duration)]
+    pub write_coalesce: Duration,
 }
 
 impl Default for WsSettings {
@@ -70,6 +78,7 @@ impl Default for WsSettings {
             client_frame_burst: 100,
             shutdown_grace: Duration::from_secs(10),
             shards: 0,
+            write_coalesce: Duration::ZERO,
         }
     }
 }

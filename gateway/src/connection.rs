@@ -1,15 +1,15 @@
 //! One WebSocket connection, from the first frame to the close.
 //!
-//! Two tasks per connection: this one reads and answers the client's frames,
-//! a writer task drains the connection's [`OutQueue`](crate::outq::OutQueue)
-//! (replies, room events, pongs) and sends pings. The reader never waits on
-//! the writer and the node's fan-out never waits on either. The code is
-//! generic over the byte streams so tests can run it without sockets.
+//! One task per connection reads and answers the client's frames. Nothing
+//! here waits to write: replies, room events and pings go through the
+//! connection's [`Outbox`](crate::outbox::Outbox), written by whoever
+//! produced them, so the node's fan-out never waits on a client and an idle
+//! connection costs one parked task. The code is generic over the byte
+//! streams so tests can run it without sockets.
 
 use crate::Inner;
-use crate::frame_writer::FrameWriter;
 use crate::hub::{Conn, JoinError};
-use crate::outq::{CloseReason, OutQueue};
+use crate::outbox::{CloseReason, Outbox, Sink};
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
 use shared::RoomId;
@@ -24,28 +24,27 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 
 /// Most grace added to twice the heartbeat interval before a silent client
 /// is declared dead (one more interval, up to this): covers a slow network.
 const HEARTBEAT_GRACE: Duration = Duration::from_secs(5);
 
-/// How long a closing connection's writer may take to flush its last frames.
+/// How long a closing connection may take to write its last frames.
 const WRITER_DRAIN: Duration = Duration::from_secs(5);
 
 /// Serves one upgraded connection until it ends.
-pub(crate) async fn serve<R, W>(node: Arc<Inner>, read: R, write: W, peer: Option<SocketAddr>)
+pub(crate) async fn serve<R>(node: Arc<Inner>, read: R, write: Sink, peer: Option<SocketAddr>)
 where
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
 {
     let (mut reader, _) =
         fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
     reader.set_max_message_size(MAX_CLIENT_FRAME_BYTES);
-    let mut writer = FrameWriter::new(write);
+    let out = Outbox::new(write, node.settings.outbound_queue);
     let mut assembler = Assembler::default();
 
-    let conn = match authenticate(&node, &mut reader, &mut writer, &mut assembler).await {
+    let conn = match authenticate(&node, &mut reader, &out, &mut assembler).await {
         Ok(conn) => conn,
         Err(reason) => {
             metrics::counter!("gateway_connections_total", "outcome" => close::name(reason.code))
@@ -56,18 +55,12 @@ where
                 reason = reason.reason,
                 "connection refused"
             );
-            writer.close(reason.code, reason.reason);
-            let _ = writer.flush().await;
-            writer.shutdown().await;
+            out.close(reason);
+            out.finish(WRITER_DRAIN).await;
             return;
         }
     };
     metrics::counter!("gateway_connections_total", "outcome" => "ready").increment(1);
-    let writer_task = tokio::spawn(write_loop(
-        writer,
-        conn.clone(),
-        node.settings.heartbeat_interval,
-    ));
 
     let mut session = Session {
         node: node.clone(),
@@ -80,36 +73,25 @@ where
         .increment(1);
     node.hub.unregister(&conn);
     tracing::debug!(?peer, user_id = %conn.user_id, code = reason.code, reason = reason.reason, "connection closed");
-    let abort = writer_task.abort_handle();
-    if tokio::time::timeout(WRITER_DRAIN, writer_task)
-        .await
-        .is_err()
-    {
-        abort.abort();
-    }
+    conn.out.finish(WRITER_DRAIN).await;
 }
 
 /// Reads the first frame, which must be a valid `auth`, and registers the
 /// connection. On failure, the close to send.
-async fn authenticate<R, W>(
+async fn authenticate<R>(
     node: &Arc<Inner>,
     reader: &mut WebSocketRead<R>,
-    writer: &mut FrameWriter<W>,
+    out: &Arc<Outbox>,
     assembler: &mut Assembler,
 ) -> Result<Arc<Conn>, CloseReason>
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
 {
-    let mut pongs = Vec::new();
     let first = tokio::time::timeout(
         node.settings.auth_timeout,
-        next_message(reader, assembler, &mut |payload| pongs.push(payload)),
+        next_message(reader, assembler, &mut |payload: Bytes| out.pong(&payload)),
     )
     .await;
-    for payload in pongs {
-        writer.pong(&payload);
-    }
     let (encoding, bytes) = match first {
         Err(_) => {
             return Err(CloseReason {
@@ -175,7 +157,7 @@ where
         user_id: identity.user_id,
         session_id: identity.session_id,
         encoding,
-        out: OutQueue::new(node.settings.outbound_queue),
+        out: out.clone(),
         joined: Default::default(),
     });
     if node.hub.register(conn.clone()).await.is_err() {
@@ -196,51 +178,6 @@ where
     Ok(conn)
 }
 
-/// Drains the queue into the socket and pings on schedule.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut writer: FrameWriter<W>,
-    conn: Arc<Conn>,
-    heartbeat: Duration,
-) {
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let batch = tokio::select! {
-            batch = conn.out.next_batch() => batch,
-            _ = ping.tick() => {
-                writer.ping();
-                if writer.flush().await.is_err() {
-                    break;
-                }
-                continue;
-            }
-        };
-        for payload in &batch.pongs {
-            writer.pong(payload);
-        }
-        for frame in &batch.frames {
-            match conn.encoding {
-                Encoding::Json => writer.text(frame),
-                Encoding::MsgPack => writer.binary(frame),
-            }
-        }
-        if let Some(reason) = batch.close {
-            writer.close(reason.code, reason.reason);
-            let _ = writer.flush().await;
-            writer.shutdown().await;
-            return;
-        }
-        if writer.flush().await.is_err() {
-            break;
-        }
-    }
-    // The peer is gone: stop everyone from queueing more for it.
-    conn.out.close(CloseReason {
-        code: close::GOING_AWAY,
-        reason: "write failed",
-    });
-}
-
 /// The authenticated part of a connection.
 struct Session {
     node: Arc<Inner>,
@@ -258,12 +195,12 @@ impl Session {
         let heartbeat = self.node.settings.heartbeat_interval;
         let idle = heartbeat * 2 + heartbeat.min(HEARTBEAT_GRACE);
         let conn = self.conn.clone();
-        let mut on_ping = |payload| conn.out.push_pong(payload);
+        let mut on_ping = |payload: Bytes| conn.out.pong(&payload);
         loop {
             let next = tokio::select! {
                 next = tokio::time::timeout(idle, next_message(reader, assembler, &mut on_ping)) => next,
-                // Closed from elsewhere (revoked, slow, shutdown): the writer
-                // sends the close; an unfinished read is abandoned with the socket.
+                // Closed from elsewhere (revoked, slow, shutdown): the close
+                // frame is already queued; an unfinished read is abandoned with the socket.
                 _ = conn.out.closed() => return CloseReason { code: close::GOING_AWAY, reason: "closed by the gateway" },
             };
             let (encoding, bytes) = match next {

@@ -8,13 +8,13 @@
 //! Layers, outside in: [`server`] (HTTP listener and the `/ws` upgrade),
 //! [`connection`] (one client's frames), [`hub`] (the node's connections,
 //! rooms and subscriptions), [`sequencer`] (per-room ordering and gap
-//! recovery), [`outq`] and [`frame_writer`] (the way out to one socket).
+//! recovery), [`outbox`] and [`frames`] (the way out to one socket).
 
 pub mod config;
 pub(crate) mod connection;
-pub mod frame_writer;
+pub mod frames;
 pub mod hub;
-pub mod outq;
+pub mod outbox;
 pub mod sequencer;
 pub mod server;
 

@@ -2,8 +2,8 @@
 //! start-up and shutdown. Connections themselves are in `connection`.
 
 use crate::config::{GatewayConfig, WsSettings};
-use crate::hub::Hub;
-use crate::outq::CloseReason;
+use crate::hub::{Hub, HubSettings};
+use crate::outbox::CloseReason;
 use crate::{Inner, connection};
 use anyhow::Context;
 use axum::Router;
@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use broker::{DynBroker, Topic};
 use fastwebsockets::upgrade::IncomingUpgrade;
+use hyper_util::rt::TokioIo;
 use shared::RoomId;
 use shared::auth::TokenVerifier;
 use shared::protocol::close;
@@ -23,6 +24,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use store::Store;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,7 +56,11 @@ impl Gateway {
         let hub = Hub::start(
             &broker,
             store.clone(),
-            shards,
+            HubSettings {
+                shards,
+                heartbeat_interval: settings.heartbeat_interval,
+                write_coalesce: settings.write_coalesce,
+            },
             &background,
             stop.child_token(),
         )
@@ -190,8 +197,22 @@ async fn upgrade(State(gateway): State<Gateway>, request: Request) -> Response {
                 return;
             }
         };
-        let (read, write) = tokio::io::split(ws.into_inner());
-        connection::serve(node, read, write, peer).await;
+        // The plain TCP stream, when that is what is under the upgrade, is
+        // split into independent halves: writes from the fan-out never wait
+        // for the reader's lock. Bytes the client sent right behind its
+        // upgrade request (an eager `auth`) were already read; they come first.
+        let upgraded = ws.into_inner().into_inner();
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let (read, write) = parts.io.into_inner().into_split();
+                let read = std::io::Cursor::new(parts.read_buf).chain(read);
+                connection::serve(node, read, Box::pin(write), peer).await;
+            }
+            Err(upgraded) => {
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                connection::serve(node, read, Box::pin(write), peer).await;
+            }
+        }
     });
     response.map(axum::body::Body::new).into_response()
 }

@@ -14,9 +14,8 @@
 mod shard;
 mod subscriptions;
 
-use crate::outq::{CloseReason, OutQueue};
+use crate::outbox::{CloseReason, Outbox, Queued};
 use broker::{Delivery, DynBroker, SubscriptionControl, Topic};
-use bytes::Bytes;
 use dashmap::{DashMap, DashSet};
 use shard::{Shard, ShardCmd};
 use shared::protocol::{Encoding, ServerFrame, UserNotice, close};
@@ -42,35 +41,71 @@ const SHARD_QUEUE: usize = 16_384;
 /// How long a join waits for the broker to confirm a subscription.
 pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How many groups the heartbeat splits connections into: each interval
+/// pings one group per tick, so pings are spread over time, not sent to
+/// every connection in one burst.
+const HEARTBEAT_SLOTS: u64 = 16;
+
+/// What the hub's tasks need to know.
+pub struct HubSettings {
+    /// Room shard tasks.
+    pub shards: usize,
+    /// Every connection is pinged once per interval.
+    pub heartbeat_interval: Duration,
+    /// See [`crate::WsSettings::write_coalesce`].
+    pub write_coalesce: Duration,
+}
+
 /// A connection as the hub sees it.
 pub struct Conn {
     pub id: ConnId,
     pub user_id: UserId,
     pub session_id: SessionId,
     pub encoding: Encoding,
-    pub out: OutQueue,
+    pub out: Arc<Outbox>,
     /// Rooms this connection is currently in (maintained by the shards).
     pub joined: AtomicUsize,
 }
 
 impl Conn {
-    /// Encodes a frame in this connection's encoding and queues it; a full
-    /// queue closes the connection as a slow consumer.
-    pub fn send(&self, frame: &ServerFrame) {
-        self.push(self.encoding.encode(frame));
+    fn binary(&self) -> bool {
+        self.encoding == Encoding::MsgPack
     }
 
-    /// Queues already-encoded bytes (see [`Conn::send`]).
-    pub fn push(&self, bytes: Bytes) -> bool {
-        if self.out.push(bytes).is_ok() {
-            return true;
+    /// Encodes a frame in this connection's encoding and writes it now; a
+    /// full outbox closes the connection as a slow consumer.
+    pub fn send(&self, frame: &ServerFrame) {
+        if self
+            .out
+            .send(self.binary(), &self.encoding.encode(frame))
+            .is_err()
+        {
+            self.slow_consumer();
         }
+    }
+
+    /// Queues an already-encoded event without writing it: `Some(true)` if
+    /// the caller must flush this connection (see [`Queued`]), `None` if the
+    /// connection is closing. A full outbox closes the connection as a slow
+    /// consumer.
+    pub fn queue(&self, bytes: &[u8]) -> Option<bool> {
+        match self.out.queue(self.binary(), bytes) {
+            Ok(Queued::FlushNeeded) => Some(true),
+            Ok(Queued::Covered) => Some(false),
+            Ok(Queued::Closed) => None,
+            Err(_full) => {
+                self.slow_consumer();
+                None
+            }
+        }
+    }
+
+    fn slow_consumer(&self) {
         metrics::counter!("gateway_slow_consumers_total").increment(1);
         self.out.close(CloseReason {
             code: close::SLOW_CONSUMER,
             reason: "slow consumer: outbound queue full",
         });
-        false
     }
 }
 
@@ -89,10 +124,11 @@ impl Hub {
     pub async fn start(
         broker: &DynBroker,
         store: Store,
-        shard_count: usize,
+        settings: HubSettings,
         tracker: &TaskTracker,
         stop: CancellationToken,
     ) -> Result<Arc<Hub>, broker::BrokerError> {
+        let shard_count = settings.shards;
         let subscription = broker.subscribe().await?;
         let subscribed = Arc::new(DashSet::new());
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
@@ -111,7 +147,13 @@ impl Hub {
             subscribed: subscribed.clone(),
         });
         for (index, rx) in shard_rxs.into_iter().enumerate() {
-            let shard = Shard::new(index, store.clone(), sub_tx.clone(), shards[index].clone());
+            let shard = Shard::new(
+                index,
+                store.clone(),
+                sub_tx.clone(),
+                shards[index].clone(),
+                settings.write_coalesce,
+            );
             tracker.spawn(shard.run(rx, stop.clone()));
         }
         let control: Arc<dyn SubscriptionControl> = subscription.control.clone();
@@ -125,8 +167,9 @@ impl Hub {
             hub.clone(),
             subscription.deliveries,
             subscription.control,
-            stop,
+            stop.clone(),
         ));
+        tracker.spawn(heartbeat(hub.clone(), settings.heartbeat_interval, stop));
         Ok(hub)
     }
 
@@ -290,6 +333,33 @@ impl Hub {
         for conn in &conns {
             conn.send(&frame);
         }
+    }
+}
+
+/// Pings every connection once per `interval`, a slot of them per tick.
+/// One task for the node instead of a timer per connection: an idle
+/// connection costs no task and no timer of its own.
+async fn heartbeat(hub: Arc<Hub>, interval: Duration, stop: CancellationToken) {
+    let tick = (interval / HEARTBEAT_SLOTS as u32).max(Duration::from_millis(1));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut slot = 0u64;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        // Collected first: no map shard stays locked while sockets are written.
+        let due: Vec<Arc<Conn>> = hub
+            .conns
+            .iter()
+            .filter(|c| c.id % HEARTBEAT_SLOTS == slot)
+            .map(|c| c.value().clone())
+            .collect();
+        for conn in due {
+            conn.out.ping();
+        }
+        slot = (slot + 1) % HEARTBEAT_SLOTS;
     }
 }
 

@@ -2,6 +2,7 @@
 
 use super::subscriptions::{Reply, SubCmd};
 use super::{Conn, ConnId};
+use crate::outbox::Flushed;
 use crate::sequencer::{MAX_PENDING, Offer, Sequencer};
 use broker::Topic;
 use bytes::Bytes;
@@ -12,7 +13,7 @@ use shared::{RoomId, UserId};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use store::Store;
 use tokio::sync::{mpsc, oneshot};
 
@@ -20,6 +21,10 @@ use tokio::sync::{mpsc, oneshot};
 /// store. Out-of-order publishes land microseconds apart; a real loss
 /// (a publish that failed, a Redis reconnect) costs this much latency.
 pub const GAP_WAIT: Duration = Duration::from_millis(50);
+
+/// Most commands a shard handles before it writes what they queued: the
+/// bound on how long the first of them waits for its write.
+const MAX_COMMANDS_PER_PASS: usize = 256;
 
 /// `member.removed` seqs remembered per room so a join racing with a
 /// removal can be refused; older ones are forgotten past this many.
@@ -161,6 +166,11 @@ pub(crate) struct Shard {
     rooms: HashMap<RoomId, RoomState>,
     /// conn → rooms it is in, so a disconnect does not scan every room.
     conn_rooms: HashMap<ConnId, Vec<RoomId>>,
+    /// Connections with events queued in this pass, written at its end.
+    dirty: Vec<Arc<Conn>>,
+    /// Connections inside their coalescing window, and when to write them.
+    deferred: Vec<(Instant, Arc<Conn>)>,
+    write_coalesce: Duration,
 }
 
 impl Shard {
@@ -169,6 +179,7 @@ impl Shard {
         store: Store,
         subscriptions: mpsc::UnboundedSender<SubCmd>,
         me: mpsc::Sender<ShardCmd>,
+        write_coalesce: Duration,
     ) -> Self {
         Self {
             index,
@@ -177,25 +188,71 @@ impl Shard {
             me,
             rooms: HashMap::new(),
             conn_rooms: HashMap::new(),
+            dirty: Vec::new(),
+            deferred: Vec::new(),
+            write_coalesce,
         }
     }
 
+    /// Handles commands in passes: everything already queued (up to
+    /// [`MAX_COMMANDS_PER_PASS`]), then one write per touched connection.
+    /// Under load a pass holds several events for the same connections, so
+    /// the node makes fewer, larger writes exactly when it is busiest.
     pub(crate) async fn run(
         mut self,
         mut rx: mpsc::Receiver<ShardCmd>,
         stop: tokio_util::sync::CancellationToken,
     ) {
         loop {
+            let next_deferred = self.deferred.iter().map(|(due, _)| *due).min();
             let cmd = tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => cmd,
                     None => break,
                 },
+                _ = sleep_until(next_deferred) => {
+                    self.write_deferred();
+                    continue;
+                }
                 _ = stop.cancelled() => break,
             };
             self.handle(cmd);
+            for _ in 1..MAX_COMMANDS_PER_PASS {
+                match rx.try_recv() {
+                    Ok(cmd) => self.handle(cmd),
+                    Err(_) => break,
+                }
+            }
+            self.write_dirty();
         }
         tracing::debug!(shard = self.index, "shard stopped");
+    }
+
+    /// Writes every connection this pass queued events for, or defers it
+    /// to the end of its coalescing window.
+    fn write_dirty(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for conn in self.dirty.drain(..) {
+            if let Flushed::Later(due) = conn.out.flush_after(self.write_coalesce, now) {
+                self.deferred.push((due, conn));
+            }
+        }
+    }
+
+    fn write_deferred(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.deferred.len() {
+            if self.deferred[i].0 <= now {
+                let (_, conn) = self.deferred.swap_remove(i);
+                conn.out.flush();
+            } else {
+                i += 1;
+            }
+        }
     }
 
     fn handle(&mut self, cmd: ShardCmd) {
@@ -339,16 +396,19 @@ impl Shard {
             let mut delivered = 0u64;
             for conn in &state.members {
                 let bytes = match conn.encoding {
-                    Encoding::Json => event.json.clone(),
+                    Encoding::Json => &event.json,
                     Encoding::MsgPack => {
                         match msgpack.get_or_insert_with(|| to_msgpack(&event.json)) {
-                            Some(bytes) => bytes.clone(),
+                            Some(bytes) => &*bytes,
                             None => continue,
                         }
                     }
                 };
-                if conn.push(bytes) {
+                if let Some(flush) = conn.queue(bytes) {
                     delivered += 1;
+                    if flush {
+                        self.dirty.push(conn.clone());
+                    }
                 }
             }
             metrics::counter!("gateway_deliveries_total").increment(delivered);
@@ -540,6 +600,14 @@ impl Shard {
             self.rooms.remove(&room);
             let _ = self.subscriptions.send(SubCmd::Remove(Topic::Room(room)));
         }
+    }
+}
+
+/// Sleeps until `due`, or forever when there is nothing to wait for.
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
     }
 }
 
