@@ -224,7 +224,8 @@ impl Application {
     }
 
     /// Serves until `shutdown` is cancelled, lets in-flight requests finish,
-    /// then closes the store and the broker.
+    /// then closes the message appender (committing what it holds), the
+    /// broker and the store.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let upkeep = maintenance(self.state.clone(), shutdown.clone());
         tracing::info!(addr = %self.listener.local_addr()?, "api listening");
@@ -237,6 +238,7 @@ impl Application {
         .await;
         shutdown.cancel();
         let _ = upkeep.await;
+        self.state.appender.close().await;
         self.state.broker.close().await;
         self.state.store.close().await;
         served.context("serving the api")

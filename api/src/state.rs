@@ -10,11 +10,13 @@ use shared::SessionId;
 use shared::auth::{Identity, TokenError, TokenSigner, TokenVerifier};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::Store;
+use store::{MessageAppender, Store};
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// Message posts go through here: concurrent posts share a commit.
+    pub appender: Arc<MessageAppender>,
     pub broker: DynBroker,
     pub events: Events,
     pub tokens: Arc<Tokens>,
@@ -113,9 +115,12 @@ fn unix_now() -> u64 {
 }
 
 impl AppState {
+    /// Also starts the message appender (so it needs a Tokio runtime); the
+    /// host closes `appender` after serving and before closing the store.
     pub fn new(store: Store, broker: DynBroker, tokens: Tokens, limits: &PolicyArgs) -> Self {
         Self {
             events: Events::new(broker.clone()),
+            appender: Arc::new(MessageAppender::start(store.clone())),
             store,
             broker,
             tokens: Arc::new(tokens),

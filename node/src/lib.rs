@@ -116,13 +116,15 @@ impl Node {
         &self.description
     }
 
-    /// Serves until `shutdown`, then closes WebSockets, the broker and the store.
+    /// Serves until `shutdown`, then closes WebSockets, the message appender
+    /// (committing what it holds), the broker and the store.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let upkeep = api::maintenance(self.api.clone(), shutdown.clone());
         let served = gateway::server::serve(self.listener, self.router, shutdown.clone()).await;
         shutdown.cancel();
         self.gateway.shutdown().await;
         let _ = upkeep.await;
+        self.api.appender.close().await;
         self.api.broker.close().await;
         self.api.store.close().await;
         served

@@ -1,4 +1,5 @@
 use sqlx::error::DatabaseError;
+use std::sync::Arc;
 
 /// What can go wrong in the store. Conflicts that a client caused are
 /// reported as their own variants by the functions that can hit them.
@@ -17,6 +18,13 @@ pub enum StoreError {
     Migration(String),
     #[error("{0}")]
     Config(String),
+    /// The store takes no more writes: the service is shutting down.
+    #[error("the store is shutting down")]
+    Closed,
+    /// The batch a message post was committed in failed as a whole; every
+    /// post of the batch gets the same error.
+    #[error(transparent)]
+    Batch(Arc<StoreError>),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -34,7 +42,11 @@ impl From<sqlx::Error> for StoreError {
 
 impl StoreError {
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        match self {
+            StoreError::Unavailable(_) | StoreError::Closed => true,
+            StoreError::Batch(cause) => cause.is_unavailable(),
+            _ => false,
+        }
     }
 }
 

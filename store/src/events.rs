@@ -5,6 +5,9 @@
 //! the event, under the room row's lock. Concurrent appends to one room
 //! therefore queue on that lock and each gets the next number; a failed
 //! append rolls the increment back with it, so no number is ever skipped.
+//!
+//! The api posts messages through the group-commit appender (`append.rs`);
+//! [`Store::post_message`] here is the one-message path it falls back to.
 
 use crate::error::unique_violation;
 use crate::{Backend, Result, Store, StoreError};
@@ -24,7 +27,7 @@ pub struct NewMessage<'a> {
 
 impl NewMessage<'_> {
     /// The event this message is once it has number `seq`.
-    fn event(&self, seq: i64) -> RoomEvent {
+    pub(crate) fn event(&self, seq: i64) -> RoomEvent {
         RoomEvent {
             room_id: self.room_id,
             seq,
@@ -157,44 +160,78 @@ pub(crate) async fn insert_event(
     Ok(())
 }
 
+/// SQLite, inside the caller's write transaction (which holds the
+/// database's write lock, so nothing changes between the steps): the
+/// membership check, an earlier post with the same `client_msg_id`, then
+/// numbering and insert. SQLite has no writable CTEs to do this in one statement.
+pub(crate) async fn post_message_in(
+    conn: &mut AnyConnection,
+    msg: &NewMessage<'_>,
+) -> Result<PostOutcome> {
+    let member = sqlx::query("SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2")
+        .bind(msg.room_id.0)
+        .bind(msg.sender_id.0)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if member.is_none() {
+        return Ok(PostOutcome::NotFound);
+    }
+    if let Some(original) = original_message(&mut *conn, msg).await? {
+        return Ok(PostOutcome::Existing(original));
+    }
+    let Some(seq) = next_seq(conn, msg.room_id).await? else {
+        return Ok(PostOutcome::NotFound);
+    };
+    let event = msg.event(seq);
+    insert_event(conn, &event).await?;
+    Ok(PostOutcome::Created(event))
+}
+
+/// The event `msg`'s sender posted earlier in its room with the same
+/// `client_msg_id`, if there is one.
+async fn original_message<'c, E>(conn: E, msg: &NewMessage<'_>) -> Result<Option<RoomEvent>>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    let Some(client_msg_id) = msg.client_msg_id else {
+        return Ok(None);
+    };
+    let row = sqlx::query(select_events!(
+        "WHERE room_id = $1 AND sender_id = $2 AND client_msg_id = $3"
+    ))
+    .bind(msg.room_id.0)
+    .bind(msg.sender_id.0)
+    .bind(client_msg_id)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(event_from_row).transpose()
+}
+
 /// Largest page the history endpoint serves.
 pub const MAX_HISTORY_PAGE: u32 = 100;
 
 impl Store {
-    /// Appends a message to a room its sender is a member of.
+    /// Appends one message to a room its sender is a member of, in its own
+    /// transaction. The api posts through [`crate::MessageAppender`], which
+    /// commits many posts at once and falls back to this.
     #[tracing::instrument(skip_all, fields(room_id = %msg.room_id, sender_id = %msg.sender_id))]
     pub async fn post_message(&self, msg: NewMessage<'_>) -> Result<PostOutcome> {
-        let appended = match self.backend {
-            Backend::Postgres => self.append_message_postgres(&msg).await,
-            Backend::Sqlite => self.append_message_sqlite(&msg).await,
-        };
-        match appended {
-            Ok(Some(seq)) => Ok(PostOutcome::Created(msg.event(seq))),
-            Ok(None) => Ok(PostOutcome::NotFound),
-            Err(e) if unique_violation(&e) == Some("room_events_idempotency_key") => {
-                let client_msg_id = msg.client_msg_id.unwrap_or_default();
-                let row = sqlx::query(select_events!(
-                    "WHERE room_id = $1 AND sender_id = $2 AND client_msg_id = $3"
-                ))
-                .bind(msg.room_id.0)
-                .bind(msg.sender_id.0)
-                .bind(client_msg_id)
-                .fetch_one(&self.pool)
-                .await?;
-                Ok(PostOutcome::Existing(event_from_row(&row)?))
+        match self.backend {
+            Backend::Postgres => self.post_message_postgres(&msg).await,
+            Backend::Sqlite => {
+                let mut tx = self.begin_write().await?;
+                let outcome = post_message_in(&mut tx, &msg).await?;
+                tx.commit().await?;
+                Ok(outcome)
             }
-            Err(e) => Err(e.into()),
         }
     }
 
     /// PostgreSQL: membership check, numbering and insert in one statement,
     /// one round trip. A duplicate `client_msg_id` fails the whole statement,
-    /// so the increment is rolled back with it.
-    async fn append_message_postgres(
-        &self,
-        msg: &NewMessage<'_>,
-    ) -> Result<Option<i64>, sqlx::Error> {
-        let row = sqlx::query(
+    /// so the increment is rolled back with it, and the original is read.
+    async fn post_message_postgres(&self, msg: &NewMessage<'_>) -> Result<PostOutcome> {
+        let appended = sqlx::query(
             "WITH next AS ( \
                  UPDATE rooms SET last_seq = last_seq + 1 \
                  WHERE id = $1 AND EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2) \
@@ -209,30 +246,18 @@ impl Store {
         .bind(msg.client_msg_id)
         .bind(msg.created_at)
         .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| r.try_get("seq")).transpose()
-    }
-
-    /// SQLite has no writable CTEs: the same steps in one IMMEDIATE transaction.
-    async fn append_message_sqlite(
-        &self,
-        msg: &NewMessage<'_>,
-    ) -> Result<Option<i64>, sqlx::Error> {
-        let mut tx = self.begin_write().await?;
-        let member = sqlx::query("SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2")
-            .bind(msg.room_id.0)
-            .bind(msg.sender_id.0)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if member.is_none() {
-            return Ok(None);
+        .await;
+        match appended {
+            Ok(Some(row)) => Ok(PostOutcome::Created(msg.event(row.try_get("seq")?))),
+            Ok(None) => Ok(PostOutcome::NotFound),
+            Err(e) if unique_violation(&e) == Some("room_events_idempotency_key") => {
+                let original = original_message(&self.pool, msg).await?;
+                original.map(PostOutcome::Existing).ok_or_else(|| {
+                    StoreError::Corrupt("a duplicate post without an original".into())
+                })
+            }
+            Err(e) => Err(e.into()),
         }
-        let Some(seq) = next_seq(&mut tx, msg.room_id).await? else {
-            return Ok(None);
-        };
-        insert_event(&mut tx, &msg.event(seq)).await?;
-        tx.commit().await?;
-        Ok(Some(seq))
     }
 
     /// A page of `room`'s timeline, newest first, strictly before `before_seq`.

@@ -4,11 +4,13 @@
 //! SQLite (WAL mode, one file) for a single node. It is written once against
 //! sqlx's `Any` driver with SQL both dialects accept, so the api and the
 //! gateway cannot tell which engine is underneath, and the two cannot drift
-//! apart behaviourally. The rare statement that must differ (appending a
-//! message, which PostgreSQL does in one round trip) branches on [`Backend`].
+//! apart behaviourally. The rare statements that must differ (appending
+//! messages, which PostgreSQL does in one statement) branch on [`Backend`].
+//! Message posts are committed in shared batches by [`MessageAppender`].
 //!
 //! All times are stored as milliseconds since the Unix epoch.
 
+mod append;
 mod error;
 #[macro_use]
 mod events;
@@ -17,6 +19,7 @@ mod rooms;
 mod sessions;
 mod users;
 
+pub use append::{MAX_BATCH, MessageAppender, QUEUE_CAPACITY};
 pub use error::StoreError;
 pub use events::{MAX_HISTORY_PAGE, NewMessage, PostOutcome};
 pub use provision::{ProvisionError, ProvisionSpec, Provisioned, UNUSABLE_PASSWORD};

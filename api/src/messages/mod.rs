@@ -46,8 +46,8 @@ async fn post_message(
     let body = MessageBody::parse(req.body)?;
     let client_msg_id = req.client_msg_id.map(ClientMsgId::parse).transpose()?;
     let outcome = state
-        .store
-        .post_message(NewMessage {
+        .appender
+        .post(NewMessage {
             room_id,
             sender_id: caller.user_id,
             body: body.as_str(),

@@ -4,6 +4,7 @@
 //! in-process broker.
 
 mod admin;
+mod append;
 mod auth;
 mod errors;
 mod messages;
