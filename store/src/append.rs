@@ -76,7 +76,10 @@ const IDEMPOTENCY_KEY: &str = "room_events_idempotency_key";
 ///
 /// * `checked`: membership and an existing post with the same key, read in
 ///   the statement's snapshot. Only members' keys count, as in
-///   [`Store::post_message`].
+///   [`Store::post_message`]. Both are LATERAL lookups with `LIMIT 1`, which
+///   keeps them index probes: `json_to_recordset` is always estimated at 100
+///   rows, and with plain joins the planner hashed the whole `room_members`
+///   table for every batch (a sequential scan of 24,000 rows, 4 ms).
 /// * `locked`: the rooms getting posts, locked in room-id order (the lock an
 ///   UPDATE takes, no stronger), so two batches that share rooms queue
 ///   instead of deadlocking.
@@ -94,12 +97,18 @@ WITH input AS (
     FROM json_to_recordset($1::json)
         AS t(ord bigint, room_id bigint, sender_id bigint, body text, client_msg_id text, created_at bigint)
 ),
-checked AS (
-    SELECT i.*, m.user_id IS NOT NULL AS member, e.seq AS existing_seq
+checked AS MATERIALIZED (
+    SELECT i.*, coalesce(m.member, false) AS member, e.existing_seq
     FROM input i
-    LEFT JOIN room_members m ON m.room_id = i.room_id AND m.user_id = i.sender_id
-    LEFT JOIN room_events e ON m.user_id IS NOT NULL AND e.room_id = i.room_id
-        AND e.sender_id = i.sender_id AND e.client_msg_id = i.client_msg_id
+    LEFT JOIN LATERAL (
+        SELECT true AS member FROM room_members m
+        WHERE m.room_id = i.room_id AND m.user_id = i.sender_id LIMIT 1
+    ) m ON true
+    LEFT JOIN LATERAL (
+        SELECT e.seq AS existing_seq FROM room_events e
+        WHERE m.member AND e.room_id = i.room_id AND e.sender_id = i.sender_id
+            AND e.client_msg_id = i.client_msg_id LIMIT 1
+    ) e ON true
 ),
 accepted AS (
     SELECT * FROM checked WHERE member AND existing_seq IS NULL
