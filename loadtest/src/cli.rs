@@ -55,6 +55,26 @@ pub enum Command {
     Ramp(RampArgs),
     /// Run as an agent for a distributed coordinator.
     Agent(AgentArgs),
+    /// Measure this machine's floor without Parley: CPU per small TCP
+    /// segment over loopback, sent and received (what every delivery costs
+    /// at least when it is its own segment).
+    Loopback(LoopbackArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct LoopbackArgs {
+    /// Socket pairs.
+    #[arg(long, short = 'c', default_value = "2000", value_parser = parse_connections)]
+    pub connections: u32,
+    /// Writes per second, over all sockets in turn.
+    #[arg(long, default_value = "50000", value_parser = parse_rate)]
+    pub rate: f64,
+    /// Bytes per write (an event frame of a 256-byte message is about 330).
+    #[arg(long, default_value = "330", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub size: u32,
+    /// How long to send.
+    #[arg(long, short = 'd', default_value = "5s", value_parser = parse_duration)]
+    pub duration: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -14,7 +14,8 @@
 //! - [`client`] (one WebSocket connection), [`publish`] (REST streams),
 //!   [`accounting`] (order and loss), [`metrics`] (histograms);
 //! - [`report`], [`chart`], [`progress`]: what a person reads;
-//! - [`net`], [`clock`], [`memory`], [`provision`], [`body`]: the edges.
+//! - [`net`], [`clock`], [`memory`], [`provision`], [`body`]: the edges;
+//! - [`loopback`]: the machine's own floor (CPU per TCP segment), no Parley.
 
 pub mod accounting;
 pub mod agent;
@@ -25,6 +26,7 @@ pub mod client;
 pub mod clock;
 pub mod coordinator;
 pub mod fleet;
+pub mod loopback;
 pub mod memory;
 pub mod metrics;
 pub mod net;
@@ -49,7 +51,7 @@ pub async fn run_scenario(command: &Command, cancel: CancellationToken) -> anyho
         Command::Idle(a) => (scenario::idle::run(a, cancel).await?, &a.target),
         Command::Fanout(a) => (scenario::fanout::run(a, cancel).await?, &a.target),
         Command::Ramp(a) => (scenario::ramp::run(a, cancel).await?, &a.target),
-        Command::Agent(_) => anyhow::bail!("agent is not a scenario"),
+        Command::Agent(_) | Command::Loopback(_) => anyhow::bail!("not a scenario"),
     };
     if let Some(path) = &target.json {
         report.write_json(path)?;

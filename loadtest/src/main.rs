@@ -5,6 +5,11 @@ use clap::Parser;
 use loadtest::cli::{Cli, Command};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of glibc malloc: cheaper small allocations on the hot
+/// paths of a busy node (measured in docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -31,6 +36,13 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     match &cli.command {
+        Command::Loopback(args) => {
+            let args = args.clone();
+            let report =
+                tokio::task::spawn_blocking(move || loadtest::loopback::run(&args)).await??;
+            print!("{}", report.text());
+            Ok(())
+        }
         Command::Agent(args) => {
             let listener = tokio::net::TcpListener::bind(args.listen).await?;
             eprintln!("agent listening on {}", listener.local_addr()?);

@@ -47,13 +47,17 @@ pub const MAX_BATCH: usize = 256;
 /// rather than the queue growing without bound.
 pub const QUEUE_CAPACITY: usize = 4 * MAX_BATCH;
 
-/// Batches in flight at once on PostgreSQL. With one, throughput would be
-/// one round trip and commit per batch; with a few, the next batch executes
-/// while the previous one commits. Batches that touch the same room queue on
-/// its lock anyway, and each holds a pooled connection, so more would buy
-/// little and starve the rest of the api of connections. Never more than
-/// the pool's size minus one.
-const POSTGRES_BATCHES_IN_FLIGHT: usize = 3;
+/// Batches in flight at once on PostgreSQL: one per api node. Measured on
+/// the benchmark machine (docs/benchmarks.md), a commit costs PostgreSQL
+/// about 0.6 ms of CPU whatever its size and a post about 40 µs more, so
+/// what matters is few, large batches: while one batch commits, the next
+/// one gathers everything that arrives. Concurrent batches of one node
+/// would also share rooms, wait for each other's room locks and then
+/// re-evaluate their plan on the updated rows (EvalPlanQual), which was a
+/// fifth of PostgreSQL's time with three in flight. At most 256 posts per
+/// batch in a few milliseconds still leaves room for tens of thousands of
+/// posts per second.
+const POSTGRES_BATCHES_IN_FLIGHT: usize = 1;
 
 /// Batches in flight at once on SQLite: one. SQLite has a single writer; a
 /// second batch would only wait in the busy handler for the first one's lock.
