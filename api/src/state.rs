@@ -120,7 +120,10 @@ impl AppState {
     pub fn new(store: Store, broker: DynBroker, tokens: Tokens, limits: &PolicyArgs) -> Self {
         Self {
             events: Events::new(broker.clone()),
-            appender: Arc::new(MessageAppender::start(store.clone())),
+            appender: Arc::new(MessageAppender::start(
+                store.clone(),
+                limits.commit_interval,
+            )),
             store,
             broker,
             tokens: Arc::new(tokens),

@@ -17,6 +17,10 @@ use store::{
 };
 use testkit::{TestDatabase, eventually};
 
+/// The api's default: batches start at most every 2 ms, so concurrent
+/// posts gather into shared batches as they do in production.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(2);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Engine {
     Postgres,
@@ -54,6 +58,7 @@ on_both_engines!(
     #[tokio::test],
     a_mixed_batch_gives_each_post_the_outcome_of_a_single_post,
     closing_commits_the_queued_posts_and_refuses_later_ones,
+    posts_right_after_a_batch_wait_for_the_commit_interval,
     closing_answers_every_caller_of_a_crowd_larger_than_the_queue,
 );
 
@@ -243,7 +248,7 @@ async fn a_mixed_batch_gives_each_post_the_outcome_of_a_single_post(engine: Engi
     );
     let general = t.room(alice, "general", &[bob]).await;
     let random = t.room(alice, "random", &[]).await;
-    let appender = MessageAppender::start(t.store.clone());
+    let appender = MessageAppender::start(t.store.clone(), COMMIT_INTERVAL);
     let first = submit(
         &appender,
         &[Post::new(alice, general, "first", Some("k-1"))],
@@ -356,7 +361,7 @@ async fn many_concurrent_posts_are_numbered_without_gaps_per_room(engine: Engine
     }
     // After room.created and a member.added for each other sender.
     let first_seq = (SENDERS + 1) as i64;
-    let appender = Arc::new(MessageAppender::start(t.store.clone()));
+    let appender = Arc::new(MessageAppender::start(t.store.clone(), COMMIT_INTERVAL));
 
     let tasks = senders.iter().enumerate().map(|(s, &sender)| {
         let appender = appender.clone();
@@ -422,8 +427,8 @@ async fn two_appenders_on_one_database_neither_deadlock_nor_store_a_key_twice(en
     // Two api nodes: their own pools and appenders on one database.
     let other_store = TestStore::connect(&t.url).await;
     let nodes = [
-        Arc::new(MessageAppender::start(t.store.clone())),
-        Arc::new(MessageAppender::start(other_store.clone())),
+        Arc::new(MessageAppender::start(t.store.clone(), COMMIT_INTERVAL)),
+        Arc::new(MessageAppender::start(other_store.clone(), COMMIT_INTERVAL)),
     ];
 
     let tasks = nodes.iter().enumerate().map(|(node, appender)| {
@@ -499,11 +504,38 @@ async fn two_appenders_on_one_database_neither_deadlock_nor_store_a_key_twice(en
     t.drop().await;
 }
 
+async fn posts_right_after_a_batch_wait_for_the_commit_interval(engine: Engine) {
+    /// Long enough that no database round trip explains the wait.
+    const INTERVAL: Duration = Duration::from_millis(400);
+    let t = TestStore::new(engine).await;
+    let alice = t.user("alice").await;
+    let room = t.room(alice, "general", &[]).await;
+    let appender = MessageAppender::start(t.store.clone(), INTERVAL);
+
+    let started = std::time::Instant::now();
+    let first = submit(&appender, &[Post::new(alice, room, "first", None)]).await;
+    created(&first[0]);
+    // These arrive inside the interval that the first post's batch opened:
+    // they wait for it to end, then go together.
+    let posts = [Post::new(alice, room, "after", None); 20];
+    let outcomes = submit(&appender, &posts).await;
+    assert!(
+        started.elapsed() >= INTERVAL,
+        "posts inside the interval waited for it ({:?})",
+        started.elapsed()
+    );
+    let seqs: Vec<i64> = outcomes.iter().map(|o| created(o).seq).collect();
+    assert_eq!(t.gap_free_timeline(room).await.len(), 1 + 1 + posts.len());
+    assert_eq!(seqs.len(), posts.len());
+    appender.close().await;
+    t.drop().await;
+}
+
 async fn closing_commits_the_queued_posts_and_refuses_later_ones(engine: Engine) {
     let t = TestStore::new(engine).await;
     let alice = t.user("alice").await;
     let room = t.room(alice, "general", &[]).await;
-    let appender = MessageAppender::start(t.store.clone());
+    let appender = MessageAppender::start(t.store.clone(), COMMIT_INTERVAL);
 
     let posts = [Post::new(alice, room, "queued", None); 50];
     let queued = join_all(posts.iter().map(|p| appender.post(p.message())));
@@ -537,7 +569,7 @@ async fn closing_answers_every_caller_of_a_crowd_larger_than_the_queue(engine: E
     let t = TestStore::new(engine).await;
     let alice = t.user("alice").await;
     let room = t.room(alice, "general", &[]).await;
-    let appender = MessageAppender::start(t.store.clone());
+    let appender = MessageAppender::start(t.store.clone(), COMMIT_INTERVAL);
 
     let posts = vec![Post::new(alice, room, "crowd", None); POSTS];
     let crowd = join_all(posts.iter().map(|p| appender.post(p.message())));
@@ -657,7 +689,7 @@ mod postgres_races {
         let alice = t.user("alice").await;
         let general = t.room(alice, "general", &[]).await;
         let random = t.room(alice, "random", &[]).await;
-        let appender = Arc::new(MessageAppender::start(t.store.clone()));
+        let appender = Arc::new(MessageAppender::start(t.store.clone(), COMMIT_INTERVAL));
 
         let holder = Holder::lock(
             &t.url,
@@ -712,7 +744,7 @@ mod postgres_races {
         let alice = t.user("alice").await;
         let general = t.room(alice, "general", &[]).await;
         let random = t.room(alice, "random", &[]).await;
-        let appender = Arc::new(MessageAppender::start(t.store.clone()));
+        let appender = Arc::new(MessageAppender::start(t.store.clone(), COMMIT_INTERVAL));
 
         let holder = Holder::lock(
             &t.url,
@@ -758,7 +790,7 @@ mod postgres_races {
         let t = TestStore::new(Engine::Postgres).await;
         let alice = t.user("alice").await;
         let room = t.room(alice, "general", &[]).await;
-        let appender = Arc::new(MessageAppender::start(t.store.clone()));
+        let appender = Arc::new(MessageAppender::start(t.store.clone(), COMMIT_INTERVAL));
         // No batch can finish while the room is held.
         let holder = Holder::lock(&t.url, room, alice, &["held"], None).await;
 
