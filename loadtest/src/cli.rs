@@ -310,9 +310,22 @@ pub struct RampArgs {
     #[arg(long, default_value = "250ms", value_parser = parse_duration)]
     #[serde(serialize_with = "ser_duration")]
     pub p99_bound: Duration,
+    /// Publish at half the start rate for this long before the first step,
+    /// without judging it: a freshly started deployment opens its database
+    /// connections and fills its caches (sessions, verified tokens, query
+    /// plans) under the first load, which would otherwise count against
+    /// the first step. 0 skips it.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub warmup: Duration,
 }
 
 impl RampArgs {
+    /// The warm-up's rate and length, if there is one.
+    pub fn warmup_step(&self) -> Option<(f64, Duration)> {
+        (!self.warmup.is_zero()).then(|| (self.start_rate / 2.0, self.warmup))
+    }
+
     /// The rates of the steps, capped at [`MAX_RAMP_STEPS`].
     pub fn rates(&self) -> Vec<f64> {
         let mut rates = Vec::new();

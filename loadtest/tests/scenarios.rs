@@ -270,15 +270,29 @@ async fn ramp_runs_rising_steps_on_the_same_connections() {
             "1s",
             "--p99-bound",
             "2s",
+            "--warmup",
+            "500ms",
         ],
     ))
     .await;
     let ramp = report.ramp.as_ref().expect("a ramp outcome");
-    assert_eq!(report.steps.len(), 2, "{}", report.text());
+    assert_eq!(report.steps.len(), 3, "{}", report.text());
     assert_eq!(ramp.highest_rate_held, Some(40.0), "{}", report.text());
-    assert_eq!(report.steps[1].rate, 40.0);
+    assert_eq!(
+        report.steps[0].rate, 10.0,
+        "the warm-up runs at half the start rate"
+    );
+    assert_eq!(report.steps[2].rate, 40.0);
     assert_every_acknowledged_post_reached_every_member(&report, 10);
-    assert!(report.summary.steps.iter().all(|s| s.verdict.is_none()));
+    assert_eq!(
+        report.summary.steps[0].verdict.as_deref(),
+        Some("warm-up, not judged")
+    );
+    assert!(
+        report.summary.steps[1..]
+            .iter()
+            .all(|s| s.verdict.is_none())
+    );
     app.stop().await;
 }
 

@@ -48,12 +48,15 @@ pub async fn run(args: &RampArgs, cancel: CancellationToken) -> anyhow::Result<R
     let rates = args.rates();
     anyhow::ensure!(!rates.is_empty(), "--start-rate is above --max-rate");
     let streams = u64::from(stream_count(shape.publishers, shape.rooms));
+    let warmup = args.warmup_step();
     let per_stream: u64 = rates
         .iter()
         .map(|&r| stream_messages_per_step(r, args.step_duration, None, streams))
-        .sum();
+        .sum::<u64>()
+        + warmup.map_or(0, |(r, d)| stream_messages_per_step(r, d, None, streams));
     let planned = Duration::from_secs_f64(f64::from(shape.connections) / shape.connect_rate)
-        + (args.step_duration + shape.drain) * rates.len() as u32;
+        + (args.step_duration + shape.drain) * rates.len() as u32
+        + warmup.map_or(Duration::ZERO, |(_, d)| d + shape.drain);
     let mut session = start(
         publishing_start(
             "ramp",
@@ -77,13 +80,36 @@ pub async fn run(args: &RampArgs, cancel: CancellationToken) -> anyhow::Result<R
     if connected == 0 {
         outcome.stopped_because = "no connection could be opened".into();
     }
+    // The warm-up is step 0 of the report, never judged; the judged steps follow.
+    let first_judged = u32::from(warmup.is_some());
+    if let Some((rate, duration)) = warmup
+        && connected > 0
+    {
+        match session
+            .publish(PublishStep {
+                step: 0,
+                rate,
+                duration,
+                max_messages: None,
+                payload_bytes: shape.payload,
+                drain: shape.drain,
+            })
+            .await
+        {
+            Some(step) => {
+                session.report.steps.push(step);
+                verdicts.push(Some("warm-up, not judged".to_owned()));
+            }
+            None => outcome.stopped_because = "interrupted".into(),
+        }
+    }
     for (i, &rate) in rates.iter().enumerate() {
-        if connected == 0 {
+        if connected == 0 || outcome.stopped_because == "interrupted" {
             break;
         }
         let Some(step) = session
             .publish(PublishStep {
-                step: i as u32,
+                step: i as u32 + first_judged,
                 rate,
                 duration: args.step_duration,
                 max_messages: None,
@@ -101,8 +127,10 @@ pub async fn run(args: &RampArgs, cancel: CancellationToken) -> anyhow::Result<R
         match v {
             None => outcome.highest_rate_held = Some(rate),
             Some(why) => {
-                outcome.stopped_because =
-                    format!("step {i} at {rate:.1} msg/s did not hold: {why}");
+                outcome.stopped_because = format!(
+                    "step {} at {rate:.1} msg/s did not hold: {why}",
+                    i as u32 + first_judged
+                );
                 break;
             }
         }
