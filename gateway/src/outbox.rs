@@ -72,9 +72,9 @@ struct State {
     sent: usize,
     /// Data frames in `buf` since it was last empty (the slow-consumer bound).
     frames: usize,
+    /// Set by [`Outbox::close`] (its close frame is then the last thing in
+    /// `buf`) or by a failed write (the socket is gone).
     close: Option<CloseReason>,
-    /// The close frame is in `buf`: nothing may follow it.
-    close_queued: bool,
     /// A flush is promised by whoever got [`Queued::FlushNeeded`].
     promised: bool,
     /// The flusher task owns the socket until `buf` is written.
@@ -102,7 +102,6 @@ impl Outbox {
                 sent: 0,
                 frames: 0,
                 close: None,
-                close_queued: false,
                 promised: false,
                 flusher: None,
                 flusher_running: false,
@@ -175,8 +174,6 @@ impl Outbox {
             }
             frames::close(&mut state.buf, reason.code, reason.reason);
             state.close = Some(reason);
-            state.close_queued = true;
-            state.promised = true;
         }
         self.closing.notify_waiters();
         self.flush();
@@ -188,32 +185,13 @@ impl Outbox {
 
     /// Resolves once [`Outbox::close`] has been called (or a write failed).
     pub async fn closed(&self) {
-        loop {
-            let notified = self.closing.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so a close in between still wakes us.
-            notified.as_mut().enable();
-            if self.is_closed() {
-                return;
-            }
-            notified.await;
-        }
+        self.wait(&self.closing, |s| s.close.is_some()).await;
     }
 
     /// Waits until the close frame is written and the stream shut down (or
     /// the write failed), at most `limit`; then lets go of the socket.
     pub async fn finish(&self, limit: Duration) {
-        let written = async {
-            loop {
-                let notified = self.finished.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if self.lock().finished {
-                    return;
-                }
-                notified.await;
-            }
-        };
+        let written = self.wait(&self.finished, |s| s.finished);
         let _ = tokio::time::timeout(limit, written).await;
         let mut state = self.lock();
         state.io = None;
@@ -280,6 +258,20 @@ impl Outbox {
         }
     }
 
+    /// Resolves once `done` holds; `notify` is what wakes a change of it.
+    async fn wait(&self, notify: &Notify, done: impl Fn(&State) -> bool) {
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a change in between still wakes us.
+            notified.as_mut().enable();
+            if done(&self.lock()) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every critical section leaves the state consistent (appends and
         // bookkeeping around one non-blocking write), so poisoning is ignored.
@@ -311,6 +303,7 @@ fn write_some(
     };
     let mut failed = false;
     let mut wrote = false;
+    let mut full = false;
     while *sent < buf.len() {
         match sink.as_mut().poll_write(cx, &buf[*sent..]) {
             Poll::Ready(Ok(0)) => {
@@ -327,10 +320,8 @@ fn write_some(
                 break;
             }
             Poll::Pending => {
-                if wrote {
-                    state.last_write = Some(Instant::now());
-                }
-                return Poll::Pending;
+                full = true;
+                break;
             }
         }
     }
@@ -338,6 +329,9 @@ fn write_some(
         state.last_write = Some(Instant::now());
         // With gateway_deliveries_total, shows how many events share a write.
         metrics::counter!("gateway_socket_writes_total").increment(1);
+    }
+    if full {
+        return Poll::Pending;
     }
     if failed {
         // The peer is gone: stop everyone from queueing more for it, and
@@ -364,7 +358,8 @@ fn write_some(
     }
     state.sent = 0;
     state.frames = 0;
-    if state.close_queued {
+    if state.close.is_some() {
+        // The close frame was the last thing queued: end the stream.
         if let Some(sink) = state.io.as_mut()
             && sink.as_mut().poll_shutdown(cx).is_pending()
         {

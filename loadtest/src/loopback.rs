@@ -89,7 +89,8 @@ pub fn run(args: &LoopbackArgs) -> anyhow::Result<LoopbackReport> {
 
     let received = Arc::new(AtomicU64::new(0));
     let reads = Arc::new(AtomicU64::new(0));
-    let expected = (args.rate * args.duration.as_secs_f64()) as u64 * u64::from(args.size);
+    let total = (args.rate * args.duration.as_secs_f64()) as u64;
+    let expected = total * u64::from(args.size);
     let receiver = {
         let received = received.clone();
         let reads = reads.clone();
@@ -123,7 +124,6 @@ pub fn run(args: &LoopbackArgs) -> anyhow::Result<LoopbackReport> {
     };
 
     let payload = vec![b'x'; args.size as usize];
-    let total = (args.rate * args.duration.as_secs_f64()) as u64;
     let started = Instant::now();
     let send_cpu_start = thread_cpu();
     let mut sent = 0u64;

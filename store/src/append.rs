@@ -561,8 +561,8 @@ impl Store {
                 created_at: msg.created_at,
             })
             .collect();
-        let rows =
-            serde_json::to_string(&rows).expect("numbers and strings always serialise to JSON");
+        let rows = serde_json::to_string(&rows)
+            .map_err(|e| StoreError::Corrupt(format!("a batch that is not JSON: {e}")))?;
         let rows = sqlx::query(APPEND_BATCH_POSTGRES)
             .bind(rows)
             .fetch_all(&self.pool)

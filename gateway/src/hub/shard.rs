@@ -244,14 +244,8 @@ impl Shard {
 
     fn write_deferred(&mut self) {
         let now = Instant::now();
-        let mut i = 0;
-        while i < self.deferred.len() {
-            if self.deferred[i].0 <= now {
-                let (_, conn) = self.deferred.swap_remove(i);
-                conn.out.flush();
-            } else {
-                i += 1;
-            }
+        for (_, conn) in self.deferred.extract_if(.., |(due, _)| *due <= now) {
+            conn.out.flush();
         }
     }
 

@@ -80,38 +80,21 @@ pub async fn run(args: &RampArgs, cancel: CancellationToken) -> anyhow::Result<R
     if connected == 0 {
         outcome.stopped_because = "no connection could be opened".into();
     }
-    // The warm-up is step 0 of the report, never judged; the judged steps follow.
-    let first_judged = u32::from(warmup.is_some());
-    if let Some((rate, duration)) = warmup
-        && connected > 0
-    {
-        match session
-            .publish(PublishStep {
-                step: 0,
-                rate,
-                duration,
-                max_messages: None,
-                payload_bytes: shape.payload,
-                drain: shape.drain,
-            })
-            .await
-        {
-            Some(step) => {
-                session.report.steps.push(step);
-                verdicts.push(Some("warm-up, not judged".to_owned()));
-            }
-            None => outcome.stopped_because = "interrupted".into(),
-        }
-    }
-    for (i, &rate) in rates.iter().enumerate() {
-        if connected == 0 || outcome.stopped_because == "interrupted" {
+    // The warm-up, if any, is step 0 of the report and never judged; the
+    // judged steps follow it.
+    let steps = warmup
+        .map(|(rate, duration)| (rate, duration, false))
+        .into_iter()
+        .chain(rates.iter().map(|&rate| (rate, args.step_duration, true)));
+    for (i, (rate, duration, judged)) in steps.enumerate() {
+        if connected == 0 {
             break;
         }
         let Some(step) = session
             .publish(PublishStep {
-                step: i as u32 + first_judged,
+                step: i as u32,
                 rate,
-                duration: args.step_duration,
+                duration,
                 max_messages: None,
                 payload_bytes: shape.payload,
                 drain: shape.drain,
@@ -121,16 +104,21 @@ pub async fn run(args: &RampArgs, cancel: CancellationToken) -> anyhow::Result<R
             outcome.stopped_because = "interrupted".into();
             break;
         };
-        let v = verdict(&step, args.p99_bound);
+        let v = if judged {
+            verdict(&step, args.p99_bound)
+        } else {
+            Some("warm-up, not judged".to_owned())
+        };
         session.report.steps.push(step);
         verdicts.push(v.clone());
+        if !judged {
+            continue;
+        }
         match v {
             None => outcome.highest_rate_held = Some(rate),
             Some(why) => {
-                outcome.stopped_because = format!(
-                    "step {} at {rate:.1} msg/s did not hold: {why}",
-                    i as u32 + first_judged
-                );
+                outcome.stopped_because =
+                    format!("step {i} at {rate:.1} msg/s did not hold: {why}");
                 break;
             }
         }
