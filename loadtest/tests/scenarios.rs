@@ -349,3 +349,55 @@ async fn two_agents_split_the_rooms_and_the_coordinator_merges_exactly() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_run_ends_it_early_with_a_partial_report() {
+    let app = cluster().await;
+    let cmd = command(
+        &app,
+        "fanout",
+        &[
+            "-c", "30", "-r", "3", "-p", "3", "--rate", "30", "-d", "60s",
+        ],
+    );
+    let cancel = CancellationToken::new();
+    let started = std::time::Instant::now();
+    let running = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { loadtest::run_scenario(&cmd, cancel).await }
+    });
+    // Ctrl-C once every client is connected, i.e. during the publishing step.
+    let connected = testkit::eventually(std::time::Duration::from_secs(30), || async {
+        (0..app.gateway_count())
+            .map(|i| app.gateway(i).connection_count())
+            .sum::<usize>()
+            == 30
+    })
+    .await;
+    assert!(connected, "the clients connect");
+    cancel.cancel();
+    let report = running
+        .await
+        .expect("the run does not panic")
+        .expect("an interrupted run still reports");
+    assert!(report.interrupted, "{}", report.text());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(45),
+        "stopped long before its 60 s ({:?})",
+        started.elapsed()
+    );
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let close = report.close.as_ref().expect("connections are closed");
+    assert_eq!((close.closing, close.closed_cleanly), (30, 30));
+    for step in &report.steps {
+        assert_eq!(step.tally.lost, 0, "{}", report.text());
+        assert_eq!(
+            step.tally.delivered,
+            step.tally.expected,
+            "{}",
+            report.text()
+        );
+    }
+    assert!(report.text().contains("INTERRUPTED"), "{}", report.text());
+    app.stop().await;
+}
