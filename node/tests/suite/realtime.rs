@@ -21,6 +21,7 @@ both_modes!(
     msgpack_connections_receive_the_same_events,
     an_event_whose_publish_was_lost_is_recovered_from_the_store,
     a_silent_peer_is_found_by_the_heartbeat_and_forgotten,
+    a_client_that_stops_reading_is_closed_as_slow_and_nobody_else_notices,
 );
 
 /// Message events among frames, as (seq, body).
@@ -558,6 +559,56 @@ async fn an_event_whose_publish_was_lost_is_recovered_from_the_store(mode: Mode)
     app.stop().await;
 }
 
+async fn a_client_that_stops_reading_is_closed_as_slow_and_nobody_else_notices(mode: Mode) {
+    /// A bound on the test, far above what it needs.
+    const MAX_POSTS: usize = 3_000;
+    let mut options = Options::default();
+    options.ws.outbound_queue = 8;
+    options.policy.messages_per_second = 100_000;
+    options.policy.messages_burst = 100_000;
+    let app = TestApp::spawn_with(mode, options).await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let room = app.create_room(&alice, "general").await;
+    app.add_member(&alice, room, &bob).await;
+
+    // Bob authenticates and joins, then never reads again.
+    let mut slow = raw::RawPeer::connect_with_window(app.ws_url(0), Some(4096)).await;
+    slow.send_text(&format!(r#"{{"type":"auth","token":"{}"}}"#, bob.token))
+        .await;
+    slow.send_text(&format!(r#"{{"type":"join","room_id":{room}}}"#))
+        .await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.gateway(0).local_rooms().await == vec![room]
+        })
+        .await,
+        "bob joined"
+    );
+    let last = app.gateway_count() - 1;
+    let mut reader = app.ws(last, &alice).await;
+    reader.join(room).await.expect("a member may join");
+    let before = app.gateway(0).connection_count();
+
+    // Post until the gateway gives up on Bob's connection.
+    let body = "x".repeat(3_000);
+    let mut posted = 0;
+    while app.gateway(0).connection_count() == before {
+        assert!(posted < MAX_POSTS, "the slow client was never closed");
+        app.send_message(&alice, room, &body).await;
+        posted += 1;
+    }
+
+    // Alice, reading, got every message in order.
+    let got = read_messages(&mut reader, posted).await;
+    let seqs: Vec<i64> = got.iter().map(|(seq, _)| *seq).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert_eq!(got.len(), posted);
+    // Bob, reading at last, finds what was queued and then the close.
+    let (_, code) = slow.read_until_close().await;
+    assert_eq!(code, Some(close::SLOW_CONSUMER));
+    app.stop().await;
+}
+
 async fn a_silent_peer_is_found_by_the_heartbeat_and_forgotten(mode: Mode) {
     let mut options = Options::default();
     options.ws.heartbeat_interval = Duration::from_millis(200);
@@ -586,10 +637,10 @@ async fn a_silent_peer_is_found_by_the_heartbeat_and_forgotten(mode: Mode) {
 }
 
 /// A minimal WebSocket client over a raw socket, for behaviour a normal
-/// client library hides (never answering pings).
+/// client library hides (never answering pings, not reading at all).
 mod raw {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
+    use tokio::net::{TcpSocket, TcpStream};
 
     pub struct RawPeer {
         tcp: TcpStream,
@@ -597,9 +648,21 @@ mod raw {
 
     impl RawPeer {
         pub async fn connect(url: &str) -> RawPeer {
+            Self::connect_with_window(url, None).await
+        }
+
+        /// Like [`RawPeer::connect`], with the socket's receive buffer set
+        /// to `bytes`: a client that stops reading fills it (and the
+        /// server's send buffer) after little data.
+        pub async fn connect_with_window(url: &str, bytes: Option<u32>) -> RawPeer {
             let rest = url.strip_prefix("ws://").expect("a ws:// url");
             let (host, path) = rest.split_once('/').expect("a path");
-            let mut tcp = TcpStream::connect(host).await.expect("connect");
+            let addr: std::net::SocketAddr = host.parse().expect("an ip:port");
+            let socket = TcpSocket::new_v4().expect("a socket");
+            if let Some(bytes) = bytes {
+                socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+            }
+            let mut tcp = socket.connect(addr).await.expect("connect");
             let request = format!(
                 "GET /{path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
