@@ -22,6 +22,7 @@ both_modes!(
     an_event_whose_publish_was_lost_is_recovered_from_the_store,
     a_silent_peer_is_found_by_the_heartbeat_and_forgotten,
     a_client_that_stops_reading_is_closed_as_slow_and_nobody_else_notices,
+    events_held_by_the_write_window_still_arrive_all_and_in_order,
 );
 
 /// Message events among frames, as (seq, body).
@@ -606,6 +607,31 @@ async fn a_client_that_stops_reading_is_closed_as_slow_and_nobody_else_notices(m
     // Bob, reading at last, finds what was queued and then the close.
     let (_, code) = slow.read_until_close().await;
     assert_eq!(code, Some(close::SLOW_CONSUMER));
+    app.stop().await;
+}
+
+async fn events_held_by_the_write_window_still_arrive_all_and_in_order(mode: Mode) {
+    const POSTS: usize = 20;
+    let mut options = Options::default();
+    // Long enough that every post after the first lands inside the window.
+    options.ws.write_coalesce = Duration::from_millis(300);
+    let app = TestApp::spawn_with(mode, options).await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let room = app.create_room(&alice, "general").await;
+    app.add_member(&alice, room, &bob).await;
+    let mut ws = app.ws(app.gateway_count() - 1, &bob).await;
+    ws.join(room).await.expect("a member may join");
+
+    let mut sent = Vec::new();
+    for i in 0..POSTS {
+        sent.push(app.send_message(&alice, room, &format!("m{i}")).await.seq);
+    }
+    let got = read_messages(&mut ws, POSTS).await;
+    assert_eq!(got.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), sent);
+    assert_eq!(
+        got.iter().map(|(_, body)| body.clone()).collect::<Vec<_>>(),
+        (0..POSTS).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
     app.stop().await;
 }
 
