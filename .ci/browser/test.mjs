@@ -3,9 +3,9 @@
 // the page served by `python3 -m http.server --bind 127.0.0.1` and opened
 // at http://localhost:<port>, a loopback origin.
 //
-// Bob and alice each use the page in their own browser context: both sign
-// up, alice creates a room, invites bob and posts; the script posts too,
-// over REST. Passes when both pages show the live events, no page logged a
+// Bob and alice each use the page in their own browser context: bob logs
+// in, alice signs up, creates a room, invites bob and posts; the script
+// posts too, over REST. Passes when both pages show the live events, no page logged a
 // console error or threw, and a preflight from the page's origin succeeds.
 //
 // Usage (from the repository root, after `cargo test --workspace` or
@@ -112,9 +112,19 @@ async function main() {
     await page.locator("#status", { hasText: `connected as ${name}` }).waitFor();
   }
 
+  // Bob has an account already and logs in (Enter in the form); alice
+  // signs up on the page.
+  const signup = await fetch(`${api}/v1/auth/signup`, {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ username: "bob", email: "bob@example.com", password: "bob-correct-horse" }),
+  });
+  check(signup.status === 201, `signup over REST: ${signup.status}`);
   const bob = await open("bob");
   const alice = await open("alice");
-  await signUp(bob, "bob");
+  await bob.fill("#username", "bob");
+  await bob.fill("#password", "bob-correct-horse");
+  await bob.press("#password", "Enter");
+  await bob.locator("#status", { hasText: "connected as bob" }).waitFor();
   await signUp(alice, "alice");
 
   await alice.fill("#room-name", "general");
