@@ -18,9 +18,13 @@
 //!
 //! Whenever CORS is on, preflights are answered (2xx) with the methods and
 //! request headers the api uses, and `x-request-id` is exposed so a page can
-//! quote it in a bug report.
+//! quote it in a bug report. An answer to a refused (or no) origin carries
+//! no CORS header at all ([`drop_ungranted`]).
 
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, Uri, header};
+use axum::middleware::Next;
+use axum::response::Response;
 use std::net::IpAddr;
 use std::time::Duration;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -93,6 +97,27 @@ impl CorsPolicy {
                 .max_age(PREFLIGHT_MAX_AGE),
         )
     }
+}
+
+/// Removes the CORS headers from an answer that grants no origin.
+/// `tower_http`'s layer lists its methods, headers and exposed headers in
+/// every answer, granted or not; without `access-control-allow-origin` they
+/// allow nothing, and dropping them gives a refused page (and a client that
+/// sent no `Origin`) the same answer as a server without CORS.
+pub async fn drop_ungranted(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        for name in [
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            header::ACCESS_CONTROL_MAX_AGE,
+        ] {
+            headers.remove(name);
+        }
+    }
+    response
 }
 
 /// Whether a request's `Origin` is a page served from this machine: an

@@ -86,7 +86,9 @@ pub fn router(state: AppState, policy: &PolicyArgs, listen: IpAddr) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
     if let Some(cors) = CorsPolicy::new(&policy.cors_allow_origins, listen).layer() {
-        router = router.layer(cors);
+        router = router
+            .layer(cors)
+            .layer(axum::middleware::from_fn(crate::cors::drop_ungranted));
     }
     router
         .layer(axum::middleware::from_fn(record_http_metrics))
