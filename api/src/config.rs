@@ -46,9 +46,12 @@ pub struct PolicyArgs {
     /// Only set this behind a load balancer that overwrites those headers.
     #[arg(long, env = "PARLEY_TRUST_PROXY_HEADERS", default_value_t = false)]
     pub trust_proxy_headers: bool,
-    /// Browser origins allowed to call the api (CORS), comma-separated;
-    /// `*` allows any. Unset: same-origin only.
-    #[arg(long, env = "PARLEY_CORS_ALLOW_ORIGINS", value_delimiter = ',')]
+    /// Browser origins allowed to call the api (CORS), comma-separated
+    /// (`https://app.example.com,http://localhost:3000`); `*` allows any.
+    /// Unset: pages from loopback origins (`http://localhost:*`,
+    /// `http://127.0.0.1:*`, `http://[::1]:*`) when listening on a loopback
+    /// address, otherwise same-origin only. See `crate::cors`.
+    #[arg(long, env = "PARLEY_CORS_ALLOW_ORIGINS", value_delimiter = ',', value_parser = crate::cors::parse_origin)]
     pub cors_allow_origins: Vec<String>,
     /// Apply the database migrations at start-up (they are idempotent and
     /// serialised by a database lock, so several nodes may start at once).

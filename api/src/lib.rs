@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod cors;
 pub mod domain;
 pub mod error;
 pub mod events;

@@ -1,6 +1,7 @@
 //! Building and running the api.
 
 use crate::config::{ApiConfig, PolicyArgs};
+use crate::cors::CorsPolicy;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, Tokens};
@@ -8,7 +9,7 @@ use crate::{admin, auth, health, messages, rooms, users};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, HeaderValue, Request};
+use axum::http::{HeaderName, Request};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
@@ -20,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::{KeyExtractor, PeerIpKeyExtractor, SmartIpKeyExtractor};
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -35,8 +35,10 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The complete api (`/v1/...`, `/openapi.json`, `/healthz`, `/readyz`).
-pub fn router(state: AppState, policy: &PolicyArgs) -> Router {
+/// The complete api (`/v1/...`, `/openapi.json`, `/healthz`, `/readyz`),
+/// for a listener bound to `listen` (which decides the default CORS policy,
+/// see [`crate::cors`]).
+pub fn router(state: AppState, policy: &PolicyArgs, listen: IpAddr) -> Router {
     let per_minute = policy.auth_per_minute.max(1);
     let governor = GovernorConfigBuilder::default()
         .period(Duration::from_secs(60) / per_minute)
@@ -83,8 +85,10 @@ pub fn router(state: AppState, policy: &PolicyArgs) -> Router {
         .method_not_allowed_fallback(|| std::future::ready(ApiError::MethodNotAllowed))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
-    if let Some(cors) = cors_layer(&policy.cors_allow_origins) {
-        router = router.layer(cors);
+    if let Some(cors) = CorsPolicy::new(&policy.cors_allow_origins, listen).layer() {
+        router = router
+            .layer(cors)
+            .layer(axum::middleware::from_fn(crate::cors::drop_ungranted));
     }
     router
         .layer(axum::middleware::from_fn(record_http_metrics))
@@ -118,23 +122,6 @@ async fn record_http_metrics(
         .record(started.elapsed().as_secs_f64());
     metrics::counter!("http_requests_total", "method" => method, "route" => route, "status" => status).increment(1);
     response
-}
-
-fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
-    if origins.is_empty() {
-        return None;
-    }
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
-    };
-    Some(
-        CorsLayer::new()
-            .allow_origin(allow)
-            .allow_methods(Any)
-            .allow_headers(Any),
-    )
 }
 
 /// The client IP used as the rate-limit key: the peer address, or the
@@ -205,7 +192,7 @@ impl Application {
         .await?;
         let tokens = Tokens::from_config(&config.jwt, &config.data_dir)?;
         let state = AppState::new(store, broker, tokens, &config.policy);
-        let router = router(state.clone(), &config.policy);
+        let router = router(state.clone(), &config.policy, config.listen.ip());
         let listener = shared::system::listen(config.listen)
             .with_context(|| format!("binding {}", config.listen))?;
         Ok(Self {

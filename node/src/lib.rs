@@ -82,7 +82,10 @@ impl Node {
         let api = AppState::new(store.clone(), broker.clone(), tokens, &config.policy);
         let gateway =
             Gateway::start(store.clone(), broker.clone(), verifier, config.ws.clone()).await?;
-        let router = api::router(api.clone(), &config.policy).merge(gateway.ws_router());
+        // The listener's address decides the default CORS policy: on loopback
+        // (the default) pages from loopback origins may call the api.
+        let router =
+            api::router(api.clone(), &config.policy, config.listen.ip()).merge(gateway.ws_router());
         let listener = shared::system::listen(config.listen)
             .with_context(|| format!("binding {}", config.listen))?;
         let description = format!(

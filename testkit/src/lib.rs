@@ -25,6 +25,7 @@ use shared::config::{DatabaseArgs, JwtArgs, LogFormat, RedisArgs, TelemetryArgs}
 use shared::model::RoomEvent;
 use shared::protocol::Encoding;
 use shared::{RoomId, SessionId, UserId};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -76,6 +77,10 @@ pub struct Options {
     pub access_token_ttl: Duration,
     /// Keep data here (and keep it after `stop`): for restart tests.
     pub data_dir: Option<PathBuf>,
+    /// The address the api (or the single node) binds, on port 0. Loopback
+    /// by default; an unspecified address (`0.0.0.0`) is reached through
+    /// loopback, for tests of what depends on the listener (CORS).
+    pub listen_ip: IpAddr,
 }
 
 impl Default for Options {
@@ -93,6 +98,7 @@ impl Default for Options {
             ws: WsSettings::default(),
             access_token_ttl: Duration::from_secs(900),
             data_dir: None,
+            listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         }
     }
 }
@@ -139,8 +145,17 @@ fn telemetry() -> TelemetryArgs {
     }
 }
 
-fn loopback() -> std::net::SocketAddr {
-    "127.0.0.1:0".parse().expect("a valid address")
+fn loopback() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)
+}
+
+/// How a client on this machine reaches a listener bound to `addr`.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+    } else {
+        addr
+    }
 }
 
 impl TestApp {
@@ -177,7 +192,7 @@ impl TestApp {
                     redis_prefix: redis_prefix.clone(),
                 };
                 let api_config = api::ApiConfig {
-                    listen: loopback(),
+                    listen: SocketAddr::new(options.listen_ip, 0),
                     data_dir: data_dir.clone(),
                     database: DatabaseArgs {
                         database_url: Some(database.url.clone()),
@@ -194,7 +209,10 @@ impl TestApp {
                 let app = api::Application::build(&api_config)
                     .await
                     .expect("building the api");
-                let api = format!("http://{}", app.local_addr().expect("api address"));
+                let api = format!(
+                    "http://{}",
+                    reachable(app.local_addr().expect("api address"))
+                );
                 tasks.push(tokio::spawn(app.run(shutdown.clone())));
                 let mut urls = Vec::new();
                 let mut gateways = Vec::new();
@@ -228,7 +246,7 @@ impl TestApp {
             }
             Mode::Single => {
                 let config = parley::NodeConfig {
-                    listen: loopback(),
+                    listen: SocketAddr::new(options.listen_ip, 0),
                     data_dir: data_dir.clone(),
                     database: DatabaseArgs {
                         database_url: None,
@@ -250,7 +268,7 @@ impl TestApp {
                 let node = parley::Node::build(&config)
                     .await
                     .expect("building the node");
-                let addr = node.local_addr().expect("node address");
+                let addr = reachable(node.local_addr().expect("node address"));
                 let gateway = node.gateway().clone();
                 tasks.push(tokio::spawn(node.run(shutdown.clone())));
                 (

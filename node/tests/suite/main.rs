@@ -6,6 +6,7 @@
 mod admin;
 mod append;
 mod auth;
+mod cors;
 mod errors;
 mod messages;
 mod realtime;
