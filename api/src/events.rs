@@ -3,11 +3,17 @@
 //! A failed publish never fails the request: the event is already in the
 //! room's timeline, and gateways fill the gap from there when the room's next
 //! event arrives (or a client fetches history). It is logged and counted.
+//!
+//! Each room event is published from a `publish` span. When that span is
+//! sampled, its W3C trace context goes in front of the frame, so every
+//! gateway's `deliver` span joins the request's trace; unsampled events are
+//! published as the bare frame, untouched ([`shared::trace_context`]).
 
 use broker::{DynBroker, Topic};
 use shared::UserId;
 use shared::model::RoomEvent;
 use shared::protocol::{Encoding, UserNotice, event_frame_json};
+use shared::trace_context;
 use std::time::Instant;
 
 #[derive(Clone)]
@@ -21,10 +27,13 @@ impl Events {
     }
 
     /// Publishes a committed room event on the room's topic.
+    #[tracing::instrument(name = "publish", skip_all,
+        fields(otel.kind = "producer", room_id = %event.room_id, seq = event.seq))]
     pub async fn room_event(&self, event: &RoomEvent) {
         let started = Instant::now();
         let topic = Topic::Room(event.room_id);
-        match self.broker.publish(topic, event_frame_json(event)).await {
+        let payload = trace_context::publishable(event_frame_json(event));
+        match self.broker.publish(topic, payload).await {
             Ok(()) => {
                 metrics::histogram!("api_publish_seconds").record(started.elapsed().as_secs_f64());
             }
@@ -46,5 +55,44 @@ impl Events {
             metrics::counter!("api_publish_failures_total").increment(1);
             tracing::error!(error = %e, %user, "publishing a user notice failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker::{Delivery, MemoryBroker};
+    use shared::RoomId;
+    use shared::model::EventKind;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn an_unsampled_event_is_published_as_exactly_its_frame() {
+        let broker: DynBroker = Arc::new(MemoryBroker::new());
+        let mut subscription = broker.subscribe().await.unwrap();
+        let room = RoomId(7);
+        subscription
+            .control
+            .add(&[Topic::Room(room)])
+            .await
+            .unwrap();
+        let event = RoomEvent {
+            room_id: room,
+            seq: 3,
+            sender_id: UserId(1),
+            created_at: chrono::Utc::now(),
+            kind: EventKind::MessageCreated {
+                body: "hi".into(),
+                client_msg_id: None,
+            },
+        };
+
+        // No tracer is installed in unit tests: nothing is sampled.
+        Events::new(broker).room_event(&event).await;
+
+        let Some(Delivery::Message { payload, .. }) = subscription.deliveries.recv().await else {
+            panic!("no delivery");
+        };
+        assert_eq!(payload, event_frame_json(&event));
     }
 }

@@ -95,7 +95,10 @@ pub fn router(state: AppState, policy: &PolicyArgs, listen: IpAddr) -> Router {
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                 let request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
+                let span = tracing::info_span!("request", otel.kind = "server", method = %req.method(), path = %req.uri().path(), request_id);
+                // A client's own trace continues through the api and on to the gateways.
+                shared::trace_context::continue_from_headers(&span, req.headers());
+                span
             }),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))

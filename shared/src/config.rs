@@ -24,6 +24,33 @@ pub enum LogFormat {
     Json,
 }
 
+/// The OpenTelemetry samplers, named as in `OTEL_TRACES_SAMPLER`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TraceSampler {
+    #[value(name = "always_on")]
+    AlwaysOn,
+    #[value(name = "always_off")]
+    AlwaysOff,
+    /// Keeps `OTEL_TRACES_SAMPLER_ARG` of traces, by trace id.
+    #[value(name = "traceidratio")]
+    TraceIdRatio,
+    #[value(name = "parentbased_always_on")]
+    ParentbasedAlwaysOn,
+    #[value(name = "parentbased_always_off")]
+    ParentbasedAlwaysOff,
+    /// Follows the parent; a new trace is kept with `OTEL_TRACES_SAMPLER_ARG`.
+    #[value(name = "parentbased_traceidratio")]
+    ParentbasedTraceIdRatio,
+}
+
+/// A sampling ratio: a number from 0 to 1.
+pub fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio from 0 to 1 (write e.g. 0.1)")),
+    }
+}
+
 /// Logs, traces and metrics.
 #[derive(Clone, Debug, Args)]
 pub struct TelemetryArgs {
@@ -33,8 +60,17 @@ pub struct TelemetryArgs {
     #[arg(long, env = "PARLEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
     /// Send traces to this OTLP/gRPC collector (e.g. http://otel-collector:4317).
+    /// Unset or empty: no traces are recorded.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Which traces to record (the OpenTelemetry sampler names). The
+    /// `parentbased_*` samplers follow the decision of a request's
+    /// `traceparent` and, on gateways, of the api that published the event.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER", value_enum, default_value_t = TraceSampler::ParentbasedAlwaysOn)]
+    pub traces_sampler: TraceSampler,
+    /// The fraction of traces the `*traceidratio` samplers keep, 0 to 1.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", value_parser = parse_ratio, default_value_t = 1.0)]
+    pub traces_sampler_arg: f64,
     /// Serve Prometheus metrics on this address at `/metrics` (off when unset).
     /// Keep it off the public network.
     #[arg(long, env = "PARLEY_METRICS_ADDR")]
@@ -154,5 +190,30 @@ mod tests {
     fn durations_read_like_people_write_them() {
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
         assert!(parse_duration("fifteen").is_err());
+    }
+
+    #[test]
+    fn the_standard_sampler_settings_parse_and_bad_ones_are_refused() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            telemetry: TelemetryArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "x",
+            "--traces-sampler",
+            "parentbased_traceidratio",
+            "--traces-sampler-arg",
+            "0.25",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.telemetry.traces_sampler,
+            TraceSampler::ParentbasedTraceIdRatio
+        );
+        assert_eq!(cli.telemetry.traces_sampler_arg, 0.25);
+        assert!(Cli::try_parse_from(["x", "--traces-sampler-arg", "1.5"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--traces-sampler", "sometimes"]).is_err());
     }
 }

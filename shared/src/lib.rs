@@ -11,5 +11,6 @@ pub mod rest;
 pub mod shutdown;
 pub mod system;
 pub mod telemetry;
+pub mod trace_context;
 
 pub use ids::{RoomId, SessionId, UserId};

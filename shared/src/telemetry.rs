@@ -1,10 +1,14 @@
 //! Logs, traces and metrics, set up the same way in every binary.
+//!
+//! Traces are recorded only when an OTLP endpoint is configured, by the
+//! configured sampler; how a trace crosses from the api to the gateways is
+//! in [`crate::trace_context`].
 
-use crate::config::{LogFormat, TelemetryArgs};
+use crate::config::{LogFormat, TelemetryArgs, TraceSampler};
 use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, TracerProviderBuilder};
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use tracing_subscriber::layer::SubscriberExt;
@@ -46,21 +50,21 @@ pub fn init(args: &TelemetryArgs, service: &'static str) -> anyhow::Result<Telem
             .with_current_span(true)
             .boxed(),
     };
-    let (otel, provider) = match &args.otlp_endpoint {
+    // Empty counts as unset: compose passes `${OTEL_EXPORTER_OTLP_ENDPOINT:-}`.
+    let endpoint = args
+        .otlp_endpoint
+        .as_deref()
+        .filter(|e| !e.trim().is_empty());
+    let (otel, provider) = match endpoint {
         Some(endpoint) => {
             use opentelemetry_otlp::WithExportConfig;
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
-                .with_endpoint(endpoint.clone())
+                .with_endpoint(endpoint)
                 .build()
                 .context("building the OTLP span exporter")?;
-            let provider = SdkTracerProvider::builder()
+            let provider = tracer_provider(args, service)
                 .with_batch_exporter(exporter)
-                .with_resource(
-                    opentelemetry_sdk::Resource::builder()
-                        .with_service_name(service)
-                        .build(),
-                )
                 .build();
             let tracer = provider.tracer(service);
             (
@@ -77,6 +81,35 @@ pub fn init(args: &TelemetryArgs, service: &'static str) -> anyhow::Result<Telem
         .try_init()
         .context("installing the tracing subscriber")?;
     Ok(TelemetryGuard { provider })
+}
+
+/// A tracer provider with the configured sampler and this process's
+/// resource, still without an exporter (tests add an in-memory one).
+pub fn tracer_provider(args: &TelemetryArgs, service: &'static str) -> TracerProviderBuilder {
+    let ratio = args.traces_sampler_arg;
+    let sampler = match args.traces_sampler {
+        TraceSampler::AlwaysOn => Sampler::AlwaysOn,
+        TraceSampler::AlwaysOff => Sampler::AlwaysOff,
+        TraceSampler::TraceIdRatio => Sampler::TraceIdRatioBased(ratio),
+        TraceSampler::ParentbasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        TraceSampler::ParentbasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        TraceSampler::ParentbasedTraceIdRatio => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
+        }
+    };
+    SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                // Replicas of one service share its name; this tells their
+                // spans apart (a gateway's `deliver` spans, one per node).
+                .with_attribute(opentelemetry::KeyValue::new(
+                    "service.instance.id",
+                    uuid::Uuid::new_v4().to_string(),
+                ))
+                .build(),
+        )
 }
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -21,7 +21,7 @@ use gateway::{Gateway, WsSettings};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shared::auth::KeyPair;
-use shared::config::{DatabaseArgs, JwtArgs, LogFormat, RedisArgs, TelemetryArgs};
+use shared::config::{DatabaseArgs, JwtArgs, LogFormat, RedisArgs, TelemetryArgs, TraceSampler};
 use shared::model::RoomEvent;
 use shared::protocol::Encoding;
 use shared::{RoomId, SessionId, UserId};
@@ -141,6 +141,8 @@ fn telemetry() -> TelemetryArgs {
         log_filter: "warn".into(),
         log_format: LogFormat::Pretty,
         otlp_endpoint: None,
+        traces_sampler: TraceSampler::ParentbasedAlwaysOn,
+        traces_sampler_arg: 1.0,
         metrics_addr: None,
     }
 }

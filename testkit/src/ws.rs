@@ -97,6 +97,22 @@ impl WsClient {
         }
     }
 
+    /// The next text or binary message exactly as the server sent it;
+    /// panics on a close or after [`FRAME_TIMEOUT`].
+    pub async fn raw(&mut self) -> Vec<u8> {
+        loop {
+            let next = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
+                .await
+                .expect("no frame from the gateway in time");
+            match next {
+                Some(Ok(Message::Text(t))) => return t.as_bytes().to_vec(),
+                Some(Ok(Message::Binary(b))) => return b.to_vec(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                other => panic!("connection closed ({other:?}) while a frame was expected"),
+            }
+        }
+    }
+
     /// The next frame; panics on a close.
     pub async fn frame(&mut self) -> ServerFrame {
         match self.recv().await {

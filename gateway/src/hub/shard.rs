@@ -1,4 +1,11 @@
 //! A shard: the single owner of a set of rooms on this node.
+//!
+//! Events arrive as the api published them. A sampled one has its trace
+//! context in front of the frame ([`shared::trace_context`]): the shard
+//! strips it without copying and wraps the event's fan-out in a `deliver`
+//! span, a child of the api's `publish` span. The span covers queueing the
+//! frame for every local member; the socket writes follow at the end of the
+//! shard's pass, shared by every event of the pass, so they are not in it.
 
 use super::subscriptions::{Reply, SubCmd};
 use super::{Conn, ConnId};
@@ -9,6 +16,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use shared::model::RoomEvent;
 use shared::protocol::{Encoding, LeftReason, ServerFrame, event_frame_json};
+use shared::trace_context::{self, RemoteParent};
 use shared::{RoomId, UserId};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -96,10 +104,14 @@ struct Header<'a> {
 
 /// An event ready for delivery.
 struct Incoming {
+    /// The event frame as clients get it (without any trace context).
     json: Bytes,
     effect: Effect,
     /// When the api committed the event (milliseconds since the epoch).
     created_ms: i64,
+    /// The api's `publish` span, when it was sampled: the fan-out becomes
+    /// a `deliver` span in the same trace.
+    trace: Option<RemoteParent>,
 }
 
 enum Effect {
@@ -109,7 +121,11 @@ enum Effect {
 }
 
 impl Incoming {
-    fn parse(json: Bytes) -> Option<(i64, Incoming)> {
+    /// Reads a published payload: the frame's header and, in front of the
+    /// frame of a sampled event only, its trace context. The frame stays in
+    /// the buffer it arrived in either way.
+    fn parse(payload: Bytes) -> Option<(i64, Incoming)> {
+        let (json, trace) = trace_context::split(payload);
         let header: Header<'_> = serde_json::from_slice(&json).ok()?;
         let effect = match (header.kind.as_ref(), header.user_id) {
             ("member.added", Some(u)) => Effect::Added(u),
@@ -125,6 +141,7 @@ impl Incoming {
                 json,
                 effect,
                 created_ms,
+                trace,
             },
         ))
     }
@@ -386,6 +403,16 @@ impl Shard {
             return;
         };
         for (seq, event) in ready {
+            // Only sampled events carry a trace; the rest cost no span.
+            // Counts are recorded as i64: OpenTelemetry has no unsigned
+            // integers, and tracing-opentelemetry turns a u64 into a string.
+            let span = event.trace.map(|parent| {
+                let span = tracing::info_span!("deliver", otel.kind = "consumer", room_id = %room,
+                    seq, members = state.members.len() as i64, delivered = tracing::field::Empty);
+                parent.adopt(&span);
+                span
+            });
+            let entered = span.as_ref().map(|span| span.enter());
             let mut msgpack: Option<Option<Bytes>> = None;
             let mut delivered = 0u64;
             for conn in &state.members {
@@ -406,6 +433,10 @@ impl Shard {
                 }
             }
             metrics::counter!("gateway_deliveries_total").increment(delivered);
+            if let Some(span) = &span {
+                span.record("delivered", delivered as i64);
+            }
+            drop(entered);
             if event.created_ms > 0 {
                 // Commit to fan-out on this node; clocks of different hosts
                 // may disagree by a little, so it is a health signal, not a benchmark.
@@ -682,5 +713,38 @@ fn to_msgpack(json: &Bytes) -> Option<Bytes> {
             tracing::warn!(error = %e, "cannot transcode an event to MessagePack");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRAME: &[u8] = br#"{"type":"event","room_id":2,"seq":9,"sender_id":4,"created_at":"2023-11-14T22:13:20Z","kind":"message.created","body":"hi"}"#;
+
+    #[test]
+    fn an_untraced_event_is_delivered_from_the_buffer_it_arrived_in() {
+        let payload = Bytes::from_static(FRAME);
+        let (seq, incoming) = Incoming::parse(payload.clone()).expect("an event");
+        assert_eq!(seq, 9);
+        assert!(incoming.trace.is_none());
+        assert_eq!(incoming.json.as_ptr(), payload.as_ptr());
+        assert_eq!(incoming.json, payload);
+    }
+
+    #[test]
+    fn a_traced_event_is_delivered_without_its_trace_context() {
+        let payload = Bytes::from(
+            [
+                b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\n\n"
+                    .as_slice(),
+                FRAME,
+            ]
+            .concat(),
+        );
+        let (seq, incoming) = Incoming::parse(payload).expect("an event");
+        assert_eq!(seq, 9);
+        assert!(incoming.trace.is_some());
+        assert_eq!(incoming.json, FRAME);
     }
 }
