@@ -76,8 +76,11 @@ impl TestDatabase {
 
 /// SQLSTATE of "database does not exist".
 const INVALID_CATALOG_NAME: &str = "3D000";
-/// SQLSTATE of "database already exists" (another test binary won the race).
+/// SQLSTATE of "database already exists" (another test won the race).
 const DUPLICATE_DATABASE: &str = "42P04";
+/// SQLSTATE of a unique violation: how PostgreSQL reports a duplicate
+/// database name when the other `CREATE DATABASE` has not committed yet.
+const UNIQUE_VIOLATION: &str = "23505";
 
 /// Connects to the admin database, creating it first if the server does
 /// not have it.
@@ -105,7 +108,11 @@ async fn connect_admin(admin: &str) -> anyhow::Result<PgConnection> {
         .await
     {
         Ok(_) => {}
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(DUPLICATE_DATABASE) => {}
+        Err(sqlx::Error::Database(e))
+            if matches!(
+                e.code().as_deref(),
+                Some(DUPLICATE_DATABASE | UNIQUE_VIOLATION)
+            ) => {}
         Err(e) => {
             return Err(e).with_context(|| format!("creating the test admin database {name}"));
         }
@@ -172,7 +179,8 @@ mod tests {
     }
 
     /// A server without the admin database gets it: the test names an
-    /// admin database that does not exist yet, connects, and finds it there.
+    /// admin database that does not exist yet and connects to it from
+    /// several tasks at once (as parallel tests do); all get in.
     #[tokio::test]
     async fn a_missing_admin_database_is_created() {
         let name = format!(
@@ -181,13 +189,20 @@ mod tests {
             uuid::Uuid::new_v4().simple()
         );
         let url = with_database(&admin_url(), &name);
-        let mut conn = connect_admin(&url).await.expect("creates and connects");
-        let (current,): (String,) = sqlx::query_as("SELECT current_database()")
-            .fetch_one(&mut conn)
-            .await
-            .expect("query");
-        assert_eq!(current, name);
-        let _ = conn.close().await;
+        let mut racing = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let url = url.clone();
+            racing.spawn(async move { connect_admin(&url).await.map_err(|e| format!("{e:#}")) });
+        }
+        while let Some(joined) = racing.join_next().await {
+            let mut conn = joined.expect("task").expect("creates and connects");
+            let (current,): (String,) = sqlx::query_as("SELECT current_database()")
+                .fetch_one(&mut conn)
+                .await
+                .expect("query");
+            assert_eq!(current, name);
+            let _ = conn.close().await;
+        }
         // Named like a test database, so a crashed run's copy is cleaned up too.
         let mut server = connect_admin(&admin_url()).await.expect("admin");
         server
