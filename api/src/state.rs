@@ -74,10 +74,13 @@ impl Tokens {
         Ok(Self {
             signer: TokenSigner::from_pem(
                 &pair.private_pem,
-                &jwt.jwt_issuer,
+                &jwt.verify.jwt_issuer,
                 jwt.access_token_ttl,
             )?,
-            verifier: Arc::new(TokenVerifier::from_pem(&pair.public_pem, &jwt.jwt_issuer)?),
+            verifier: Arc::new(TokenVerifier::from_pem(
+                &pair.public_pem,
+                &jwt.verify.jwt_issuer,
+            )?),
             refresh_ttl: jwt.refresh_token_ttl,
             verified: DashMap::new(),
         })

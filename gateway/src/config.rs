@@ -1,7 +1,7 @@
 //! The gateway's configuration: flags or `PARLEY_*` environment variables.
 
 use clap::Args;
-use shared::config::{DatabaseArgs, JwtArgs, RedisArgs, TelemetryArgs, parse_duration};
+use shared::config::{DatabaseArgs, JwtVerifyArgs, RedisArgs, TelemetryArgs, parse_duration};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,7 +19,7 @@ pub struct GatewayConfig {
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
-    pub jwt: JwtArgs,
+    pub jwt: JwtVerifyArgs,
     #[command(flatten)]
     pub ws: WsSettings,
     #[command(flatten)]

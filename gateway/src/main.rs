@@ -33,3 +33,27 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// A gateway only verifies tokens: what signs them, and their
+    /// lifetimes, belong to the api and are not offered here.
+    #[test]
+    fn the_gateway_offers_no_api_only_option() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("--jwt-public-key"), "{help}");
+        for api_only in [
+            "--jwt-private-key",
+            "--access-token-ttl",
+            "--refresh-token-ttl",
+            "--rate-",
+            "--admin-token",
+        ] {
+            assert!(!help.contains(api_only), "the gateway lists {api_only}");
+        }
+        assert!(Cli::try_parse_from(["parley-gateway", "--access-token-ttl", "1m"]).is_err());
+    }
+}

@@ -240,18 +240,14 @@ async fn ready(State(gateway): State<Gateway>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// The verifying key: configured, derived from a configured private key,
-/// or the public half of a pair generated into `data_dir` by an api on
-/// the same machine.
+/// The verifying key: configured, or the public half of a pair generated
+/// into `data_dir` by an api on the same machine. A gateway only verifies
+/// tokens, so it is never given the signing key.
 pub fn verifier_from_config(config: &GatewayConfig) -> anyhow::Result<TokenVerifier> {
-    use secrecy::ExposeSecret;
     let jwt = &config.jwt;
-    let public = match (jwt.public_pem()?, jwt.private_pem()?) {
-        (Some(public), _) => public,
-        (None, Some(private)) => {
-            shared::auth::KeyPair::from_private_pem(private.expose_secret())?.public_pem
-        }
-        (None, None) => {
+    let public = match jwt.public_pem()? {
+        Some(public) => public,
+        None => {
             let path = shared::auth::public_key_path(&config.data_dir);
             std::fs::read_to_string(&path).with_context(|| {
                 format!(

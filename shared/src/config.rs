@@ -91,26 +91,23 @@ pub struct DatabaseArgs {
 /// The Redis server that carries events between nodes.
 #[derive(Clone, Debug, Args)]
 pub struct RedisArgs {
-    /// `redis://host:6379`. Without it the node uses its in-process broker,
-    /// which only reaches connections in the same process.
+    /// `redis://host:6379`. Required by the api and gateways; without it the
+    /// single node uses its in-process broker, which only reaches
+    /// connections in the same process.
     #[arg(long, env = "PARLEY_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
-    /// Prefix of every Redis key and channel, so several deployments (or
-    /// test runs) can share one Redis.
+    /// Prefix of the Redis pub/sub channels (`{prefix}room:{id}`,
+    /// `{prefix}user:{id}`), so several deployments can share one Redis.
     #[arg(long, env = "PARLEY_REDIS_PREFIX", default_value = "parley:")]
     pub redis_prefix: String,
 }
 
-/// Access-token keys and lifetimes.
+/// Verifying access tokens: what every binary that accepts them needs
+/// (gateways need nothing more, and never hold the signing key).
 #[derive(Clone, Debug, Args)]
-pub struct JwtArgs {
-    /// Ed25519 private key (PKCS#8 PEM) that signs access tokens. api only.
-    #[arg(long, env = "PARLEY_JWT_PRIVATE_KEY", hide_env_values = true, value_parser = parse_secret)]
-    pub jwt_private_key: Option<SecretString>,
-    /// File holding the private key, instead of the key itself.
-    #[arg(long, env = "PARLEY_JWT_PRIVATE_KEY_FILE")]
-    pub jwt_private_key_file: Option<PathBuf>,
-    /// Ed25519 public key (SPKI PEM) that verifies access tokens.
+pub struct JwtVerifyArgs {
+    /// Ed25519 public key (SPKI PEM) that verifies access tokens. Given to
+    /// an api or single node, it must match their private key.
     #[arg(long, env = "PARLEY_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<String>,
     /// File holding the public key, instead of the key itself.
@@ -119,6 +116,20 @@ pub struct JwtArgs {
     /// The `iss` claim written and required.
     #[arg(long, env = "PARLEY_JWT_ISSUER", default_value = "parley")]
     pub jwt_issuer: String,
+}
+
+/// Signing access tokens and their lifetimes (the api and the single node).
+#[derive(Clone, Debug, Args)]
+pub struct JwtArgs {
+    /// Ed25519 private key (PKCS#8 PEM) that signs access tokens. Unset: the
+    /// pair kept in the data directory (generated on first start).
+    #[arg(long, env = "PARLEY_JWT_PRIVATE_KEY", hide_env_values = true, value_parser = parse_secret)]
+    pub jwt_private_key: Option<SecretString>,
+    /// File holding the private key, instead of the key itself.
+    #[arg(long, env = "PARLEY_JWT_PRIVATE_KEY_FILE")]
+    pub jwt_private_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub verify: JwtVerifyArgs,
     /// Lifetime of an access token.
     #[arg(long, env = "PARLEY_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]
     pub access_token_ttl: Duration,
@@ -144,6 +155,13 @@ impl JwtArgs {
         .map(SecretString::from))
     }
 
+    /// The public key PEM, if configured.
+    pub fn public_pem(&self) -> anyhow::Result<Option<String>> {
+        self.verify.public_pem()
+    }
+}
+
+impl JwtVerifyArgs {
     /// The public key PEM, if configured.
     pub fn public_pem(&self) -> anyhow::Result<Option<String>> {
         crate::auth::pem_from(

@@ -9,6 +9,7 @@ use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, TracerProviderBuilder};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use tracing_subscriber::layer::SubscriberExt;
@@ -37,10 +38,15 @@ pub fn init(args: &TelemetryArgs, service: &'static str) -> anyhow::Result<Telem
     let filter = EnvFilter::try_new(&args.log_filter)
         .with_context(|| format!("PARLEY_LOG={:?} is not a valid log filter", args.log_filter))?;
     // Logs go to stderr; stdout is left to what a binary prints for people
-    // (the single node's start-up banner).
+    // (the single node's start-up banner). Colours only on a terminal: in a
+    // file, a pipe or a log collector escape codes are noise. NO_COLOR
+    // (no-color.org) turns them off on a terminal too.
+    let colours = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let fmt = match args.log_format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(colours)
             .with_target(false)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()

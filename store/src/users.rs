@@ -64,7 +64,14 @@ impl Store {
             }),
             Err(e) => Err(match unique_violation(&e) {
                 Some("users_username_key") => CreateUserError::UsernameTaken,
-                Some("users_email_key") => CreateUserError::EmailTaken,
+                // When both are taken the database names whichever index
+                // it checked first (the email's, on both engines). The
+                // username is what a person picked and sees, so it is the
+                // one reported: look it up now that the insert has failed.
+                Some("users_email_key") => match self.user_by_username(new.username).await? {
+                    Some(_) => CreateUserError::UsernameTaken,
+                    None => CreateUserError::EmailTaken,
+                },
                 _ => CreateUserError::Store(e.into()),
             }),
         }

@@ -1,4 +1,9 @@
 //! A fresh PostgreSQL database per test, dropped afterwards.
+//!
+//! Tests connect to one "admin" database (`test` by default) to create and
+//! drop their own. A fresh server has no `test` database, so the first
+//! connection creates it from the server's `postgres` database: nothing
+//! needs setting up by hand beyond a user that may create databases.
 
 use sqlx::{Connection, Executor, PgConnection};
 use std::sync::OnceLock;
@@ -39,7 +44,7 @@ fn unix_now() -> u64 {
 impl TestDatabase {
     pub async fn create() -> anyhow::Result<TestDatabase> {
         let admin = admin_url();
-        let mut conn = PgConnection::connect(&admin).await?;
+        let mut conn = connect_admin(&admin).await?;
         static CLEANED: OnceLock<()> = OnceLock::new();
         if CLEANED.set(()).is_ok() {
             drop_stale(&mut conn).await;
@@ -58,7 +63,7 @@ impl TestDatabase {
     }
 
     pub async fn drop_database(&self) {
-        if let Ok(mut conn) = PgConnection::connect(&admin_url()).await {
+        if let Ok(mut conn) = connect_admin(&admin_url()).await {
             let _ = conn
                 .execute(sqlx::AssertSqlSafe(format!(
                     "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -67,6 +72,60 @@ impl TestDatabase {
                 .await;
         }
     }
+}
+
+/// SQLSTATE of "database does not exist".
+const INVALID_CATALOG_NAME: &str = "3D000";
+/// SQLSTATE of "database already exists" (another test won the race).
+const DUPLICATE_DATABASE: &str = "42P04";
+/// SQLSTATE of a unique violation: how PostgreSQL reports a duplicate
+/// database name when the other `CREATE DATABASE` has not committed yet.
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// Connects to the admin database, creating it first if the server does
+/// not have it.
+async fn connect_admin(admin: &str) -> anyhow::Result<PgConnection> {
+    use anyhow::Context;
+    match PgConnection::connect(admin).await {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(INVALID_CATALOG_NAME) => {}
+        other => {
+            return other.with_context(|| {
+                format!(
+                    "connecting to the test server {} (set PARLEY_TEST_DATABASE_URL)",
+                    shared::config::redact_url(admin)
+                )
+            });
+        }
+    }
+    let name = database_name(admin).context("PARLEY_TEST_DATABASE_URL names no database")?;
+    let mut server = PgConnection::connect(&with_database(admin, "postgres"))
+        .await
+        .with_context(|| {
+            format!("database {name} is missing, and creating it needs the `postgres` database")
+        })?;
+    match server
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .await
+    {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e))
+            if matches!(
+                e.code().as_deref(),
+                Some(DUPLICATE_DATABASE | UNIQUE_VIOLATION)
+            ) => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("creating the test admin database {name}"));
+        }
+    }
+    let _ = server.close().await;
+    Ok(PgConnection::connect(admin).await?)
+}
+
+/// The database part of a `postgres://` URL.
+fn database_name(url: &str) -> Option<&str> {
+    let base = url.split_once('?').map_or(url, |(b, _)| b);
+    let (_, name) = base.split_once("://")?.1.split_once('/')?;
+    (!name.is_empty() && !name.contains('"')).then_some(name)
 }
 
 async fn drop_stale(conn: &mut PgConnection) {
@@ -106,5 +165,51 @@ mod tests {
             with_database("postgres://u@h/test?sslmode=disable", "x"),
             "postgres://u@h/x?sslmode=disable"
         );
+    }
+
+    #[test]
+    fn the_database_name_is_read_from_the_url() {
+        assert_eq!(database_name("postgres://u@h:5432/test"), Some("test"));
+        assert_eq!(
+            database_name("postgres://u@h/t2?sslmode=disable"),
+            Some("t2")
+        );
+        assert_eq!(database_name("postgres://u@h"), None);
+        assert_eq!(database_name("postgres://u@h/"), None);
+    }
+
+    /// A server without the admin database gets it: the test names an
+    /// admin database that does not exist yet and connects to it from
+    /// several tasks at once (as parallel tests do); all get in.
+    #[tokio::test]
+    async fn a_missing_admin_database_is_created() {
+        let name = format!(
+            "parley_test_{}_{}",
+            unix_now(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let url = with_database(&admin_url(), &name);
+        let mut racing = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let url = url.clone();
+            racing.spawn(async move { connect_admin(&url).await.map_err(|e| format!("{e:#}")) });
+        }
+        while let Some(joined) = racing.join_next().await {
+            let mut conn = joined.expect("task").expect("creates and connects");
+            let (current,): (String,) = sqlx::query_as("SELECT current_database()")
+                .fetch_one(&mut conn)
+                .await
+                .expect("query");
+            assert_eq!(current, name);
+            let _ = conn.close().await;
+        }
+        // Named like a test database, so a crashed run's copy is cleaned up too.
+        let mut server = connect_admin(&admin_url()).await.expect("admin");
+        server
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE {name} WITH (FORCE)"
+            )))
+            .await
+            .expect("drop");
     }
 }

@@ -21,7 +21,9 @@ use gateway::{Gateway, WsSettings};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shared::auth::KeyPair;
-use shared::config::{DatabaseArgs, JwtArgs, LogFormat, RedisArgs, TelemetryArgs, TraceSampler};
+use shared::config::{
+    DatabaseArgs, JwtArgs, JwtVerifyArgs, LogFormat, RedisArgs, TelemetryArgs, TraceSampler,
+};
 use shared::model::RoomEvent;
 use shared::protocol::Encoding;
 use shared::{RoomId, SessionId, UserId};
@@ -177,9 +179,11 @@ impl TestApp {
         let jwt = JwtArgs {
             jwt_private_key: None,
             jwt_private_key_file: None,
-            jwt_public_key: None,
-            jwt_public_key_file: None,
-            jwt_issuer: "parley".into(),
+            verify: JwtVerifyArgs {
+                jwt_public_key: None,
+                jwt_public_key_file: None,
+                jwt_issuer: "parley".into(),
+            },
             access_token_ttl: options.access_token_ttl,
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
         };
@@ -227,9 +231,9 @@ impl TestApp {
                             database_max_connections: 3,
                         },
                         redis: redis.clone(),
-                        jwt: JwtArgs {
+                        jwt: JwtVerifyArgs {
                             jwt_public_key: Some(keys.public_pem.clone()),
-                            ..jwt.clone()
+                            ..jwt.verify.clone()
                         },
                         ws: options.ws.clone(),
                         telemetry: telemetry(),

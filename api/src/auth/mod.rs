@@ -47,7 +47,7 @@ const MAX_USER_AGENT: usize = 256;
 #[utoipa::path(post, path = "/signup", tag = "auth", request_body = SignupRequest,
     responses(
         (status = 201, description = "Account created", body = User),
-        (status = 409, description = "`username_taken` or `email_taken`", body = ErrorBody),
+        (status = 409, description = "`username_taken` or `email_taken` (`username_taken` when both are)", body = ErrorBody),
         (status = 422, description = "`validation_failed` (with `field`) or `invalid_body`", body = ErrorBody),
         (status = 429, description = "`rate_limited`", body = ErrorBody),
     ))]

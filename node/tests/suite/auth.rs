@@ -87,6 +87,14 @@ async fn a_taken_username_or_email_is_a_conflict_with_its_own_code(mode: Mode) {
         (status, body["error"]["code"].as_str()),
         (StatusCode::CONFLICT, Some("email_taken"))
     );
+    let (status, body) = app
+        .post("/v1/auth/signup", None, json!({"username": "alice", "email": "alice@example.com", "password": "long enough pw"}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("username_taken")),
+        "with both taken, the username is reported"
+    );
     app.stop().await;
 }
 

@@ -315,3 +315,38 @@ async fn a_single_node_keeps_its_data_across_restarts() {
     app.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Colours are for terminals: logs read by a program (a pipe, a file, a log
+/// collector) carry no escape codes.
+#[tokio::test]
+async fn logs_written_to_a_pipe_have_no_colour_codes() {
+    let dir = temp_dir("colours");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
+        .env("PARLEY_DATA_DIR", &dir)
+        .env("PARLEY_LISTEN", "127.0.0.1:0")
+        .env("PARLEY_LOG", "info")
+        .env_remove("PARLEY_LOG_FORMAT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting parley");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.expect("reading the logs") {
+            if line.contains("INFO") {
+                return line;
+            }
+        }
+        panic!("parley exited without logging");
+    })
+    .await
+    .expect("a log line in time");
+    assert!(
+        !line.contains('\u{1b}'),
+        "a log line written to a pipe has escape codes: {line:?}"
+    );
+    child.kill().await.ok();
+    std::fs::remove_dir_all(&dir).ok();
+}
