@@ -91,10 +91,8 @@ impl ApiError {
     /// Text the store cannot hold (see `text.rs`), in `field` if it can be named.
     pub fn unstorable(field: Option<String>) -> Self {
         let message = match &field {
-            Some(f) => format!("{f} must be text without NUL or unpaired surrogate code points"),
-            None => {
-                "field names must be text without NUL or unpaired surrogate code points".to_owned()
-            }
+            Some(f) => format!("{f} must be UTF-8 text without NUL or unpaired surrogates"),
+            None => "names must be UTF-8 text without NUL or unpaired surrogates".to_owned(),
         };
         ApiError::Validation {
             field: field.map(Cow::Owned),
