@@ -2,9 +2,10 @@
 //! the same JSON error shape as everything else.
 //!
 //! They are also the one place where request text is checked for what the
-//! store cannot hold (`text.rs`): every JSON string and key and every query
-//! parameter passes through `ApiJson` or `ApiQuery` before a handler sees it,
-//! so no handler has to remember, and both engines answer alike.
+//! store cannot hold (`text.rs`): every JSON string and key, query parameter
+//! and path segment passes through `ApiJson`, `ApiQuery` or `ApiPath` before
+//! a handler sees it, so no handler has to remember, and both engines answer
+//! alike.
 
 use crate::error::ApiError;
 use crate::state::AppState;
