@@ -7,14 +7,16 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use shared::rest::{ErrorBody, ErrorDetail};
+use std::borrow::Cow;
 use store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// A field failed validation (422 `validation_failed`).
+    /// A field failed validation (422 `validation_failed`); `field` names
+    /// it unless it cannot be named (a bad key at the top of a body).
     #[error("{message}")]
     Validation {
-        field: &'static str,
+        field: Option<Cow<'static, str>>,
         message: String,
     },
     /// The body is not JSON (400 `invalid_json`).
@@ -81,8 +83,20 @@ pub enum ApiError {
 impl ApiError {
     pub fn validation(field: &'static str, message: impl Into<String>) -> Self {
         ApiError::Validation {
-            field,
+            field: Some(Cow::Borrowed(field)),
             message: message.into(),
+        }
+    }
+
+    /// Text the store cannot hold (see `text.rs`), in `field` if it can be named.
+    pub fn unstorable(field: Option<String>) -> Self {
+        let message = match &field {
+            Some(f) => format!("{f} must be UTF-8 text without NUL or unpaired surrogates"),
+            None => "names must be UTF-8 text without NUL or unpaired surrogates".to_owned(),
+        };
+        ApiError::Validation {
+            field: field.map(Cow::Owned),
+            message,
         }
     }
 
@@ -157,7 +171,7 @@ impl IntoResponse for ApiError {
         }
         metrics::counter!("api_errors_total", "code" => self.code()).increment(1);
         let field = match &self {
-            ApiError::Validation { field, .. } => Some((*field).to_owned()),
+            ApiError::Validation { field, .. } => field.as_deref().map(str::to_owned),
             _ => None,
         };
         let body = ErrorBody {

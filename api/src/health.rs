@@ -27,7 +27,7 @@ pub struct Health {
 }
 
 /// The process is alive.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "Alive", body = Health)))]
 async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok",
@@ -38,7 +38,7 @@ async fn healthz() -> Json<Health> {
 
 /// The process can serve: its database and broker answer.
 #[utoipa::path(get, path = "/readyz", tag = "health",
-    responses((status = 200, body = Health), (status = 503, body = Health)))]
+    responses((status = 200, description = "Ready", body = Health), (status = 503, description = "The database or the broker does not answer", body = Health)))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let (db, broker) = tokio::join!(state.store.ping(), state.broker.ping());
     let label = |ok: bool| if ok { "ok" } else { "unavailable" };

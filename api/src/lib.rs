@@ -23,6 +23,7 @@ pub mod openapi;
 pub mod rooms;
 pub mod startup;
 pub mod state;
+pub mod text;
 pub mod users;
 
 pub use config::{ApiConfig, PolicyArgs};

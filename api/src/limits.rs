@@ -12,9 +12,20 @@ use std::time::{Duration, Instant};
 /// The window over which failed logins of one account are counted.
 pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
+/// What failed logins are counted against: the account, however it was
+/// named (its username or its email, in any case), so that every way of
+/// naming it shares one budget; an identifier that names no account is
+/// counted by itself, so probing unknown names is limited the same way.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum LoginKey {
+    Account(UserId),
+    /// The normalised (trimmed, lowercase) identifier.
+    Unknown(String),
+}
+
 pub struct Limits {
     messages: DefaultKeyedRateLimiter<UserId>,
-    login_failures: DashMap<String, (u32, Instant)>,
+    login_failures: DashMap<LoginKey, (u32, Instant)>,
     max_login_failures: u32,
 }
 
@@ -42,34 +53,32 @@ impl Limits {
         })
     }
 
-    /// Refuses a login to an account that failed too often lately.
-    pub fn check_login(&self, login: &str) -> Result<(), ApiError> {
-        if let Some(entry) = self.login_failures.get(login) {
-            let (failures, since) = *entry;
-            let elapsed = since.elapsed();
-            if failures >= self.max_login_failures && elapsed < LOGIN_FAILURE_WINDOW {
-                tracing::warn!(target: "security", login, "login refused: too many failures");
-                return Err(ApiError::RateLimited {
-                    retry_after_secs: (LOGIN_FAILURE_WINDOW - elapsed).as_secs().max(1),
-                });
-            }
+    /// Takes one attempt from `key`'s login budget before the password is
+    /// checked, or refuses it (429) when the budget is spent. Counting up
+    /// front means concurrent guesses cannot overrun the budget; a success
+    /// gives the attempts back through [`Limits::login_succeeded`].
+    pub fn begin_login(&self, key: &LoginKey) -> Result<(), ApiError> {
+        let mut entry = self
+            .login_failures
+            .entry(key.clone())
+            .or_insert((0, Instant::now()));
+        let (failures, since) = &mut *entry;
+        if since.elapsed() >= LOGIN_FAILURE_WINDOW {
+            *failures = 0;
+            *since = Instant::now();
         }
+        if *failures >= self.max_login_failures {
+            let retry_after_secs = (LOGIN_FAILURE_WINDOW - since.elapsed()).as_secs().max(1);
+            drop(entry);
+            tracing::warn!(target: "security", ?key, "login refused: too many failures");
+            return Err(ApiError::RateLimited { retry_after_secs });
+        }
+        *failures += 1;
         Ok(())
     }
 
-    pub fn login_failed(&self, login: &str) {
-        let mut entry = self
-            .login_failures
-            .entry(login.to_owned())
-            .or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= LOGIN_FAILURE_WINDOW {
-            *entry = (0, Instant::now());
-        }
-        entry.0 += 1;
-    }
-
-    pub fn login_succeeded(&self, login: &str) {
-        self.login_failures.remove(login);
+    pub fn login_succeeded(&self, key: &LoginKey) {
+        self.login_failures.remove(key);
     }
 
     /// Forgets state that no longer limits anyone (called periodically).
@@ -109,16 +118,17 @@ mod tests {
     #[test]
     fn repeated_login_failures_lock_the_account_until_a_success_clears_them() {
         let l = limits(1, 1, 3);
+        let ann = LoginKey::Account(UserId(1));
         for _ in 0..3 {
-            l.check_login("ann").unwrap();
-            l.login_failed("ann");
+            l.begin_login(&ann).unwrap();
         }
         assert!(matches!(
-            l.check_login("ann"),
+            l.begin_login(&ann),
             Err(ApiError::RateLimited { .. })
         ));
-        l.check_login("bob").unwrap();
-        l.login_succeeded("ann");
-        l.check_login("ann").unwrap();
+        l.begin_login(&LoginKey::Account(UserId(2))).unwrap();
+        l.begin_login(&LoginKey::Unknown("ann".into())).unwrap();
+        l.login_succeeded(&ann);
+        l.begin_login(&ann).unwrap();
     }
 }

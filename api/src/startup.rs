@@ -74,7 +74,7 @@ pub fn router(state: AppState, policy: &PolicyArgs, listen: IpAddr) -> Router {
         )
         .merge(health::router())
         .split_for_parts();
-    let openapi = Arc::new(openapi);
+    let openapi = Arc::new(crate::openapi::complete(openapi));
 
     let mut router = api
         .route(

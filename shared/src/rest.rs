@@ -15,9 +15,13 @@ use utoipa::{IntoParams, ToSchema};
 #[serde(deny_unknown_fields)]
 pub struct SignupRequest {
     /// 3 to 32 characters of `a-z`, `0-9` and `_`.
+    #[schema(pattern = "^[a-z0-9_]{3,32}$", min_length = 3, max_length = 32)]
     pub username: String,
+    /// A valid address (no display name); stored lowercase.
+    #[schema(format = "email", max_length = 254)]
     pub email: String,
     /// At least 10 characters, at most 1024 bytes.
+    #[schema(min_length = 10, max_length = 1024)]
     pub password: String,
 }
 
@@ -71,7 +75,8 @@ pub struct Session {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRoomRequest {
-    /// 1 to 100 characters.
+    /// 1 to 100 characters after trimming, no control characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
 }
 
@@ -97,11 +102,13 @@ pub struct AddMemberRequest {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostMessageRequest {
-    /// 1 to 4000 characters.
+    /// 1 to 4000 characters, not blank.
+    #[schema(min_length = 1, max_length = 4000)]
     pub body: String,
     /// The client's own id for this message (1 to 64 of `A-Z a-z 0-9 - _ . :`).
     /// Retrying a post with the same id returns the first result instead of a duplicate.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,64}$", min_length = 1, max_length = 64)]
     pub client_msg_id: Option<String>,
 }
 
@@ -110,8 +117,10 @@ pub struct PostMessageRequest {
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// Only events with a smaller `seq` (default: from the newest).
+    #[param(minimum = 1)]
     pub before_seq: Option<i64>,
     /// Page size, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
@@ -178,17 +187,21 @@ pub struct ErrorDetail {
 #[serde(deny_unknown_fields)]
 pub struct ProvisionRequest {
     /// Usernames are `{prefix}_{index}`: 1 to 16 of `a-z`, `0-9`, `_`, unused so far.
+    #[schema(pattern = "^[a-z0-9_]{1,16}$", min_length = 1, max_length = 16)]
     pub prefix: String,
     /// 1 to 100000.
+    #[schema(minimum = 1, maximum = 100000)]
     pub users: u32,
     /// Rooms to create (0 to 10000).
     #[serde(default)]
+    #[schema(maximum = 10000)]
     pub rooms: u32,
     /// Members per room; member `i` of room `r` is user [`member_of`]`(r, i, ...)`.
     #[serde(default)]
     pub room_size: u32,
     /// Lifetime of the access tokens returned (default: the configured one; at most 24 h).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 86400)]
     pub token_ttl_secs: Option<u64>,
 }
 

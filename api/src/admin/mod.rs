@@ -67,11 +67,12 @@ impl FromRequestParts<AppState> for Admin {
 /// with members, for load tests. Accounts cannot log in with a password.
 #[utoipa::path(post, path = "/admin/provision", tag = "admin", security(("admin" = [])), request_body = ProvisionRequest,
     responses(
-        (status = 201, body = ProvisionResponse),
+        (status = 201, description = "Provisioned: every user with an access token, every room", body = ProvisionResponse),
+        (status = 401, description = "`missing_token`: no `Authorization: Bearer` header", body = ErrorBody),
         (status = 403, description = "`forbidden`: wrong admin token", body = ErrorBody),
         (status = 404, description = "admin endpoints are disabled", body = ErrorBody),
         (status = 409, description = "`prefix_taken`", body = ErrorBody),
-        (status = 422, description = "`validation_failed`", body = ErrorBody),
+        (status = 422, description = "`validation_failed` (with `field`) or `invalid_body`", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all)]
 async fn provision(

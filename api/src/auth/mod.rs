@@ -6,6 +6,7 @@ pub mod password;
 use crate::domain::{Email, MAX_PASSWORD_BYTES, Password, Username};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, AuthUser};
+use crate::limits::LoginKey;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -49,7 +50,7 @@ const MAX_USER_AGENT: usize = 256;
         (status = 201, description = "Account created", body = User),
         (status = 409, description = "`username_taken` or `email_taken` (`username_taken` when both are)", body = ErrorBody),
         (status = 422, description = "`validation_failed` (with `field`) or `invalid_body`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many requests from this IP", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all)]
 async fn signup(
@@ -93,23 +94,34 @@ async fn login(
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
     let login = req.login.trim().to_lowercase();
-    state.limits.check_login(&login)?;
-    if req.password.len() > MAX_PASSWORD_BYTES || login.is_empty() || login.contains('\0') {
+    if login.is_empty() {
         return Err(ApiError::InvalidCredentials);
     }
     let credentials = state.store.user_credentials(&login).await?;
+    // One budget per account, however it is named (docs/api.md, "login").
+    let key = match &credentials {
+        Some(c) => LoginKey::Account(c.user.id),
+        None => LoginKey::Unknown(login.clone()),
+    };
+    state.limits.begin_login(&key)?;
     let (user, hash) = match credentials {
         Some(c) => (Some(c.user), Some(c.password_hash)),
         None => (None, None),
     };
-    let valid = state.passwords.verify(req.password, hash).await?;
+    // A password over the cap can never be right; it still costs the same
+    // work and counts as a failure.
+    let (password, hash) = if req.password.len() > MAX_PASSWORD_BYTES {
+        (String::new(), None)
+    } else {
+        (req.password, hash)
+    };
+    let valid = state.passwords.verify(password, hash).await?;
     let Some(user) = user.filter(|_| valid) else {
-        state.limits.login_failed(&login);
         metrics::counter!("api_logins_total", "outcome" => "failed").increment(1);
         tracing::warn!(target: "security", login = %login, "failed login");
         return Err(ApiError::InvalidCredentials);
     };
-    state.limits.login_succeeded(&login);
+    state.limits.login_succeeded(&key);
     let session_id = SessionId::new();
     let (refresh_token, refresh_hash) = new_refresh_token(session_id);
     let now = now_millis();
@@ -140,6 +152,7 @@ async fn login(
     responses(
         (status = 200, description = "New tokens", body = TokenResponse),
         (status = 401, description = "`invalid_refresh_token`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many requests from this IP", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all)]
 async fn refresh(
@@ -187,7 +200,7 @@ async fn refresh(
 /// Ends the caller's current session: its refresh token stops working and
 /// its WebSocket connections are closed.
 #[utoipa::path(post, path = "/logout", tag = "auth", security(("bearer" = [])),
-    responses((status = 204, description = "Logged out"), (status = 401, body = ErrorBody)))]
+    responses((status = 204, description = "Logged out")))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
 async fn logout(State(state): State<AppState>, caller: AuthUser) -> ApiResult<StatusCode> {
     state
@@ -201,7 +214,7 @@ async fn logout(State(state): State<AppState>, caller: AuthUser) -> ApiResult<St
 
 /// The caller's live sessions.
 #[utoipa::path(get, path = "/sessions", tag = "auth", security(("bearer" = [])),
-    responses((status = 200, body = SessionList), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "The caller's live sessions", body = SessionList)))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
 async fn list_sessions(
     State(state): State<AppState>,
@@ -225,7 +238,7 @@ async fn list_sessions(
 
 /// Revokes one of the caller's sessions (a lost phone, say).
 #[utoipa::path(delete, path = "/sessions/{session_id}", tag = "auth", security(("bearer" = [])),
-    params(("session_id" = String, Path, description = "Session id")),
+    params(("session_id" = uuid::Uuid, Path, description = "Session id")),
     responses((status = 204, description = "Revoked"), (status = 404, description = "`session_not_found`", body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
 async fn revoke_session(
@@ -281,6 +294,9 @@ fn refresh_ttl_millis(state: &AppState) -> i64 {
     i64::try_from(state.tokens.refresh_ttl.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
+/// The User-Agent to keep with a session. `to_str` only accepts visible
+/// ASCII (and tab), so what is stored never holds NUL or anything else the
+/// store cannot hold; any other header is not kept.
 fn user_agent(headers: &HeaderMap) -> Option<&str> {
     let ua = headers.get(USER_AGENT)?.to_str().ok()?;
     Some(match ua.char_indices().nth(MAX_USER_AGENT) {
@@ -316,6 +332,26 @@ fn hash_secret(secret: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_plain_ascii_user_agent_is_kept_and_it_is_capped() {
+        let with = |value: &[u8]| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                USER_AGENT,
+                axum::http::HeaderValue::from_bytes(value).unwrap(),
+            );
+            user_agent(&headers).map(str::to_owned)
+        };
+        assert_eq!(with(b"curl/8.0").as_deref(), Some("curl/8.0"));
+        assert_eq!(with("caf\u{e9}/1".as_bytes()), None);
+        assert_eq!(with(b"\xff\xfe"), None);
+        assert_eq!(with(&[b'a'; 300]).map(|s| s.len()), Some(MAX_USER_AGENT));
+        assert!(
+            axum::http::HeaderValue::from_bytes(b"a\0b").is_err(),
+            "a header cannot carry NUL at all"
+        );
+    }
 
     #[test]
     fn a_refresh_token_parses_back_to_its_session_and_hash() {

@@ -32,8 +32,8 @@ const DEFAULT_PAGE: u32 = 50;
         (status = 200, description = "Already posted with this client_msg_id: the original", body = RoomEvent),
         (status = 404, description = "`room_not_found` (also for non-members)", body = ErrorBody),
         (status = 409, description = "`idempotency_conflict`: the client_msg_id was used for another body", body = ErrorBody),
-        (status = 422, description = "`validation_failed`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody),
+        (status = 422, description = "`validation_failed` (with `field`) or `invalid_body`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the caller's message allowance is spent", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id, %room_id))]
 async fn post_message(
@@ -76,9 +76,9 @@ async fn post_message(
 #[utoipa::path(get, path = "/rooms/{room_id}/messages", tag = "messages", security(("bearer" = [])),
     params(("room_id" = i64, Path), HistoryQuery),
     responses(
-        (status = 200, body = HistoryPage),
+        (status = 200, description = "A page of events, newest first", body = HistoryPage),
         (status = 404, description = "`room_not_found`", body = ErrorBody),
-        (status = 422, description = "`validation_failed`: limit or before_seq out of range", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: limit or before_seq out of range, or text the store cannot hold (`field` names it)", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id, %room_id))]
 async fn history(

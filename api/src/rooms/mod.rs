@@ -42,7 +42,7 @@ pub(crate) async fn membership_of(
 
 /// Creates a group room; the caller becomes its owner.
 #[utoipa::path(post, path = "/rooms", tag = "rooms", security(("bearer" = [])), request_body = CreateRoomRequest,
-    responses((status = 201, body = Room), (status = 422, description = "`validation_failed`", body = ErrorBody)))]
+    responses((status = 201, description = "Created; the caller is its owner", body = Room)))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
 async fn create_room(
     State(state): State<AppState>,
@@ -60,7 +60,7 @@ async fn create_room(
 
 /// The rooms the caller is a member of.
 #[utoipa::path(get, path = "/rooms", tag = "rooms", security(("bearer" = [])),
-    responses((status = 200, body = RoomList)))]
+    responses((status = 200, description = "The caller's rooms, with the caller's role", body = RoomList)))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
 async fn list_rooms(State(state): State<AppState>, caller: AuthUser) -> ApiResult<Json<RoomList>> {
     Ok(Json(RoomList {
@@ -75,7 +75,7 @@ async fn list_rooms(State(state): State<AppState>, caller: AuthUser) -> ApiResul
         (status = 200, description = "Existing room", body = Room),
         (status = 201, description = "Created", body = Room),
         (status = 404, description = "`user_not_found`", body = ErrorBody),
-        (status = 422, description = "`validation_failed`: a direct room with yourself", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a direct room with yourself; or `invalid_body`", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
 async fn direct_room(
@@ -120,7 +120,7 @@ async fn direct_room(
 /// One room, as the caller sees it.
 #[utoipa::path(get, path = "/rooms/{room_id}", tag = "rooms", security(("bearer" = [])),
     params(("room_id" = i64, Path)),
-    responses((status = 200, body = Room), (status = 404, description = "`room_not_found`", body = ErrorBody)))]
+    responses((status = 200, description = "The room", body = Room), (status = 404, description = "`room_not_found` (also for non-members)", body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id, %room_id))]
 async fn get_room(
     State(state): State<AppState>,
@@ -138,7 +138,7 @@ async fn get_room(
 /// The members of a room (members only).
 #[utoipa::path(get, path = "/rooms/{room_id}/members", tag = "rooms", security(("bearer" = [])),
     params(("room_id" = i64, Path)),
-    responses((status = 200, body = MemberList), (status = 404, description = "`room_not_found`", body = ErrorBody)))]
+    responses((status = 200, description = "The room's members", body = MemberList), (status = 404, description = "`room_not_found` (also for non-members)", body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id, %room_id))]
 async fn list_members(
     State(state): State<AppState>,

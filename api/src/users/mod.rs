@@ -18,7 +18,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The caller's own account.
 #[utoipa::path(get, path = "/users/me", tag = "users", security(("bearer" = [])),
-    responses((status = 200, body = User), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "The caller's account", body = User)))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
 async fn me(State(state): State<AppState>, caller: AuthUser) -> ApiResult<Json<User>> {
     let user = state
@@ -32,7 +32,7 @@ async fn me(State(state): State<AppState>, caller: AuthUser) -> ApiResult<Json<U
 /// Finds a user by exact username (to add them to a room, or to start a
 /// direct conversation).
 #[utoipa::path(get, path = "/users", tag = "users", security(("bearer" = [])), params(UserLookup),
-    responses((status = 200, body = UserLookupResponse), (status = 404, description = "`user_not_found`", body = ErrorBody)))]
+    responses((status = 200, description = "The user's public profile", body = UserLookupResponse), (status = 404, description = "`user_not_found`", body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
 async fn lookup(
     State(state): State<AppState>,

@@ -11,6 +11,8 @@ both_modes!(
     refresh_rotates_and_a_replayed_refresh_token_revokes_the_session,
     logout_and_revocation_end_a_session_everywhere,
     repeated_failed_logins_lock_the_account,
+    failures_through_username_and_email_share_one_budget,
+    failures_on_an_unknown_identifier_are_counted_for_that_identifier,
     the_auth_endpoints_are_rate_limited_per_ip,
 );
 
@@ -278,6 +280,66 @@ async fn repeated_failed_logins_lock_the_account(mode: Mode) {
         (status, body["error"]["code"].as_str()),
         (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
     );
+    app.stop().await;
+}
+
+async fn failures_through_username_and_email_share_one_budget(mode: Mode) {
+    let mut options = Options::default();
+    options.policy.login_failures_per_15min = 4;
+    let app = TestApp::spawn_with(mode, options).await;
+    app.user("alice").await;
+    app.user("bob").await;
+    let login = |login: &'static str, password: &'static str| {
+        app.post(
+            "/v1/auth/login",
+            None,
+            json!({"login": login, "password": password}),
+        )
+    };
+    for name in ["alice", "ALICE@EXAMPLE.COM", " Alice ", "alice@example.com"] {
+        let (status, body) = login(name, "guess guess").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {body}");
+    }
+    for name in ["alice", "ALICE@example.com"] {
+        let (status, body) = login(name, "alice-correct-horse").await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")),
+            "four failures under any of its names spend the account's budget ({name})"
+        );
+        assert!(body.get("access_token").is_none());
+    }
+    let (status, _) = login("BOB@example.com", "bob-correct-horse").await;
+    assert_eq!(status, StatusCode::OK, "another account is not affected");
+    app.stop().await;
+}
+
+async fn failures_on_an_unknown_identifier_are_counted_for_that_identifier(mode: Mode) {
+    let mut options = Options::default();
+    options.policy.login_failures_per_15min = 2;
+    let app = TestApp::spawn_with(mode, options).await;
+    app.user("alice").await;
+    let login = |login: &'static str, password: &'static str| {
+        app.post(
+            "/v1/auth/login",
+            None,
+            json!({"login": login, "password": password}),
+        )
+    };
+    for name in ["nobody", "NOBODY"] {
+        let (status, _) = login(name, "guess guess").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}");
+    }
+    let (status, body) = login("nobody", "guess guess").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")),
+        "an unknown identifier is limited like an account"
+    );
+    let (status, _) = login("nobody2", "guess guess").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "its own budget");
+    let (status, _) = login("alice", "alice-correct-horse").await;
+    assert_eq!(status, StatusCode::OK, "accounts are not affected");
     app.stop().await;
 }
 
