@@ -7,6 +7,7 @@ mod admin;
 mod append;
 mod auth;
 mod errors;
+mod faults;
 mod messages;
 mod realtime;
 mod rooms;
