@@ -122,7 +122,9 @@ impl PrivatePostgres {
             .stdin(Stdio::null())
             .output()
             .await
-            .with_context(|| format!("running {program}"))?;
+            .with_context(|| {
+                format!("running {program} (PostgreSQL's programs must be in PATH; see .ci/run)")
+            })?;
         if !out.status.success() {
             bail!(
                 "{program} {args:?} failed: {}{}",

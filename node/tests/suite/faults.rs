@@ -443,6 +443,17 @@ async fn first_read(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopping_and_starting_under_traffic_gives_503s_and_1013s_and_the_first_request_after_succeeds()
  {
+    postgres_outage(StopMode::Fast).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_crashing_and_starting_under_traffic_gives_503s_and_1013s_and_the_first_request_after_succeeds()
+ {
+    postgres_outage(StopMode::Immediate).await
+}
+
+/// PostgreSQL goes away (`mode`) during steady traffic and comes back.
+async fn postgres_outage(mode: StopMode) {
     let pg = PrivatePostgres::start()
         .await
         .expect("a private PostgreSQL");
@@ -454,9 +465,7 @@ async fn postgres_stopping_and_starting_under_traffic_gives_503s_and_1013s_and_t
     let traffic = Traffic::start(&app, &alice, &carol, room);
     traffic.wait_for_successes(3).await;
 
-    pg.stop_server(StopMode::Fast)
-        .await
-        .expect("stopping PostgreSQL");
+    pg.stop_server(mode).await.expect("stopping PostgreSQL");
     let outage = Instant::now();
     let mut problems = not_ready_soon(&app, outage).await;
     // Clients hear of it: posts answered 503 rather than hanging or 500.
@@ -471,7 +480,8 @@ async fn postgres_stopping_and_starting_under_traffic_gives_503s_and_1013s_and_t
     let recovered = Instant::now();
     // The very first request after recovery, a read, then a post and a
     // connection: each succeeds at the first attempt.
-    problems.extend(first_read(&app, &bob, room, recovered, "PostgreSQL back").await);
+    let what = format!("PostgreSQL back (stopped {mode:?})");
+    problems.extend(first_read(&app, &bob, room, recovered, &what).await);
     let (status, after) = post_once(&app, &alice, room, "after the restart").await;
     if status != StatusCode::CREATED {
         problems.push(format!(
