@@ -1,3 +1,7 @@
+//! What can go wrong in the store, and the one place that decides which
+//! failures are the database server's (unavailable: a 503, retry) rather
+//! than the statement's (a bug: a 500).
+
 use sqlx::error::DatabaseError;
 use std::sync::Arc;
 
@@ -55,7 +59,7 @@ const CONNECTION_SQLSTATES: &[&str] = &["57P01", "57P02", "57P03", "57P05", "25P
 /// opened, as opposed to the statement being wrong: the database restarted,
 /// failed over, terminated the backend, or cannot be reached. Such an error
 /// is the server's, so clients get a 503 and retry; and the store replaces
-/// the pool's older connections ([`crate::liveness`]).
+/// the pool's older connections (`liveness.rs`).
 pub(crate) fn is_connection_failure(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)

@@ -11,9 +11,9 @@
 //! A database that restarts, fails over or kills connections is the
 //! server's fault, not the request's: such errors are
 //! [`StoreError::Unavailable`] (a 503 to clients), reads that hit a dead
-//! connection are retried once on a fresh one ([`Store::read`]), and the
+//! connection are retried once on a fresh one (`Store::read`), and the
 //! pool replaces its dead connections without a ping per checkout
-//! ([`liveness`]).
+//! (`liveness.rs`).
 //!
 //! All times are stored as milliseconds since the Unix epoch.
 
@@ -172,7 +172,7 @@ impl Store {
     /// Runs a read, and once more if it failed because its connection was
     /// dead (the database restarted or terminated the backend since the
     /// connection was last used): the retry runs on a connection opened
-    /// after the failure (see [`liveness`]), so the first request after the
+    /// after the failure (see `liveness.rs`), so the first request after the
     /// database is back succeeds. Only for statements that change nothing:
     /// a write whose connection died may or may not have committed.
     async fn read<T, F, Fut>(&self, mut query: F) -> Result<T>
