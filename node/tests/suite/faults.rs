@@ -18,7 +18,7 @@ use serde_json::json;
 use shared::RoomId;
 use shared::model::EventKind;
 use shared::protocol::{ClientFrame, Encoding, ServerFrame, close};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use testkit::{
@@ -43,6 +43,8 @@ const SETTLE: Duration = Duration::from_secs(20);
 /// What one post got (no status: no answer within [`SETTLE`]).
 #[derive(Debug)]
 struct Post {
+    /// Its `client_msg_id` (the body is `steady {n}` for key `steady-{n}`).
+    n: u64,
     status: Option<StatusCode>,
     retry_after: bool,
     seq: Option<i64>,
@@ -101,11 +103,13 @@ impl Traffic {
                     .await;
                     let post = match answer {
                         Ok((status, headers, body)) => Post {
+                            n,
                             status: Some(status),
                             retry_after: headers.contains_key(reqwest::header::RETRY_AFTER),
                             seq: body["seq"].as_i64(),
                         },
                         Err(_) => Post {
+                            n,
                             status: None,
                             retry_after: false,
                             seq: None,
@@ -307,10 +311,10 @@ async fn all_ready(app: &TestApp) -> bool {
     true
 }
 
-/// The seqs of every message in `room`'s history.
-async fn history(app: &TestApp, user: &TestUser, room: RoomId) -> BTreeSet<i64> {
+/// Every message in `room`'s history: seq and body.
+async fn history(app: &TestApp, user: &TestUser, room: RoomId) -> BTreeMap<i64, String> {
     let path = format!("/v1/rooms/{room}/messages");
-    let mut seqs = BTreeSet::new();
+    let mut messages = BTreeMap::new();
     let mut before: Option<i64> = None;
     loop {
         let query = match before {
@@ -319,18 +323,48 @@ async fn history(app: &TestApp, user: &TestUser, room: RoomId) -> BTreeSet<i64> 
         };
         let (status, page) = app.get(&query, Some(&user.token)).await;
         assert_eq!(status, StatusCode::OK, "history: {page}");
-        seqs.extend(
-            page["events"]
-                .as_array()
-                .expect("events")
-                .iter()
-                .filter(|e| e["kind"] == "message.created")
-                .filter_map(|e| e["seq"].as_i64()),
-        );
+        for event in page["events"].as_array().expect("events") {
+            if event["kind"] == "message.created" {
+                let seq = event["seq"].as_i64().expect("a seq");
+                let body = event["body"].as_str().expect("a body");
+                messages.insert(seq, body.to_owned());
+            }
+        }
         match page["next_before_seq"].as_i64() {
             Some(b) => before = Some(b),
-            None => return seqs,
+            None => return messages,
         }
+    }
+}
+
+/// Retries every post answered 503, with its `client_msg_id`, as a client
+/// would once the outage is over: each gets its original (200) if the
+/// failed attempt was stored after all, else is stored now (201). Adds
+/// their seqs to `committed`.
+async fn retry_unavailable(
+    app: &TestApp,
+    user: &TestUser,
+    room: RoomId,
+    posts: &[Post],
+    committed: &mut BTreeSet<i64>,
+) {
+    for post in posts {
+        if post.status != Some(StatusCode::SERVICE_UNAVAILABLE) {
+            continue;
+        }
+        let (status, event) = app
+            .post(
+                &format!("/v1/rooms/{room}/messages"),
+                Some(&user.token),
+                json!({"body": format!("steady {}", post.n), "client_msg_id": format!("steady-{}", post.n)}),
+            )
+            .await;
+        assert!(
+            status == StatusCode::CREATED || status == StatusCode::OK,
+            "retrying post {} after the outage: {status} {event}",
+            post.n
+        );
+        committed.insert(event["seq"].as_i64().expect("a seq"));
     }
 }
 
@@ -400,7 +434,8 @@ fn assert_no_problems(problems: &[String]) {
     );
 }
 
-/// Checks that every post answered 201 is in history and reaches `ws`.
+/// Checks that every post answered 201 is in history once (no message
+/// stored twice, retries included) and reaches `ws`.
 async fn assert_committed_and_delivered(
     app: &TestApp,
     user: &TestUser,
@@ -409,11 +444,14 @@ async fn assert_committed_and_delivered(
     ws: &mut WsClient,
 ) {
     let stored = history(app, user, room).await;
+    let seqs: BTreeSet<i64> = stored.keys().copied().collect();
     assert!(
-        committed.is_subset(&stored),
+        committed.is_subset(&seqs),
         "posts answered 201 are missing from history: {:?}",
-        committed.difference(&stored).collect::<Vec<_>>()
+        committed.difference(&seqs).collect::<Vec<_>>()
     );
+    let bodies: BTreeSet<&String> = stored.values().collect();
+    assert_eq!(bodies.len(), stored.len(), "a message was stored twice");
     receive_all(ws, &mut BTreeSet::new(), committed).await;
 }
 
@@ -500,6 +538,7 @@ async fn postgres_outage(mode: StopMode) {
     assert_no_problems(&problems);
 
     committed.extend(after["seq"].as_i64());
+    retry_unavailable(&app, &alice, room, &posts, &mut committed).await;
     assert_committed_and_delivered(&app, &alice, room, &committed, &mut bob_ws).await;
     bob_ws.close().await;
     stop_app(app).await;
@@ -569,6 +608,7 @@ async fn terminated_backends_cost_at_most_a_503_and_the_next_read_succeeds() {
     assert_no_problems(&problems);
 
     committed.extend(after["seq"].as_i64());
+    retry_unavailable(&app, &alice, room, &posts, &mut committed).await;
     assert_committed_and_delivered(&app, &alice, room, &committed, &mut bob_ws).await;
     bob_ws.close().await;
     stop_app(app).await;
