@@ -1,4 +1,9 @@
 //! Liveness and readiness probes.
+//!
+//! Readiness asks the database and the broker, each bounded by
+//! [`shared::health::PROBE_TIMEOUT`]: a dependency that does not answer in
+//! time counts as down, so a load balancer hears "not ready" within a
+//! second of an outage rather than after the pool's acquire timeout.
 
 use crate::state::AppState;
 use axum::Json;
@@ -40,9 +45,12 @@ async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, description = "Ready", body = Health), (status = 503, description = "The database or the broker does not answer", body = Health)))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    let (db, broker) = tokio::join!(state.store.ping(), state.broker.ping());
+    let (db, broker) = tokio::join!(
+        shared::health::probe(state.store.ping()),
+        shared::health::probe(state.broker.ping())
+    );
     let label = |ok: bool| if ok { "ok" } else { "unavailable" };
-    let ready = db.is_ok() && broker.is_ok();
+    let ready = db && broker;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -52,8 +60,8 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
         status,
         Json(Health {
             status: label(ready),
-            database: Some(label(db.is_ok())),
-            broker: Some(label(broker.is_ok())),
+            database: Some(label(db)),
+            broker: Some(label(broker)),
         }),
     )
 }

@@ -3,6 +3,12 @@
 //! Channels are `{prefix}room:{id}` and `{prefix}user:{id}`. Publishing goes
 //! through a small pool of multiplexed connections; each subscription has its
 //! own connection, which fred re-subscribes after a reconnect.
+//!
+//! While Redis is down, publishes and pings fail at once rather than
+//! queueing until it is back (a post still commits; live delivery is
+//! best-effort and recovered from the store), subscriptions wait for the
+//! reconnection (bounded by the gateway), and every client keeps
+//! reconnecting at least once a second, so service resumes by itself.
 
 use crate::{
     Broker, BrokerError, DELIVERY_QUEUE, Delivery, Subscription, SubscriptionControl, Topic,
@@ -33,6 +39,18 @@ const MESSAGE_BUFFER: usize = 4_096;
 /// How long a command may go unanswered before fred treats the connection
 /// as dead and reconnects.
 const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(5);
+
+/// Longest wait between two reconnection attempts to a Redis that is down.
+/// An attempt costs a refused TCP connect, so once a second is nothing, and
+/// a node is back in service within a second of Redis.
+const RECONNECT_MAX_DELAY_MS: u32 = 1_000;
+
+/// How long a publish may take before it is given up. A publish is
+/// best-effort (the event is already committed, and gateways recover gaps
+/// from the store), so a request must not wait on a Redis that is down:
+/// while disconnected, publishes fail at once (fail-fast); this bounds one
+/// sent to a connection that stopped answering.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct RedisBroker {
     config: Config,
@@ -73,8 +91,24 @@ fn builder(config: &Config) -> Builder {
         })
         // Keep trying forever with capped backoff: a node without Redis
         // serves nothing live, and should come back by itself.
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+        .set_policy(ReconnectPolicy::new_exponential(
+            0,
+            100,
+            RECONNECT_MAX_DELAY_MS,
+            2,
+        ));
     builder
+}
+
+/// Options for a command that must not wait for a reconnection: it fails
+/// at once while the client is disconnected (instead of being queued until
+/// Redis is back), and after `timeout` otherwise.
+fn fail_fast(timeout: Duration) -> Options {
+    Options {
+        fail_fast: true,
+        timeout: Some(timeout),
+        ..Options::default()
+    }
 }
 
 fn unavailable(e: Error) -> BrokerError {
@@ -105,6 +139,7 @@ impl Broker for RedisBroker {
         let _: i64 = self
             .publisher
             .next()
+            .with_options(&fail_fast(PUBLISH_TIMEOUT))
             .publish(self.channel(topic), payload)
             .await
             .map_err(unavailable)?;
@@ -135,7 +170,13 @@ impl Broker for RedisBroker {
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
-        let _: String = self.publisher.ping(None).await.map_err(unavailable)?;
+        let _: String = self
+            .publisher
+            .next()
+            .with_options(&fail_fast(shared::health::PROBE_TIMEOUT))
+            .ping(None)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 

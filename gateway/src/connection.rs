@@ -144,11 +144,20 @@ where
                 reason: "session revoked",
             });
         }
+        Err(e) if e.is_unavailable() => {
+            // The database is down or the connection died: not this
+            // client's fault nor a bug; it reconnects after a backoff.
+            tracing::warn!(error = %e, "cannot check the session: the database is unavailable");
+            return Err(CloseReason {
+                code: close::TRY_AGAIN_LATER,
+                reason: "unavailable",
+            });
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot check the session");
+            tracing::error!(error = %e, "cannot check the session");
             return Err(CloseReason {
                 code: close::INTERNAL_ERROR,
-                reason: "unavailable",
+                reason: "internal error",
             });
         }
     }
@@ -161,9 +170,11 @@ where
         joined: Default::default(),
     });
     if node.hub.register(conn.clone()).await.is_err() {
+        // The broker did not confirm the user's subscription in time
+        // (Redis is down or reconnecting): try again later.
         node.hub.unregister(&conn);
         return Err(CloseReason {
-            code: close::INTERNAL_ERROR,
+            code: close::TRY_AGAIN_LATER,
             reason: "unavailable",
         });
     }

@@ -17,6 +17,7 @@ use fastwebsockets::upgrade::IncomingUpgrade;
 use hyper_util::rt::TokioIo;
 use shared::RoomId;
 use shared::auth::TokenVerifier;
+use shared::health::UNAVAILABLE_RETRY_AFTER_SECS;
 use shared::protocol::close;
 use shared::rest::{ErrorBody, ErrorDetail};
 use std::net::SocketAddr;
@@ -155,6 +156,22 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// `503 unavailable` with `Retry-After`: the node cannot check sessions
+/// because its database is down. The same answer (and header) as the
+/// api's for a dependency that is down.
+fn unavailable() -> Response {
+    let mut response = json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the database is unavailable; retry shortly",
+    );
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+    );
+    response
+}
+
 /// Upgrades `/ws` and hands the socket to a connection task.
 async fn upgrade(State(gateway): State<Gateway>, request: Request) -> Response {
     let (mut parts, _body) = request.into_parts();
@@ -169,6 +186,15 @@ async fn upgrade(State(gateway): State<Gateway>, request: Request) -> Response {
             "this endpoint speaks WebSocket only",
         );
     };
+    if gateway.inner.store.seems_down() && !shared::health::probe(gateway.inner.store.ping()).await
+    {
+        // Refused before the upgrade: the session check could not be made.
+        // While the database is up this costs nothing (a flag); while it
+        // seems down, one bounded ping per upgrade, which also notices
+        // that it is back.
+        metrics::counter!("gateway_connections_total", "outcome" => "unavailable").increment(1);
+        return unavailable();
+    }
     let Ok(permit) = gateway.inner.slots.clone().try_acquire_owned() else {
         metrics::counter!("gateway_connections_total", "outcome" => "over_capacity").increment(1);
         return json_error(
@@ -217,14 +243,18 @@ async fn upgrade(State(gateway): State<Gateway>, request: Request) -> Response {
     response.map(axum::body::Body::new).into_response()
 }
 
-/// Ready when the database and Redis answer and the node has room for
+/// Ready when the database and Redis answer (within
+/// [`shared::health::PROBE_TIMEOUT`] each) and the node has room for
 /// another connection: a full node drops out of the load balancer's
 /// rotation (its open connections stay) instead of refusing upgrades.
 async fn ready(State(gateway): State<Gateway>) -> Response {
-    let (db, broker) = tokio::join!(gateway.inner.store.ping(), gateway.inner.broker.ping());
+    let (db, broker) = tokio::join!(
+        shared::health::probe(gateway.inner.store.ping()),
+        shared::health::probe(gateway.inner.broker.ping())
+    );
     let label = |ok: bool| if ok { "ok" } else { "unavailable" };
     let full = gateway.inner.slots.available_permits() == 0;
-    let ready = db.is_ok() && broker.is_ok() && !full;
+    let ready = db && broker && !full;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -232,8 +262,8 @@ async fn ready(State(gateway): State<Gateway>) -> Response {
     };
     let body = serde_json::json!({
         "status": label(ready),
-        "database": label(db.is_ok()),
-        "broker": label(broker.is_ok()),
+        "database": label(db),
+        "broker": label(broker),
         "connections": gateway.connection_count(),
         "full": full,
     });

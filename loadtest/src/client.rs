@@ -164,6 +164,7 @@ pub fn close_name(code: u16) -> &'static str {
         close::INVALID_PAYLOAD => "invalid payload",
         close::MESSAGE_TOO_BIG => "message too big",
         close::INTERNAL_ERROR => "internal error",
+        close::TRY_AGAIN_LATER => "try again later",
         close::UNAUTHORIZED => "unauthorized",
         close::TOKEN_EXPIRED => "token expired",
         close::AUTH_TIMEOUT => "auth timeout",

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod health;
 pub mod ids;
 pub mod model;
 pub mod protocol;

@@ -35,8 +35,12 @@ pub mod close {
     pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame exceeded [`super::MAX_CLIENT_FRAME_BYTES`].
     pub const MESSAGE_TOO_BIG: u16 = 1009;
-    /// Unexpected failure inside the gateway.
+    /// Unexpected failure inside the gateway (a bug, never an outage).
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// A dependency (the database, Redis) is unavailable, so the connection
+    /// could not be set up: reconnect after a short backoff (RFC 6455's
+    /// "try again later").
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The first frame was not a valid `auth`, or its token was invalid.
     pub const UNAUTHORIZED: u16 = 4001;
     /// The access token has expired: refresh it and reconnect.
@@ -62,6 +66,7 @@ pub mod close {
             INVALID_PAYLOAD => "invalid_payload",
             MESSAGE_TOO_BIG => "message_too_big",
             INTERNAL_ERROR => "internal_error",
+            TRY_AGAIN_LATER => "try_again_later",
             UNAUTHORIZED => "unauthorized",
             TOKEN_EXPIRED => "token_expired",
             AUTH_TIMEOUT => "auth_timeout",

@@ -563,10 +563,15 @@ impl Store {
             .collect();
         let rows = serde_json::to_string(&rows)
             .map_err(|e| StoreError::Corrupt(format!("a batch that is not JSON: {e}")))?;
-        let rows = sqlx::query(APPEND_BATCH_POSTGRES)
-            .bind(rows)
-            .fetch_all(&self.pool)
-            .await?;
+        // Not retried: a batch whose connection died may have committed.
+        // Its posts get a 503 and their clients retry with their
+        // client_msg_id, which finds the original if it was stored.
+        let rows = self.observe(
+            sqlx::query(APPEND_BATCH_POSTGRES)
+                .bind(rows)
+                .fetch_all(&self.pool)
+                .await,
+        )?;
         let mut outcomes: Vec<Option<PostOutcome>> = batch.iter().map(|_| None).collect();
         for row in &rows {
             let ord: i64 = row.try_get("ord")?;

@@ -268,14 +268,18 @@ impl Store {
         before_seq: Option<i64>,
         limit: u32,
     ) -> Result<Vec<RoomEvent>> {
-        let rows = sqlx::query(select_events!(
-            "WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
-        ))
-        .bind(room.0)
-        .bind(before_seq.unwrap_or(i64::MAX))
-        .bind(i64::from(limit.clamp(1, MAX_HISTORY_PAGE)))
-        .fetch_all(&self.pool)
-        .await?;
+        let pool = &self.pool;
+        let rows = self
+            .read(|| {
+                sqlx::query(select_events!(
+                    "WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+                ))
+                .bind(room.0)
+                .bind(before_seq.unwrap_or(i64::MAX))
+                .bind(i64::from(limit.clamp(1, MAX_HISTORY_PAGE)))
+                .fetch_all(pool)
+            })
+            .await?;
         rows.iter().map(event_from_row).collect()
     }
 
@@ -283,15 +287,19 @@ impl Store {
     /// (gateways fill gaps in what they received with this).
     #[tracing::instrument(skip(self))]
     pub async fn events_between(&self, room: RoomId, from: i64, to: i64) -> Result<Vec<RoomEvent>> {
-        let rows = sqlx::query(select_events!(
-            "WHERE room_id = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq LIMIT $4"
-        ))
-        .bind(room.0)
-        .bind(from)
-        .bind(to)
-        .bind(i64::from(MAX_HISTORY_PAGE))
-        .fetch_all(&self.pool)
-        .await?;
+        let pool = &self.pool;
+        let rows = self
+            .read(|| {
+                sqlx::query(select_events!(
+                    "WHERE room_id = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq LIMIT $4"
+                ))
+                .bind(room.0)
+                .bind(from)
+                .bind(to)
+                .bind(i64::from(MAX_HISTORY_PAGE))
+                .fetch_all(pool)
+            })
+            .await?;
         rows.iter().map(event_from_row).collect()
     }
 }

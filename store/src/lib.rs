@@ -8,12 +8,20 @@
 //! messages, which PostgreSQL does in one statement) branch on [`Backend`].
 //! Message posts are committed in shared batches by [`MessageAppender`].
 //!
+//! A database that restarts, fails over or kills connections is the
+//! server's fault, not the request's: such errors are
+//! [`StoreError::Unavailable`] (a 503 to clients), reads that hit a dead
+//! connection are retried once on a fresh one (`Store::read`), and the
+//! pool replaces its dead connections without a ping per checkout
+//! (`liveness.rs`).
+//!
 //! All times are stored as milliseconds since the Unix epoch.
 
 mod append;
 mod error;
 #[macro_use]
 mod events;
+mod liveness;
 mod provision;
 mod rooms;
 mod sessions;
@@ -27,10 +35,13 @@ pub use rooms::{AddMemberError, DirectRoom, Membership, RemoveMemberError};
 pub use sessions::{NewSession, RefreshOutcome, SessionRecord};
 pub use users::{CreateUserError, NewUser, UserCredentials};
 
+use liveness::Liveness;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
+use std::future::Future;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -82,6 +93,8 @@ impl Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Which pooled connections to trust; shared with the pool's hook.
+    liveness: Arc<Liveness>,
 }
 
 impl Store {
@@ -96,12 +109,17 @@ impl Store {
         };
         let options = AnyConnectOptions::from_str(&url)
             .map_err(|e| StoreError::Config(format!("invalid database URL: {e}")))?;
+        let liveness = Liveness::new();
+        let hook = liveness.clone();
         let mut pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             // A ping before every checkout doubles the round trips of the
-            // hot path; a dead connection surfaces as an error and is dropped.
-            .test_before_acquire(false);
+            // hot path. Dead connections are found by `liveness` instead:
+            // after a connection-level failure the older ones are replaced,
+            // and only a connection idle for a while is pinged.
+            .test_before_acquire(false)
+            .before_acquire(move |conn, meta| hook.before_acquire(conn, meta));
         if backend == Backend::Sqlite {
             pool = pool.after_connect(|conn, _meta| {
                 Box::pin(async move {
@@ -115,7 +133,11 @@ impl Store {
             });
         }
         let pool = pool.connect_with(options).await.map_err(StoreError::from)?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            liveness,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -131,10 +153,63 @@ impl Store {
             .map_err(|e| StoreError::Migration(e.to_string()))
     }
 
-    /// Answers when the database does (readiness probes).
+    /// Answers when the database does (readiness probes). A dead pooled
+    /// connection does not make it fail: like any read, it is retried once
+    /// on a fresh connection.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        let pool = &self.pool;
+        self.read(|| sqlx::query("SELECT 1").execute(pool)).await?;
         Ok(())
+    }
+
+    /// Whether the database seems down: the last operation could not reach
+    /// it and none has succeeded since. Costs nothing (no query); for
+    /// refusing work early while it is down.
+    pub fn seems_down(&self) -> bool {
+        self.liveness.seems_down()
+    }
+
+    /// Runs a read, and once more if it failed because its connection was
+    /// dead (the database restarted or terminated the backend since the
+    /// connection was last used): the retry runs on a connection opened
+    /// after the failure (see `liveness.rs`), so the first request after the
+    /// database is back succeeds. Only for statements that change nothing:
+    /// a write whose connection died may or may not have committed.
+    async fn read<T, F, Fut>(&self, mut query: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        match query().await {
+            Err(e) if error::is_connection_failure(&e) => {
+                self.liveness.connection_failed();
+                metrics::counter!("store_read_retries_total").increment(1);
+                tracing::info!(error = %e, "a read hit a dead connection; retrying on a fresh one");
+                self.observe(query().await)
+            }
+            outcome => self.observe(outcome),
+        }
+    }
+
+    /// Records what an operation's outcome says about the database's
+    /// health, and converts its error.
+    fn observe<T>(&self, outcome: Result<T, sqlx::Error>) -> Result<T> {
+        match outcome {
+            Ok(value) => {
+                self.liveness.succeeded();
+                Ok(value)
+            }
+            Err(e) => {
+                if error::is_connection_failure(&e) {
+                    self.liveness.connection_failed();
+                }
+                let e = StoreError::from(e);
+                if e.is_unavailable() {
+                    self.liveness.unavailable();
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Closes the pool, waiting for checked-out connections to come back.
@@ -146,10 +221,18 @@ impl Store {
     /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and then
     /// writes can fail with SQLITE_BUSY instead of waiting its turn.
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-        match self.backend {
+        let begun = match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.pool.begin().await,
+        };
+        // A dead connection usually shows at BEGIN, before anything is
+        // written: note it so the pool replaces its other old connections.
+        if let Err(e) = &begun
+            && error::is_connection_failure(e)
+        {
+            self.liveness.connection_failed();
         }
+        begun
     }
 }
 

@@ -173,9 +173,13 @@ impl Store {
     /// The rooms `user` is a member of, oldest first.
     #[tracing::instrument(skip(self))]
     pub async fn rooms_of(&self, user: UserId) -> Result<Vec<Room>> {
-        let rows = sqlx::query(select_rooms!("WHERE m.user_id = $1 ORDER BY r.id"))
-            .bind(user.0)
-            .fetch_all(&self.pool)
+        let pool = &self.pool;
+        let rows = self
+            .read(|| {
+                sqlx::query(select_rooms!("WHERE m.user_id = $1 ORDER BY r.id"))
+                    .bind(user.0)
+                    .fetch_all(pool)
+            })
             .await?;
         rows.iter().map(room_from_row).collect()
     }
@@ -183,10 +187,14 @@ impl Store {
     /// `room` as `user` sees it; None if it does not exist or they are not a member.
     #[tracing::instrument(skip(self))]
     pub async fn room_for(&self, room: RoomId, user: UserId) -> Result<Option<Room>> {
-        let row = sqlx::query(select_rooms!("WHERE m.room_id = $1 AND m.user_id = $2"))
-            .bind(room.0)
-            .bind(user.0)
-            .fetch_optional(&self.pool)
+        let pool = &self.pool;
+        let row = self
+            .read(|| {
+                sqlx::query(select_rooms!("WHERE m.room_id = $1 AND m.user_id = $2"))
+                    .bind(room.0)
+                    .bind(user.0)
+                    .fetch_optional(pool)
+            })
             .await?;
         row.as_ref().map(room_from_row).transpose()
     }
@@ -204,9 +212,13 @@ impl Store {
     /// The newest `seq` of `room`'s timeline; None if there is no such room.
     #[tracing::instrument(skip(self))]
     pub async fn last_seq(&self, room: RoomId) -> Result<Option<i64>> {
-        let row = sqlx::query("SELECT last_seq FROM rooms WHERE id = $1")
-            .bind(room.0)
-            .fetch_optional(&self.pool)
+        let pool = &self.pool;
+        let row = self
+            .read(|| {
+                sqlx::query("SELECT last_seq FROM rooms WHERE id = $1")
+                    .bind(room.0)
+                    .fetch_optional(pool)
+            })
             .await?;
         Ok(row.map(|r| r.try_get("last_seq")).transpose()?)
     }
@@ -214,13 +226,13 @@ impl Store {
     /// Everyone in `room`, in the order they joined.
     #[tracing::instrument(skip(self))]
     pub async fn members(&self, room: RoomId) -> Result<Vec<Member>> {
-        let rows = sqlx::query(
+        let pool = &self.pool;
+        let rows = self.read(|| sqlx::query(
             "SELECT m.user_id, u.username, m.role, m.joined_at FROM room_members m JOIN users u ON u.id = m.user_id \
              WHERE m.room_id = $1 ORDER BY m.joined_at, m.user_id",
         )
         .bind(room.0)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(pool)).await?;
         rows.iter()
             .map(|row| {
                 let role: String = row.try_get("role")?;

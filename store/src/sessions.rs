@@ -118,27 +118,31 @@ impl Store {
     /// Whether a session may still be used (not revoked, not expired).
     #[tracing::instrument(skip(self))]
     pub async fn session_active(&self, id: SessionId, now: i64) -> Result<bool> {
-        let row = sqlx::query(
+        let pool = &self.pool;
+        let row = self
+            .read(|| {
+                sqlx::query(
             "SELECT 1 FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2",
         )
         .bind(id.to_string())
         .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(pool)
+            })
+            .await?;
         Ok(row.is_some())
     }
 
     /// The user's live sessions, most recently used first.
     #[tracing::instrument(skip(self))]
     pub async fn sessions(&self, user_id: UserId, now: i64) -> Result<Vec<SessionRecord>> {
-        let rows = sqlx::query(
+        let pool = &self.pool;
+        let rows = self.read(|| sqlx::query(
             "SELECT id, created_at, last_used_at, expires_at, user_agent FROM sessions \
              WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 ORDER BY last_used_at DESC",
         )
         .bind(user_id.0)
         .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(pool)).await?;
         rows.iter()
             .map(|row| {
                 let id: String = row.try_get("id")?;

@@ -80,12 +80,12 @@ impl Store {
     /// The account whose username or email is `login` (both stored lowercase).
     #[tracing::instrument(skip_all)]
     pub async fn user_credentials(&self, login: &str) -> Result<Option<UserCredentials>> {
-        let row = sqlx::query(
+        let pool = &self.pool;
+        let row = self.read(|| sqlx::query(
             "SELECT id, username, email, created_at, password_hash FROM users WHERE username = $1 OR email = $1",
         )
         .bind(login)
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(pool)).await?;
         row.map(|row| {
             Ok(UserCredentials {
                 user: user_from_row(&row)?,
@@ -97,18 +97,26 @@ impl Store {
 
     #[tracing::instrument(skip(self))]
     pub async fn user(&self, id: UserId) -> Result<Option<User>> {
-        let row = sqlx::query("SELECT id, username, email, created_at FROM users WHERE id = $1")
-            .bind(id.0)
-            .fetch_optional(&self.pool)
+        let pool = &self.pool;
+        let row = self
+            .read(|| {
+                sqlx::query("SELECT id, username, email, created_at FROM users WHERE id = $1")
+                    .bind(id.0)
+                    .fetch_optional(pool)
+            })
             .await?;
         row.as_ref().map(user_from_row).transpose()
     }
 
     #[tracing::instrument(skip(self))]
     pub async fn user_by_username(&self, username: &str) -> Result<Option<PublicUser>> {
-        let row = sqlx::query("SELECT id, username FROM users WHERE username = $1")
-            .bind(username)
-            .fetch_optional(&self.pool)
+        let pool = &self.pool;
+        let row = self
+            .read(|| {
+                sqlx::query("SELECT id, username FROM users WHERE username = $1")
+                    .bind(username)
+                    .fetch_optional(pool)
+            })
             .await?;
         row.map(|row| {
             Ok(PublicUser {

@@ -21,6 +21,8 @@ const STALE_AFTER_SECS: u64 = 2 * 3600;
 pub struct TestDatabase {
     pub name: String,
     pub url: String,
+    /// The database it was created from (and is dropped through).
+    admin: String,
 }
 
 fn with_database(url: &str, name: &str) -> String {
@@ -43,8 +45,13 @@ fn unix_now() -> u64 {
 
 impl TestDatabase {
     pub async fn create() -> anyhow::Result<TestDatabase> {
-        let admin = admin_url();
-        let mut conn = connect_admin(&admin).await?;
+        Self::create_on(&admin_url()).await
+    }
+
+    /// A fresh database on the server of `admin` (a URL of any database
+    /// there the user may connect to).
+    pub async fn create_on(admin: &str) -> anyhow::Result<TestDatabase> {
+        let mut conn = connect_admin(admin).await?;
         static CLEANED: OnceLock<()> = OnceLock::new();
         if CLEANED.set(()).is_ok() {
             drop_stale(&mut conn).await;
@@ -57,13 +64,14 @@ impl TestDatabase {
         conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .await?;
         Ok(TestDatabase {
-            url: with_database(&admin, &name),
+            url: with_database(admin, &name),
             name,
+            admin: admin.to_owned(),
         })
     }
 
     pub async fn drop_database(&self) {
-        if let Ok(mut conn) = connect_admin(&admin_url()).await {
+        if let Ok(mut conn) = connect_admin(&self.admin).await {
             let _ = conn
                 .execute(sqlx::AssertSqlSafe(format!(
                     "DROP DATABASE IF EXISTS {} WITH (FORCE)",

@@ -11,9 +11,11 @@
 //! one in both shapes, so there is one copy of every test.
 
 mod db;
+mod services;
 mod ws;
 
 pub use db::{TestDatabase, admin_url};
+pub use services::{PrivatePostgres, PrivateRedis, StopMode};
 pub use ws::{FRAME_TIMEOUT, Received, WsClient};
 
 use api::PolicyArgs;
@@ -83,6 +85,11 @@ pub struct Options {
     /// by default; an unspecified address (`0.0.0.0`) is reached through
     /// loopback, for tests of what depends on the listener (CORS).
     pub listen_ip: IpAddr,
+    /// Cluster mode: create the test database on this server instead of
+    /// the shared one (a [`PrivatePostgres`]'s `admin_url`, for fault tests).
+    pub database_admin_url: Option<String>,
+    /// Cluster mode: this Redis instead of the shared one (a [`PrivateRedis`]).
+    pub redis_url: Option<String>,
 }
 
 impl Default for Options {
@@ -101,6 +108,8 @@ impl Default for Options {
             access_token_ttl: Duration::from_secs(900),
             data_dir: None,
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            database_admin_url: None,
+            redis_url: None,
         }
     }
 }
@@ -123,6 +132,8 @@ pub struct TestApp {
     gateways: Vec<Gateway>,
     http: reqwest::Client,
     pub redis_prefix: String,
+    /// The Redis the cluster uses.
+    redis_url: String,
     pub data_dir: PathBuf,
     keep_data: bool,
     database: Option<TestDatabase>,
@@ -175,6 +186,7 @@ impl TestApp {
             std::env::temp_dir().join(format!("parley-test-{}", uuid::Uuid::new_v4().simple()))
         });
         let redis_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+        let redis_url = options.redis_url.clone().unwrap_or_else(redis_url);
         let keys = KeyPair::generate();
         let jwt = JwtArgs {
             jwt_private_key: None,
@@ -190,11 +202,13 @@ impl TestApp {
         let mut tasks = Vec::new();
         let (api, gateway_urls, gateways, database) = match mode {
             Mode::Cluster => {
-                let database = TestDatabase::create()
-                    .await
-                    .expect("creating a test database");
+                let database = match &options.database_admin_url {
+                    Some(admin) => TestDatabase::create_on(admin).await,
+                    None => TestDatabase::create().await,
+                }
+                .expect("creating a test database");
                 let redis = RedisArgs {
-                    redis_url: Some(redis_url()),
+                    redis_url: Some(redis_url.clone()),
                     redis_prefix: redis_prefix.clone(),
                 };
                 let api_config = api::ApiConfig {
@@ -292,6 +306,7 @@ impl TestApp {
             gateways,
             http: reqwest::Client::new(),
             redis_prefix,
+            redis_url,
             data_dir,
             keep_data,
             database,
@@ -365,6 +380,16 @@ impl TestApp {
         &self.gateway_urls[i % self.gateway_urls.len()]
     }
 
+    /// The HTTP base URL of gateway `i` (`http://127.0.0.1:port`), for its probes.
+    pub fn gateway_http(&self, i: usize) -> String {
+        let ws = self.ws_url(i);
+        let addr = ws
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.strip_suffix("/ws"))
+            .unwrap_or(ws);
+        format!("http://{addr}")
+    }
+
     pub fn gateway(&self, i: usize) -> &Gateway {
         &self.gateways[i % self.gateways.len()]
     }
@@ -386,6 +411,18 @@ impl TestApp {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
+        let (status, _, json) = self.request_with_headers(method, path, token, body).await;
+        (status, json)
+    }
+
+    /// Like [`TestApp::request`], also returning the response's headers.
+    pub async fn request_with_headers(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
         let mut request = self.http.request(method, self.url(path));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -395,13 +432,14 @@ impl TestApp {
         }
         let response = request.send().await.expect("sending a request");
         let status = response.status();
+        let headers = response.headers().clone();
         let text = response.text().await.expect("reading a response");
         let json = if text.is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        (status, json)
+        (status, headers, json)
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
@@ -503,7 +541,7 @@ impl TestApp {
             return None;
         }
         let client = Client::new(
-            Config::from_url(&redis_url()).expect("redis url"),
+            Config::from_url(&self.redis_url).expect("redis url"),
             None,
             None,
             None,

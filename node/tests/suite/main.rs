@@ -8,6 +8,7 @@ mod append;
 mod auth;
 mod cors;
 mod errors;
+mod faults;
 mod input;
 mod messages;
 mod openapi;

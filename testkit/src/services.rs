@@ -1,0 +1,277 @@
+//! Private PostgreSQL and Redis servers that a test can stop and start.
+//!
+//! Fault tests take a dependency away from a running deployment, so they
+//! cannot use the shared servers every other test runs against. Each
+//! [`PrivatePostgres`] is a fresh cluster (`initdb` into a temporary
+//! directory, run as the `postgres` user when the tests run as root, since
+//! PostgreSQL refuses to run as root) on a free loopback port; each
+//! [`PrivateRedis`] is a `redis-server` child process. Both keep their port
+//! across restarts, so the services under test reconnect to the same
+//! address, and both are torn down when dropped.
+
+use anyhow::{Context, bail};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+/// How long a server may take to come up before the test gives up.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A free TCP port on loopback (the OS picks it; the listener is closed at
+/// once, so another process could take it before the server binds it, which
+/// on a test machine does not happen in practice).
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// How a PostgreSQL server is stopped (`pg_ctl stop -m ...`).
+#[derive(Clone, Copy, Debug)]
+pub enum StopMode {
+    /// Backends are told to end (57P01) and the server shuts down cleanly.
+    Fast,
+    /// The server dies without a goodbye (as in a crash or a failover).
+    Immediate,
+}
+
+/// A PostgreSQL cluster of the test's own.
+pub struct PrivatePostgres {
+    /// Holds the data directory, the socket and the log; removed on drop.
+    root: PathBuf,
+    port: u16,
+    /// Whether commands run through `runuser -u postgres`.
+    as_postgres: bool,
+}
+
+impl PrivatePostgres {
+    /// Creates a cluster (trust authentication, superuser `postgres`) and starts it.
+    pub async fn start() -> anyhow::Result<PrivatePostgres> {
+        let root =
+            std::env::temp_dir().join(format!("parley-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let as_postgres = running_as_root();
+        let server = PrivatePostgres {
+            root,
+            port: free_port()?,
+            as_postgres,
+        };
+        if as_postgres {
+            let status = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&server.root)
+                .status()
+                .await?;
+            if !status.success() {
+                bail!("chown postgres {} failed", server.root.display());
+            }
+        }
+        server
+            .run(
+                "initdb",
+                &[
+                    "-D",
+                    &server.data_dir().to_string_lossy(),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--no-sync",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ],
+            )
+            .await?;
+        server.start_server().await?;
+        Ok(server)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// A URL of the server's `postgres` database, for the harness to create
+    /// test databases from.
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Runs a PostgreSQL program (as the `postgres` user when root).
+    async fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<()> {
+        let mut command = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", program]);
+            c
+        } else {
+            Command::new(program)
+        };
+        let out = command
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .with_context(|| {
+                format!("running {program} (PostgreSQL's programs must be in PATH; see .ci/run)")
+            })?;
+        if !out.status.success() {
+            bail!(
+                "{program} {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts the (stopped) server and waits until it accepts connections.
+    ///
+    /// `fsync=off` saves the disk, and only loses data when the machine
+    /// crashes, not when the server does. `synchronous_commit` stays on: off,
+    /// a commit would be acknowledged before its WAL left the server, and an
+    /// immediate stop (a crash) would lose posts already answered 201.
+    pub async fn start_server(&self) -> anyhow::Result<()> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
+             -c full_page_writes=off -c max_connections=200",
+            self.port,
+            self.root.display()
+        );
+        let timeout = START_TIMEOUT.as_secs().to_string();
+        self.run(
+            "pg_ctl",
+            &[
+                "start",
+                "-w",
+                "-t",
+                &timeout,
+                "-D",
+                &self.data_dir().to_string_lossy(),
+                "-l",
+                &self.root.join("log").to_string_lossy(),
+                "-o",
+                &options,
+            ],
+        )
+        .await
+    }
+
+    /// Stops the server and waits until it is down.
+    pub async fn stop_server(&self, mode: StopMode) -> anyhow::Result<()> {
+        let mode = match mode {
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        };
+        self.run(
+            "pg_ctl",
+            &[
+                "stop",
+                "-w",
+                "-m",
+                mode,
+                "-D",
+                &self.data_dir().to_string_lossy(),
+            ],
+        )
+        .await
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.data_dir();
+        let mut command = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--", "pg_ctl"]);
+            c
+        } else {
+            std::process::Command::new("pg_ctl")
+        };
+        // Already stopped is fine: this is cleanup.
+        let _ = command
+            .args(["stop", "-w", "-m", "immediate", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A `redis-server` of the test's own (no persistence: a restart starts empty).
+pub struct PrivateRedis {
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> anyhow::Result<PrivateRedis> {
+        let mut redis = PrivateRedis {
+            port: free_port()?,
+            child: None,
+        };
+        redis.start_server().await?;
+        Ok(redis)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the (stopped) server and waits until it answers PING.
+    pub async fn start_server(&mut self) -> anyhow::Result<()> {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting redis-server")?;
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        while !ping(self.port).await {
+            if tokio::time::Instant::now() >= deadline {
+                bail!("redis-server on port {} did not come up", self.port);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Kills the server (its connections are reset) and waits for it to exit.
+    pub async fn stop_server(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.context("killing redis-server")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a Redis on `port` answers PING.
+async fn ping(port: u16) -> bool {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if stream.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut answer = [0u8; 7];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut answer)).await,
+        Ok(Ok(_))
+    ) && &answer == b"+PONG\r\n"
+}
