@@ -53,6 +53,23 @@ pub mod close {
     /// No frame (not even a pong) arrived within the heartbeat timeout.
     pub const HEARTBEAT_TIMEOUT: u16 = 4010;
 
+    /// Every close code above (metrics register a series for each).
+    pub const ALL: &[u16] = &[
+        NORMAL,
+        GOING_AWAY,
+        PROTOCOL_ERROR,
+        INVALID_PAYLOAD,
+        MESSAGE_TOO_BIG,
+        INTERNAL_ERROR,
+        UNAUTHORIZED,
+        TOKEN_EXPIRED,
+        AUTH_TIMEOUT,
+        SESSION_REVOKED,
+        RATE_LIMITED,
+        SLOW_CONSUMER,
+        HEARTBEAT_TIMEOUT,
+    ];
+
     /// A stable, label-friendly name for a close code (metrics, logs).
     pub fn name(code: u16) -> &'static str {
         match code {
@@ -237,13 +254,36 @@ pub enum Encoding {
     MsgPack,
 }
 
-/// Why a client frame could not be used.
+/// Why a client frame could not be used. `id` is the frame's request id
+/// whenever the frame was an object carrying an unsigned integer `id`, so
+/// the `error` answering it can echo that id even though the rest of the
+/// frame was unusable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("frame is not a valid {0}: {1}")]
-    Invalid(&'static str, String),
-    #[error("unknown frame type {0:?}")]
-    UnknownType(String),
+    /// Not a document of the encoding, not an object, or an object of a
+    /// known type with the wrong fields; the message says which.
+    #[error("{message}")]
+    Invalid { id: Option<u64>, message: String },
+    /// A well-formed object whose `type` is not one of the known types.
+    #[error("unknown frame type {kind:?}")]
+    UnknownType { id: Option<u64>, kind: String },
+}
+
+impl DecodeError {
+    /// The request id to echo, if the frame carried one.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            DecodeError::Invalid { id, .. } | DecodeError::UnknownType { id, .. } => *id,
+        }
+    }
+
+    /// The `error` frame code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::Invalid { .. } => ErrorCode::InvalidFrame,
+            DecodeError::UnknownType { .. } => ErrorCode::UnknownType,
+        }
+    }
 }
 
 impl Encoding {
@@ -270,29 +310,61 @@ impl Encoding {
     }
 
     /// Decodes a frame of type `T` whose variants are named in `known_types`.
+    ///
+    /// The bytes are read into a generic document first, so a frame that is
+    /// an object can always be told apart from one that is not a document at
+    /// all: its `id` is kept for the error, and a wrong shape is reported as
+    /// what is wrong with it (`join: missing field `room_id``), not as broken
+    /// encoding. Client frames are small and rate-limited, so the extra step
+    /// costs nothing that matters.
     pub fn decode<T: for<'de> Deserialize<'de>>(
         self,
         bytes: &[u8],
         known_types: &[&str],
     ) -> Result<T, DecodeError> {
-        #[derive(Deserialize)]
-        struct TypeOnly {
-            #[serde(rename = "type")]
-            kind: String,
-        }
-        let (full, type_only) = match self {
-            Encoding::Json => (
-                serde_json::from_slice::<T>(bytes).map_err(|e| e.to_string()),
-                serde_json::from_slice::<TypeOnly>(bytes).ok(),
-            ),
-            Encoding::MsgPack => (
-                rmp_serde::from_slice::<T>(bytes).map_err(|e| e.to_string()),
-                rmp_serde::from_slice::<TypeOnly>(bytes).ok(),
-            ),
+        let parsed = match self {
+            Encoding::Json => {
+                serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| e.to_string())
+            }
+            Encoding::MsgPack => {
+                rmp_serde::from_slice::<serde_json::Value>(bytes).map_err(|e| e.to_string())
+            }
         };
-        full.map_err(|reason| match type_only {
-            Some(t) if !known_types.contains(&t.kind.as_str()) => DecodeError::UnknownType(t.kind),
-            _ => DecodeError::Invalid(self.name(), reason),
+        let value = parsed.map_err(|reason| DecodeError::Invalid {
+            id: None,
+            message: format!("frame is not valid {}: {reason}", self.name()),
+        })?;
+        let Some(object) = value.as_object() else {
+            return Err(DecodeError::Invalid {
+                id: None,
+                message: "a frame must be an object with a `type` field".into(),
+            });
+        };
+        let id = object.get("id").and_then(serde_json::Value::as_u64);
+        let kind = match object.get("type") {
+            None => {
+                return Err(DecodeError::Invalid {
+                    id,
+                    message: "missing field `type`".into(),
+                });
+            }
+            Some(serde_json::Value::String(kind)) => kind.clone(),
+            Some(_) => {
+                return Err(DecodeError::Invalid {
+                    id,
+                    message: "field `type` must be a string".into(),
+                });
+            }
+        };
+        T::deserialize(value).map_err(|e| {
+            if known_types.contains(&kind.as_str()) {
+                DecodeError::Invalid {
+                    id,
+                    message: format!("{kind}: {e}"),
+                }
+            } else {
+                DecodeError::UnknownType { id, kind }
+            }
         })
     }
 }
@@ -374,11 +446,11 @@ mod tests {
     fn unknown_fields_in_client_frames_are_rejected() {
         assert!(matches!(
             Encoding::Json.decode_client(br#"{"type":"ping","extra":1}"#),
-            Err(DecodeError::Invalid(..))
+            Err(DecodeError::Invalid { .. })
         ));
         assert!(matches!(
             Encoding::Json.decode_client(br#"{"type":"join","room_id":1,"room":2}"#),
-            Err(DecodeError::Invalid(..))
+            Err(DecodeError::Invalid { .. })
         ));
     }
 
@@ -386,19 +458,73 @@ mod tests {
     fn an_unknown_type_is_told_apart_from_a_malformed_frame() {
         assert_eq!(
             Encoding::Json.decode_client(br#"{"type":"teleport"}"#),
-            Err(DecodeError::UnknownType("teleport".into()))
+            Err(DecodeError::UnknownType {
+                id: None,
+                kind: "teleport".into()
+            })
         );
         assert!(matches!(
             Encoding::Json.decode_client(br#"{"type":"join","room_id":"x"}"#),
-            Err(DecodeError::Invalid(..))
+            Err(DecodeError::Invalid { .. })
         ));
         assert!(matches!(
             Encoding::Json.decode_client(b"{not json"),
-            Err(DecodeError::Invalid(..))
+            Err(DecodeError::Invalid { .. })
         ));
         assert!(matches!(
             Encoding::MsgPack.decode_client(&[0xc1, 0xff, 0x00]),
-            Err(DecodeError::Invalid(..))
+            Err(DecodeError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn the_id_of_an_unusable_object_frame_is_kept_for_the_error() {
+        for enc in [Encoding::Json, Encoding::MsgPack] {
+            let frames = [
+                serde_json::json!({"type": "teleport", "id": 7}),
+                serde_json::json!({"type": "join", "id": 7}),
+                serde_json::json!({"type": "join", "id": 7, "room_id": "seven"}),
+                serde_json::json!({"type": "ping", "id": 7, "extra": true}),
+                serde_json::json!({"id": 7}),
+                serde_json::json!({"type": 3, "id": 7}),
+            ];
+            for frame in frames {
+                let err = enc.decode_client(&enc.encode(&frame)).unwrap_err();
+                assert_eq!(err.id(), Some(7), "{enc:?} {frame}");
+            }
+        }
+        // An id that is not an unsigned integer cannot be echoed.
+        let err = Encoding::Json
+            .decode_client(br#"{"type":"join","id":"x","room_id":1}"#)
+            .unwrap_err();
+        assert_eq!(err.id(), None);
+    }
+
+    #[test]
+    fn a_well_formed_object_of_the_wrong_shape_is_told_what_is_wrong() {
+        let message = |bytes: &[u8]| Encoding::Json.decode_client(bytes).unwrap_err().to_string();
+        assert_eq!(
+            message(br#"{"type":"join","id":1}"#),
+            "join: missing field `room_id`"
+        );
+        assert!(
+            message(br#"{"type":"ping","extra":1}"#).starts_with("ping: unknown field `extra`"),
+            "{}",
+            message(br#"{"type":"ping","extra":1}"#)
+        );
+        assert_eq!(message(br#"{"id":1}"#), "missing field `type`");
+        assert_eq!(
+            message(b"[1]"),
+            "a frame must be an object with a `type` field"
+        );
+        assert!(message(b"{not json").starts_with("frame is not valid JSON"));
+        let packed = Encoding::MsgPack
+            .decode_client(&[0xc1])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            packed.starts_with("frame is not valid MessagePack"),
+            "{packed}"
+        );
     }
 }
