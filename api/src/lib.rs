@@ -14,6 +14,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod exported_metrics;
 pub mod extract;
 pub mod health;
 pub mod limits;

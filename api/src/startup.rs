@@ -72,6 +72,7 @@ pub fn router(state: AppState, policy: &PolicyArgs) -> Router {
         )
         .merge(health::router())
         .split_for_parts();
+    crate::exported_metrics::register(&openapi);
     let openapi = Arc::new(openapi);
 
     let mut router = api

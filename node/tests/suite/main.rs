@@ -8,6 +8,7 @@ mod append;
 mod auth;
 mod errors;
 mod messages;
+mod metrics;
 mod protocol_edges;
 mod realtime;
 mod rooms;
