@@ -9,6 +9,7 @@
 use crate::ids::{RoomId, SessionId, UserId};
 use crate::model::{Role, RoomEvent};
 use bytes::Bytes;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 /// Largest client frame (after reassembly of fragments) a gateway accepts.
@@ -310,62 +311,138 @@ impl Encoding {
     }
 
     /// Decodes a frame of type `T` whose variants are named in `known_types`.
-    ///
-    /// The bytes are read into a generic document first, so a frame that is
-    /// an object can always be told apart from one that is not a document at
-    /// all: its `id` is kept for the error, and a wrong shape is reported as
-    /// what is wrong with it (`join: missing field `room_id``), not as broken
-    /// encoding. Client frames are small and rate-limited, so the extra step
-    /// costs nothing that matters.
     pub fn decode<T: for<'de> Deserialize<'de>>(
         self,
         bytes: &[u8],
         known_types: &[&str],
     ) -> Result<T, DecodeError> {
-        let parsed = match self {
-            Encoding::Json => {
-                serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| e.to_string())
-            }
-            Encoding::MsgPack => {
-                rmp_serde::from_slice::<serde_json::Value>(bytes).map_err(|e| e.to_string())
-            }
+        let full = match self {
+            Encoding::Json => serde_json::from_slice::<T>(bytes).map_err(JsonReason::from),
+            Encoding::MsgPack => rmp_serde::from_slice::<T>(bytes).map_err(JsonReason::plain),
         };
-        let value = parsed.map_err(|reason| DecodeError::Invalid {
-            id: None,
-            message: format!("frame is not valid {}: {reason}", self.name()),
-        })?;
-        let Some(object) = value.as_object() else {
-            return Err(DecodeError::Invalid {
-                id: None,
-                message: "a frame must be an object with a `type` field".into(),
-            });
+        full.map_err(|reason| self.explain(bytes, known_types, reason))
+    }
+
+    /// Why a frame that did not decode is unusable. It is read again, as
+    /// any object, for its `type` and `id` (so the error can echo the id)
+    /// and to tell a wrong shape (`join: missing field `room_id``) from
+    /// bytes that are no object at all. Only failing frames pay for this.
+    fn explain(self, bytes: &[u8], known_types: &[&str], reason: JsonReason) -> DecodeError {
+        let (envelope, is_document) = match self {
+            Encoding::Json => (
+                serde_json::from_slice::<Envelope>(bytes).ok(),
+                serde_json::from_slice::<IgnoredAny>(bytes).is_ok(),
+            ),
+            Encoding::MsgPack => (
+                rmp_serde::from_slice::<Envelope>(bytes).ok(),
+                rmp_serde::from_slice::<IgnoredAny>(bytes).is_ok(),
+            ),
         };
-        let id = object.get("id").and_then(serde_json::Value::as_u64);
-        let kind = match object.get("type") {
-            None => {
-                return Err(DecodeError::Invalid {
-                    id,
-                    message: "missing field `type`".into(),
-                });
-            }
-            Some(serde_json::Value::String(kind)) => kind.clone(),
-            Some(_) => {
-                return Err(DecodeError::Invalid {
-                    id,
-                    message: "field `type` must be a string".into(),
-                });
-            }
-        };
-        T::deserialize(value).map_err(|e| {
-            if known_types.contains(&kind.as_str()) {
-                DecodeError::Invalid {
-                    id,
-                    message: format!("{kind}: {e}"),
-                }
+        let Some(Envelope { kind, id }) = envelope else {
+            let message = if is_document {
+                "a frame must be an object with a `type` field".to_owned()
             } else {
-                DecodeError::UnknownType { id, kind }
+                format!("frame is not valid {}: {}", self.name(), reason.full)
+            };
+            return DecodeError::Invalid { id: None, message };
+        };
+        match kind {
+            None => DecodeError::Invalid {
+                id,
+                message: "missing field `type`".into(),
+            },
+            Some(None) => DecodeError::Invalid {
+                id,
+                message: "field `type` must be a string".into(),
+            },
+            Some(Some(kind)) if known_types.contains(&kind.as_str()) => DecodeError::Invalid {
+                id,
+                message: format!("{kind}: {}", reason.short),
+            },
+            Some(Some(kind)) => DecodeError::UnknownType { id, kind },
+        }
+    }
+}
+
+/// A decoding error's message, with and without serde_json's position
+/// (which says nothing useful about a one-line frame of the wrong shape).
+struct JsonReason {
+    full: String,
+    short: String,
+}
+
+impl JsonReason {
+    fn plain(e: impl std::fmt::Display) -> Self {
+        let full = e.to_string();
+        Self {
+            short: full.clone(),
+            full,
+        }
+    }
+}
+
+impl From<serde_json::Error> for JsonReason {
+    fn from(e: serde_json::Error) -> Self {
+        let full = e.to_string();
+        let position = format!(" at line {} column {}", e.line(), e.column());
+        let short = full.strip_suffix(&position).unwrap_or(&full).to_owned();
+        Self { full, short }
+    }
+}
+
+/// What any object frame says about itself, whatever else is wrong with it:
+/// `kind` is None without a `type` field and Some(None) if it is not a
+/// string; `id` is None unless it is an unsigned integer.
+struct Envelope {
+    kind: Option<Option<String>>,
+    id: Option<u64>,
+}
+
+/// A value of type `T`, or anything else (then `Other`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Loose<T> {
+    Is(T),
+    Other(IgnoredAny),
+}
+
+impl<T> Loose<T> {
+    fn ok(self) -> Option<T> {
+        match self {
+            Loose::Is(value) => Some(value),
+            Loose::Other(_) => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = Envelope;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
             }
-        })
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+                let mut envelope = Envelope {
+                    kind: None,
+                    id: None,
+                };
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "type" => envelope.kind = Some(map.next_value::<Loose<String>>()?.ok()),
+                        "id" => envelope.id = map.next_value::<Loose<u64>>()?.ok(),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(envelope)
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
     }
 }
 
@@ -396,6 +473,14 @@ mod tests {
                     id: Some(3),
                     room_id: RoomId(1),
                     seq: 0,
+                },
+                // A uuid is bytes in MessagePack.
+                ServerFrame::Ready {
+                    id: None,
+                    user_id: UserId(4),
+                    session_id: SessionId::new(),
+                    heartbeat_ms: 25_000,
+                    max_frame_bytes: MAX_CLIENT_FRAME_BYTES,
                 },
                 ServerFrame::Error {
                     id: None,
@@ -486,7 +571,7 @@ mod tests {
                 serde_json::json!({"type": "join", "id": 7, "room_id": "seven"}),
                 serde_json::json!({"type": "ping", "id": 7, "extra": true}),
                 serde_json::json!({"id": 7}),
-                serde_json::json!({"type": 3, "id": 7}),
+                serde_json::json!({"type": true, "id": 7}),
             ];
             for frame in frames {
                 let err = enc.decode_client(&enc.encode(&frame)).unwrap_err();
