@@ -39,12 +39,16 @@ const HEARTBEAT_GRACE: Duration = Duration::from_secs(5);
 const WRITER_DRAIN: Duration = Duration::from_secs(5);
 
 /// After the close frame is written, how long the gateway keeps reading
-/// (and discarding) what the client still sends, waiting for its close or
-/// its end of stream; and how long a pause ends that wait early. A socket
-/// dropped with unread bytes in its receive buffer is reset (RST) instead
-/// of closed, and a reset can destroy the close frame on its way to the
-/// client: a flooding client (4008) would see a reset, not why.
+/// (and discarding) what the client still sends, waiting for its end of
+/// stream. A socket dropped with unread bytes in its receive buffer is
+/// reset (RST) instead of closed, and a reset destroys whatever of the
+/// close frame the client has not received yet: a flooding client (4008)
+/// would see a reset, not why.
 const LINGER: Duration = Duration::from_secs(2);
+
+/// A pause this long ends the linger early: the client has stopped sending
+/// (it answered the close and keeps its socket, or it is gone), so nothing
+/// unread is left to cause a reset.
 const LINGER_QUIET: Duration = Duration::from_millis(250);
 
 /// Most bytes discarded while closing: a client that keeps sending past
@@ -150,7 +154,7 @@ async fn finish<R: AsyncRead + Unpin>(out: &Outbox, read: &mut R, client_may_sen
         let pause_over = (tokio::time::Instant::now() + LINGER_QUIET).min(deadline);
         match tokio::time::timeout_at(pause_over, discard.chunk(read)).await {
             Ok(true) => continue,
-            // Its close or end of stream came, it went quiet, or time is up.
+            // Its end of stream came, it went quiet, or time is up.
             Ok(false) | Err(_) => return,
         }
     }
