@@ -122,6 +122,39 @@ impl ApiError {
         }
     }
 
+    /// Every value [`ApiError::code`] returns (metrics start a series for each).
+    pub const CODES: &'static [&'static str] = &[
+        "validation_failed",
+        "invalid_json",
+        "invalid_body",
+        "invalid_query",
+        "unsupported_media_type",
+        "payload_too_large",
+        "missing_token",
+        "invalid_token",
+        "token_expired",
+        "session_revoked",
+        "invalid_credentials",
+        "invalid_refresh_token",
+        "forbidden",
+        "room_not_found",
+        "user_not_found",
+        "session_not_found",
+        "member_not_found",
+        "not_found",
+        "method_not_allowed",
+        "username_taken",
+        "email_taken",
+        "already_member",
+        "idempotency_conflict",
+        "owner_cannot_leave",
+        "direct_room",
+        "prefix_taken",
+        "rate_limited",
+        "unavailable",
+        "internal",
+    ];
+
     /// The stable code clients match on (listed in docs/api.md).
     pub fn code(&self) -> &'static str {
         use ApiError::*;
@@ -207,3 +240,64 @@ impl From<StoreError> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No wildcard: a new variant stops this compiling until it is added
+    /// below and to `every_variant`.
+    #[allow(dead_code)]
+    fn exhaustive(e: &ApiError) {
+        use ApiError::*;
+        match e {
+            Validation { .. } | InvalidJson(_) | InvalidBody(_) | InvalidQuery(_) => {}
+            UnsupportedMediaType | PayloadTooLarge | MissingToken | InvalidToken => {}
+            TokenExpired | SessionRevoked | InvalidCredentials | InvalidRefreshToken => {}
+            Forbidden(_) | RoomNotFound | UserNotFound | SessionNotFound | MemberNotFound => {}
+            NotFound | MethodNotAllowed | UsernameTaken | EmailTaken | AlreadyMember => {}
+            IdempotencyConflict | OwnerCannotLeave | DirectRoom | PrefixTaken => {}
+            RateLimited { .. } | Unavailable(_) | Internal(_) => {}
+        }
+    }
+
+    #[test]
+    fn codes_lists_the_code_of_every_variant() {
+        use ApiError::*;
+        let every_variant = [
+            ApiError::validation("f", "m"),
+            InvalidJson(String::new()),
+            InvalidBody(String::new()),
+            InvalidQuery(String::new()),
+            UnsupportedMediaType,
+            PayloadTooLarge,
+            MissingToken,
+            InvalidToken,
+            TokenExpired,
+            SessionRevoked,
+            InvalidCredentials,
+            InvalidRefreshToken,
+            Forbidden("x"),
+            RoomNotFound,
+            UserNotFound,
+            SessionNotFound,
+            MemberNotFound,
+            NotFound,
+            MethodNotAllowed,
+            UsernameTaken,
+            EmailTaken,
+            AlreadyMember,
+            IdempotencyConflict,
+            OwnerCannotLeave,
+            DirectRoom,
+            PrefixTaken,
+            RateLimited {
+                retry_after_secs: 1,
+            },
+            Unavailable(anyhow::anyhow!("x")),
+            Internal(anyhow::anyhow!("x")),
+        ];
+        let codes: Vec<&str> = every_variant.iter().map(ApiError::code).collect();
+        assert_eq!(codes, ApiError::CODES);
+    }
+}

@@ -15,6 +15,7 @@ pub mod cors;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod exported_metrics;
 pub mod extract;
 pub mod health;
 pub mod limits;

@@ -74,7 +74,9 @@ pub fn router(state: AppState, policy: &PolicyArgs, listen: IpAddr) -> Router {
         )
         .merge(health::router())
         .split_for_parts();
-    let openapi = Arc::new(crate::openapi::complete(openapi));
+    let openapi = crate::openapi::complete(openapi);
+    crate::exported_metrics::register(&openapi);
+    let openapi = Arc::new(openapi);
 
     let mut router = api
         .route(

@@ -106,6 +106,17 @@ pub async fn connect(redis_url: Option<&str>, prefix: &str) -> Result<DynBroker,
     })
 }
 
+/// Describes the broker's metrics and registers them at zero, so they are
+/// exported (and dashboards show 0, not "no data") before their first event.
+/// Called by each service that subscribes, at start-up.
+pub fn register_metrics() {
+    metrics::describe_counter!(
+        "broker_deliveries_dropped_total",
+        "Broker messages dropped because a subscriber fell behind (recovered from the store by seq)"
+    );
+    metrics::counter!("broker_deliveries_dropped_total").increment(0);
+}
+
 fn count_dropped(n: u64) {
     metrics::counter!("broker_deliveries_dropped_total").increment(n);
 }

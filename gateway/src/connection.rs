@@ -6,6 +6,11 @@
 //! produced them, so the node's fan-out never waits on a client and an idle
 //! connection costs one parked task. The code is generic over the byte
 //! streams so tests can run it without sockets.
+//!
+//! A connection the gateway closes keeps its read half a little longer:
+//! what the client still sends is read and discarded until the client
+//! answers the close (bounded in time and bytes), because a socket dropped
+//! with unread input is reset, and the reset can overtake the close frame.
 
 use crate::Inner;
 use crate::hub::{Conn, JoinError};
@@ -16,15 +21,15 @@ use shared::RoomId;
 use shared::auth::TokenError;
 use shared::model::now_millis;
 use shared::protocol::{
-    ClientFrame, DecodeError, Encoding, ErrorCode, LeftReason, MAX_CLIENT_FRAME_BYTES,
-    MAX_ROOMS_PER_CONNECTION, ServerFrame, close,
+    ClientFrame, Encoding, ErrorCode, LeftReason, MAX_CLIENT_FRAME_BYTES, MAX_ROOMS_PER_CONNECTION,
+    ServerFrame, close,
 };
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Most grace added to twice the heartbeat interval before a silent client
 /// is declared dead (one more interval, up to this): covers a slow network.
@@ -33,14 +38,47 @@ const HEARTBEAT_GRACE: Duration = Duration::from_secs(5);
 /// How long a closing connection may take to write its last frames.
 const WRITER_DRAIN: Duration = Duration::from_secs(5);
 
+/// After the close frame is written, how long the gateway keeps reading
+/// (and discarding) what the client still sends, waiting for its end of
+/// stream. A socket dropped with unread bytes in its receive buffer is
+/// reset (RST) instead of closed, and a reset destroys whatever of the
+/// close frame the client has not received yet: a flooding client (4008)
+/// would see a reset, not why.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// A pause this long ends the linger early: the client has stopped sending
+/// (it answered the close and keeps its socket, or it is gone), so nothing
+/// unread is left to cause a reset.
+const LINGER_QUIET: Duration = Duration::from_millis(250);
+
+/// Most bytes discarded while closing: a client that keeps sending past
+/// this is reset, as it would be without the linger.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// The read error of a client that is gone (end of stream, reset).
+const CONNECTION_LOST: CloseReason = CloseReason {
+    code: close::GOING_AWAY,
+    reason: "connection lost",
+};
+
+/// The echo of the client's own close frame.
+const CLIENT_CLOSED: CloseReason = CloseReason {
+    code: close::NORMAL,
+    reason: "",
+};
+
 /// Serves one upgraded connection until it ends.
-pub(crate) async fn serve<R>(node: Arc<Inner>, read: R, write: Sink, peer: Option<SocketAddr>)
+pub(crate) async fn serve<R>(node: Arc<Inner>, mut read: R, write: Sink, peer: Option<SocketAddr>)
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
+    // The reader borrows the stream, so what is left of it can be drained
+    // after the close (see `LINGER`).
     let (mut reader, _) =
-        fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-    reader.set_max_message_size(MAX_CLIENT_FRAME_BYTES);
+        fastwebsockets::after_handshake_split(&mut read, tokio::io::sink(), Role::Server);
+    // fastwebsockets refuses a frame whose length is >= its limit; ours is
+    // inclusive (`ready` advertises the largest frame that is accepted).
+    reader.set_max_message_size(MAX_CLIENT_FRAME_BYTES + 1);
     let out = Outbox::new(write, node.settings.outbound_queue);
     let mut assembler = Assembler::default();
 
@@ -55,8 +93,10 @@ where
                 reason = reason.reason,
                 "connection refused"
             );
+            let client_may_send = client_may_still_send(&reason);
             out.close(reason);
-            out.finish(WRITER_DRAIN).await;
+            drop(reader);
+            finish(&out, &mut read, client_may_send).await;
             return;
         }
     };
@@ -68,12 +108,79 @@ where
         limiter: FrameLimiter::new(&node),
     };
     let reason = session.read_loop(&mut reader, &mut assembler).await;
+    drop(reader);
+    let client_may_send = client_may_still_send(&reason);
     conn.out.close(reason.clone());
     metrics::counter!("gateway_disconnects_total", "reason" => close::name(reason.code))
         .increment(1);
     node.hub.unregister(&conn);
     tracing::debug!(?peer, user_id = %conn.user_id, code = reason.code, reason = reason.reason, "connection closed");
-    conn.out.finish(WRITER_DRAIN).await;
+    finish(&conn.out, &mut read, client_may_send).await;
+}
+
+/// Whether a connection ending for `reason` may still have bytes coming
+/// from the client: unless the client closed (its close frame, or the end
+/// of its stream), it may.
+fn client_may_still_send(reason: &CloseReason) -> bool {
+    *reason != CONNECTION_LOST && *reason != CLIENT_CLOSED
+}
+
+/// Writes the queued close frame and ends the write half; meanwhile and
+/// for a short while after, reads and discards what the client still sends
+/// (see [`LINGER`]), so the socket is closed, not reset.
+async fn finish<R: AsyncRead + Unpin>(out: &Outbox, read: &mut R, client_may_send: bool) {
+    if !client_may_send {
+        out.finish(WRITER_DRAIN).await;
+        return;
+    }
+    let mut discard = Discard {
+        buf: vec![0; 4096],
+        budget: LINGER_BYTES,
+    };
+    let written = out.finish(WRITER_DRAIN);
+    tokio::pin!(written);
+    loop {
+        tokio::select! {
+            () = &mut written => break,
+            more = discard.chunk(read) => if !more {
+                // The client is done (or over budget): only the write is left.
+                written.await;
+                return;
+            },
+        }
+    }
+    let deadline = tokio::time::Instant::now() + LINGER;
+    loop {
+        let pause_over = (tokio::time::Instant::now() + LINGER_QUIET).min(deadline);
+        match tokio::time::timeout_at(pause_over, discard.chunk(read)).await {
+            Ok(true) => continue,
+            // Its end of stream came, it went quiet, or time is up.
+            Ok(false) | Err(_) => return,
+        }
+    }
+}
+
+/// What a closing connection reads and throws away, bounded in bytes.
+struct Discard {
+    buf: Vec<u8>,
+    budget: usize,
+}
+
+impl Discard {
+    /// Reads one chunk; false at the end of the stream, on an error, or
+    /// once the budget is spent.
+    async fn chunk<R: AsyncRead + Unpin>(&mut self, read: &mut R) -> bool {
+        if self.budget == 0 {
+            return false;
+        }
+        match read.read(&mut self.buf).await {
+            Ok(n) if n > 0 => {
+                self.budget = self.budget.saturating_sub(n);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Reads the first frame, which must be a valid `auth`, and registers the
@@ -222,12 +329,7 @@ impl Session {
                     };
                 }
                 Ok(Err(reason)) => return reason,
-                Ok(Ok(Message::Close)) => {
-                    return CloseReason {
-                        code: close::NORMAL,
-                        reason: "",
-                    };
-                }
+                Ok(Ok(Message::Close)) => return CLIENT_CLOSED,
                 Ok(Ok(Message::Pong)) => continue,
                 Ok(Ok(Message::Data(encoding, bytes))) => (encoding, bytes),
             };
@@ -243,17 +345,9 @@ impl Session {
                     metrics::counter!("gateway_client_frames_total").increment(1);
                     self.handle(frame).await;
                 }
-                Err(DecodeError::UnknownType(kind)) => {
-                    self.error(
-                        None,
-                        ErrorCode::UnknownType,
-                        format!("unknown frame type {kind:?}"),
-                        None,
-                    );
-                }
-                Err(e @ DecodeError::Invalid(..)) => {
-                    self.error(None, ErrorCode::InvalidFrame, e.to_string(), None)
-                }
+                // The frame's id, when it had one, is echoed: a client
+                // waiting on it gets its answer.
+                Err(e) => self.error(e.id(), e.code(), e.to_string(), None),
             }
         }
     }
@@ -290,12 +384,10 @@ impl Session {
     }
 
     /// Joins a room the user is a member of. The store is asked first, so a
-    /// stranger's join costs one indexed read and never a subscription.
+    /// stranger's join costs one indexed read and never a subscription. The
+    /// room cap is the shard's to check: only it knows whether this is a
+    /// re-join of a room the connection is already in (answered `joined`).
     async fn join(&mut self, id: Option<u64>, room_id: RoomId) {
-        if self.conn.joined.load(Ordering::Relaxed) >= MAX_ROOMS_PER_CONNECTION {
-            let message = format!("a connection may join at most {MAX_ROOMS_PER_CONNECTION} rooms");
-            return self.error(id, ErrorCode::TooManyRooms, message, Some(room_id));
-        }
         let membership = match self.node.store.membership(room_id, self.conn.user_id).await {
             Ok(Some(m)) => m,
             Ok(None) => return self.not_found(id, room_id),
@@ -317,6 +409,11 @@ impl Session {
         {
             Ok(_) => {}
             Err(JoinError::NotMember) => self.not_found(id, room_id),
+            Err(JoinError::TooManyRooms) => {
+                let message =
+                    format!("a connection may join at most {MAX_ROOMS_PER_CONNECTION} rooms");
+                self.error(id, ErrorCode::TooManyRooms, message, Some(room_id));
+            }
             Err(JoinError::Unavailable) => self.error(
                 id,
                 ErrorCode::Unavailable,
@@ -397,10 +494,7 @@ fn close_for(e: WebSocketError) -> CloseReason {
             code: close::INVALID_PAYLOAD,
             reason: "text frame is not UTF-8",
         },
-        UnexpectedEOF | ConnectionClosed | IoError(_) => CloseReason {
-            code: close::GOING_AWAY,
-            reason: "connection lost",
-        },
+        UnexpectedEOF | ConnectionClosed | IoError(_) => CONNECTION_LOST,
         _ => CloseReason {
             code: close::PROTOCOL_ERROR,
             reason: "WebSocket protocol error",

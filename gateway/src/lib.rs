@@ -8,10 +8,12 @@
 //! Layers, outside in: [`server`] (HTTP listener and the `/ws` upgrade),
 //! [`connection`] (one client's frames), [`hub`] (the node's connections,
 //! rooms and subscriptions), [`sequencer`] (per-room ordering and gap
-//! recovery), [`outbox`] and [`frames`] (the way out to one socket).
+//! recovery), [`outbox`] and [`frames`] (the way out to one socket);
+//! [`exported_metrics`] registers what the node exports.
 
 pub mod config;
 pub(crate) mod connection;
+pub mod exported_metrics;
 pub mod frames;
 pub mod hub;
 pub mod outbox;

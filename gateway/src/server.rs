@@ -46,6 +46,7 @@ impl Gateway {
         settings: WsSettings,
     ) -> anyhow::Result<Gateway> {
         shared::system::raise_open_files_limit(settings.max_connections as u64);
+        crate::exported_metrics::register();
         let background = TaskTracker::new();
         let stop = CancellationToken::new();
         let shards = match settings.shards {

@@ -123,6 +123,7 @@ impl Node {
     /// (committing what it holds), the broker and the store.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let upkeep = api::maintenance(self.api.clone(), shutdown.clone());
+        tracing::info!(addr = %self.listener.local_addr()?, "node listening");
         let served = gateway::server::serve(self.listener, self.router, shutdown.clone()).await;
         shutdown.cancel();
         self.gateway.shutdown().await;

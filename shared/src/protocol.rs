@@ -9,6 +9,7 @@
 use crate::ids::{RoomId, SessionId, UserId};
 use crate::model::{Role, RoomEvent};
 use bytes::Bytes;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 /// Largest client frame (after reassembly of fragments) a gateway accepts.
@@ -56,6 +57,24 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4009;
     /// No frame (not even a pong) arrived within the heartbeat timeout.
     pub const HEARTBEAT_TIMEOUT: u16 = 4010;
+
+    /// Every close code above (metrics register a series for each).
+    pub const ALL: &[u16] = &[
+        NORMAL,
+        GOING_AWAY,
+        PROTOCOL_ERROR,
+        INVALID_PAYLOAD,
+        MESSAGE_TOO_BIG,
+        INTERNAL_ERROR,
+        TRY_AGAIN_LATER,
+        UNAUTHORIZED,
+        TOKEN_EXPIRED,
+        AUTH_TIMEOUT,
+        SESSION_REVOKED,
+        RATE_LIMITED,
+        SLOW_CONSUMER,
+        HEARTBEAT_TIMEOUT,
+    ];
 
     /// A stable, label-friendly name for a close code (metrics, logs).
     pub fn name(code: u16) -> &'static str {
@@ -242,13 +261,36 @@ pub enum Encoding {
     MsgPack,
 }
 
-/// Why a client frame could not be used.
+/// Why a client frame could not be used. `id` is the frame's request id
+/// whenever the frame was an object carrying an unsigned integer `id`, so
+/// the `error` answering it can echo that id even though the rest of the
+/// frame was unusable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("frame is not a valid {0}: {1}")]
-    Invalid(&'static str, String),
-    #[error("unknown frame type {0:?}")]
-    UnknownType(String),
+    /// Not a document of the encoding, not an object, or an object of a
+    /// known type with the wrong fields; the message says which.
+    #[error("{message}")]
+    Invalid { id: Option<u64>, message: String },
+    /// A well-formed object whose `type` is not one of the known types.
+    #[error("unknown frame type {kind:?}")]
+    UnknownType { id: Option<u64>, kind: String },
+}
+
+impl DecodeError {
+    /// The request id to echo, if the frame carried one.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            DecodeError::Invalid { id, .. } | DecodeError::UnknownType { id, .. } => *id,
+        }
+    }
+
+    /// The `error` frame code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::Invalid { .. } => ErrorCode::InvalidFrame,
+            DecodeError::UnknownType { .. } => ErrorCode::UnknownType,
+        }
+    }
 }
 
 impl Encoding {
@@ -280,25 +322,133 @@ impl Encoding {
         bytes: &[u8],
         known_types: &[&str],
     ) -> Result<T, DecodeError> {
-        #[derive(Deserialize)]
-        struct TypeOnly {
-            #[serde(rename = "type")]
-            kind: String,
-        }
-        let (full, type_only) = match self {
+        let full = match self {
+            Encoding::Json => serde_json::from_slice::<T>(bytes).map_err(JsonReason::from),
+            Encoding::MsgPack => rmp_serde::from_slice::<T>(bytes).map_err(JsonReason::plain),
+        };
+        full.map_err(|reason| self.explain(bytes, known_types, reason))
+    }
+
+    /// Why a frame that did not decode is unusable. It is read again, as
+    /// any object, for its `type` and `id` (so the error can echo the id)
+    /// and to tell a wrong shape (`join: missing field `room_id``) from
+    /// bytes that are no object at all. Only failing frames pay for this.
+    fn explain(self, bytes: &[u8], known_types: &[&str], reason: JsonReason) -> DecodeError {
+        let (envelope, is_document) = match self {
             Encoding::Json => (
-                serde_json::from_slice::<T>(bytes).map_err(|e| e.to_string()),
-                serde_json::from_slice::<TypeOnly>(bytes).ok(),
+                serde_json::from_slice::<Envelope>(bytes).ok(),
+                serde_json::from_slice::<IgnoredAny>(bytes).is_ok(),
             ),
             Encoding::MsgPack => (
-                rmp_serde::from_slice::<T>(bytes).map_err(|e| e.to_string()),
-                rmp_serde::from_slice::<TypeOnly>(bytes).ok(),
+                rmp_serde::from_slice::<Envelope>(bytes).ok(),
+                rmp_serde::from_slice::<IgnoredAny>(bytes).is_ok(),
             ),
         };
-        full.map_err(|reason| match type_only {
-            Some(t) if !known_types.contains(&t.kind.as_str()) => DecodeError::UnknownType(t.kind),
-            _ => DecodeError::Invalid(self.name(), reason),
-        })
+        let Some(Envelope { kind, id }) = envelope else {
+            let message = if is_document {
+                "a frame must be an object with a `type` field".to_owned()
+            } else {
+                format!("frame is not valid {}: {}", self.name(), reason.full)
+            };
+            return DecodeError::Invalid { id: None, message };
+        };
+        match kind {
+            None => DecodeError::Invalid {
+                id,
+                message: "missing field `type`".into(),
+            },
+            Some(None) => DecodeError::Invalid {
+                id,
+                message: "field `type` must be a string".into(),
+            },
+            Some(Some(kind)) if known_types.contains(&kind.as_str()) => DecodeError::Invalid {
+                id,
+                message: format!("{kind}: {}", reason.short),
+            },
+            Some(Some(kind)) => DecodeError::UnknownType { id, kind },
+        }
+    }
+}
+
+/// A decoding error's message, with and without serde_json's position
+/// (which says nothing useful about a one-line frame of the wrong shape).
+struct JsonReason {
+    full: String,
+    short: String,
+}
+
+impl JsonReason {
+    fn plain(e: impl std::fmt::Display) -> Self {
+        let full = e.to_string();
+        Self {
+            short: full.clone(),
+            full,
+        }
+    }
+}
+
+impl From<serde_json::Error> for JsonReason {
+    fn from(e: serde_json::Error) -> Self {
+        let full = e.to_string();
+        let position = format!(" at line {} column {}", e.line(), e.column());
+        let short = full.strip_suffix(&position).unwrap_or(&full).to_owned();
+        Self { full, short }
+    }
+}
+
+/// What any object frame says about itself, whatever else is wrong with it:
+/// `kind` is None without a `type` field and Some(None) if it is not a
+/// string; `id` is None unless it is an unsigned integer.
+struct Envelope {
+    kind: Option<Option<String>>,
+    id: Option<u64>,
+}
+
+/// A value of type `T`, or anything else (then `Other`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Loose<T> {
+    Is(T),
+    Other(IgnoredAny),
+}
+
+impl<T> Loose<T> {
+    fn ok(self) -> Option<T> {
+        match self {
+            Loose::Is(value) => Some(value),
+            Loose::Other(_) => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = Envelope;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+                let mut envelope = Envelope {
+                    kind: None,
+                    id: None,
+                };
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "type" => envelope.kind = Some(map.next_value::<Loose<String>>()?.ok()),
+                        "id" => envelope.id = map.next_value::<Loose<u64>>()?.ok(),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(envelope)
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
     }
 }
 
@@ -321,6 +471,17 @@ mod tests {
     }
 
     #[test]
+    fn every_named_close_code_is_listed_in_all() {
+        // A code missing from `ALL` gets no zero series in the metrics.
+        for code in 1000..5000 {
+            if close::name(code) != "other" {
+                assert!(close::ALL.contains(&code), "close::ALL lacks {code}");
+            }
+        }
+        assert!(close::ALL.iter().all(|c| close::name(*c) != "other"));
+    }
+
+    #[test]
     fn server_frames_round_trip_in_both_encodings() {
         for enc in [Encoding::Json, Encoding::MsgPack] {
             for frame in [
@@ -329,6 +490,14 @@ mod tests {
                     id: Some(3),
                     room_id: RoomId(1),
                     seq: 0,
+                },
+                // A uuid is bytes in MessagePack.
+                ServerFrame::Ready {
+                    id: None,
+                    user_id: UserId(4),
+                    session_id: SessionId::new(),
+                    heartbeat_ms: 25_000,
+                    max_frame_bytes: MAX_CLIENT_FRAME_BYTES,
                 },
                 ServerFrame::Error {
                     id: None,
@@ -379,11 +548,11 @@ mod tests {
     fn unknown_fields_in_client_frames_are_rejected() {
         assert!(matches!(
             Encoding::Json.decode_client(br#"{"type":"ping","extra":1}"#),
-            Err(DecodeError::Invalid(..))
+            Err(DecodeError::Invalid { .. })
         ));
         assert!(matches!(
             Encoding::Json.decode_client(br#"{"type":"join","room_id":1,"room":2}"#),
-            Err(DecodeError::Invalid(..))
+            Err(DecodeError::Invalid { .. })
         ));
     }
 
@@ -391,19 +560,73 @@ mod tests {
     fn an_unknown_type_is_told_apart_from_a_malformed_frame() {
         assert_eq!(
             Encoding::Json.decode_client(br#"{"type":"teleport"}"#),
-            Err(DecodeError::UnknownType("teleport".into()))
+            Err(DecodeError::UnknownType {
+                id: None,
+                kind: "teleport".into()
+            })
         );
         assert!(matches!(
             Encoding::Json.decode_client(br#"{"type":"join","room_id":"x"}"#),
-            Err(DecodeError::Invalid(..))
+            Err(DecodeError::Invalid { .. })
         ));
         assert!(matches!(
             Encoding::Json.decode_client(b"{not json"),
-            Err(DecodeError::Invalid(..))
+            Err(DecodeError::Invalid { .. })
         ));
         assert!(matches!(
             Encoding::MsgPack.decode_client(&[0xc1, 0xff, 0x00]),
-            Err(DecodeError::Invalid(..))
+            Err(DecodeError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn the_id_of_an_unusable_object_frame_is_kept_for_the_error() {
+        for enc in [Encoding::Json, Encoding::MsgPack] {
+            let frames = [
+                serde_json::json!({"type": "teleport", "id": 7}),
+                serde_json::json!({"type": "join", "id": 7}),
+                serde_json::json!({"type": "join", "id": 7, "room_id": "seven"}),
+                serde_json::json!({"type": "ping", "id": 7, "extra": true}),
+                serde_json::json!({"id": 7}),
+                serde_json::json!({"type": true, "id": 7}),
+            ];
+            for frame in frames {
+                let err = enc.decode_client(&enc.encode(&frame)).unwrap_err();
+                assert_eq!(err.id(), Some(7), "{enc:?} {frame}");
+            }
+        }
+        // An id that is not an unsigned integer cannot be echoed.
+        let err = Encoding::Json
+            .decode_client(br#"{"type":"join","id":"x","room_id":1}"#)
+            .unwrap_err();
+        assert_eq!(err.id(), None);
+    }
+
+    #[test]
+    fn a_well_formed_object_of_the_wrong_shape_is_told_what_is_wrong() {
+        let message = |bytes: &[u8]| Encoding::Json.decode_client(bytes).unwrap_err().to_string();
+        assert_eq!(
+            message(br#"{"type":"join","id":1}"#),
+            "join: missing field `room_id`"
+        );
+        assert!(
+            message(br#"{"type":"ping","extra":1}"#).starts_with("ping: unknown field `extra`"),
+            "{}",
+            message(br#"{"type":"ping","extra":1}"#)
+        );
+        assert_eq!(message(br#"{"id":1}"#), "missing field `type`");
+        assert_eq!(
+            message(b"[1]"),
+            "a frame must be an object with a `type` field"
+        );
+        assert!(message(b"{not json").starts_with("frame is not valid JSON"));
+        let packed = Encoding::MsgPack
+            .decode_client(&[0xc1])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            packed.starts_with("frame is not valid MessagePack"),
+            "{packed}"
+        );
     }
 }

@@ -487,6 +487,29 @@ impl Batcher {
     }
 }
 
+/// Describes the appender's metrics and registers them at zero, so they are
+/// exported before the first post. Called by the api at start-up.
+pub fn register_metrics() {
+    use metrics::Unit;
+    metrics::describe_histogram!(
+        "store_append_batch_size",
+        Unit::Count,
+        "Message posts committed per batch"
+    );
+    metrics::describe_histogram!(
+        "store_append_batch_seconds",
+        Unit::Seconds,
+        "Time to commit one batch of message posts"
+    );
+    metrics::describe_counter!(
+        "store_append_fallbacks_total",
+        "Batches retried one post at a time after racing another writer for a client_msg_id"
+    );
+    let _ = metrics::histogram!("store_append_batch_size");
+    let _ = metrics::histogram!("store_append_batch_seconds");
+    metrics::counter!("store_append_fallbacks_total").increment(0);
+}
+
 /// Commits one batch and answers each of its posts.
 #[tracing::instrument(skip_all, fields(size = batch.len()))]
 async fn commit_batch(store: Store, batch: Vec<Pending>) {

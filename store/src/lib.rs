@@ -27,7 +27,7 @@ mod rooms;
 mod sessions;
 mod users;
 
-pub use append::{MAX_BATCH, MessageAppender, QUEUE_CAPACITY};
+pub use append::{MAX_BATCH, MessageAppender, QUEUE_CAPACITY, register_metrics};
 pub use error::StoreError;
 pub use events::{MAX_HISTORY_PAGE, NewMessage, PostOutcome};
 pub use provision::{ProvisionError, ProvisionSpec, Provisioned, UNUSABLE_PASSWORD};

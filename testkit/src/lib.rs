@@ -10,6 +10,7 @@
 //! Test bodies take the mode as a parameter and [`both_modes!`] runs each
 //! one in both shapes, so there is one copy of every test.
 
+pub mod binary;
 mod db;
 mod services;
 mod ws;

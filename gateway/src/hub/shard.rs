@@ -15,7 +15,9 @@ use broker::Topic;
 use bytes::Bytes;
 use serde::Deserialize;
 use shared::model::RoomEvent;
-use shared::protocol::{Encoding, LeftReason, ServerFrame, event_frame_json};
+use shared::protocol::{
+    Encoding, LeftReason, MAX_ROOMS_PER_CONNECTION, ServerFrame, event_frame_json,
+};
 use shared::trace_context::{self, RemoteParent};
 use shared::{RoomId, UserId};
 use std::collections::HashMap;
@@ -46,6 +48,9 @@ pub enum JoinError {
     /// The user's membership ended before the join took effect.
     #[error("not a member")]
     NotMember,
+    /// The connection is in [`MAX_ROOMS_PER_CONNECTION`] other rooms.
+    #[error("too many rooms")]
+    TooManyRooms,
 }
 
 pub(crate) enum ShardCmd {
@@ -316,6 +321,19 @@ impl Shard {
     }
 
     fn join(&mut self, room: RoomId, join: PendingJoin) {
+        // The cap is checked here, by the owner of the room's members, so a
+        // re-join of a room the connection is already in is answered
+        // `joined` even at the cap. A connection's joins are answered one at
+        // a time (its reader awaits each), so its count cannot grow between
+        // this check and the admission.
+        let already_in = self
+            .conn_rooms
+            .get(&join.conn.id)
+            .is_some_and(|rooms| rooms.contains(&room));
+        if !already_in && join.conn.joined.load(Ordering::Relaxed) >= MAX_ROOMS_PER_CONNECTION {
+            let _ = join.reply.send(Err(JoinError::TooManyRooms));
+            return;
+        }
         let state = self.rooms.entry(room).or_insert_with(|| {
             let _ = self.subscriptions.send(SubCmd::Add(
                 Topic::Room(room),

@@ -664,7 +664,7 @@ async fn a_silent_peer_is_found_by_the_heartbeat_and_forgotten(mode: Mode) {
 
 /// A minimal WebSocket client over a raw socket, for behaviour a normal
 /// client library hides (never answering pings, not reading at all).
-mod raw {
+pub(crate) mod raw {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpSocket, TcpStream};
 

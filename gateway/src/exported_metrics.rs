@@ -1,0 +1,97 @@
+//! Every metric the gateway exports, described and registered at start-up.
+//!
+//! The Prometheus exporter only shows a series once something touched it,
+//! so a metric counted on rare events (gaps, slow consumers, subscribe
+//! failures) would be missing from a fresh node and its dashboard panel
+//! would say "no data" where the truth is zero. Registering each series at
+//! zero here, in one place, makes a fresh node export all of them; the
+//! labelled counters start with every label value the code can produce.
+//! The recorder must be installed first (`shared::shutdown::run_until_signal`
+//! does it before building the service); without one this does nothing.
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use shared::protocol::close;
+
+/// Outcomes of `gateway_connections_total` besides the close codes of a
+/// refused connection.
+const CONNECTION_OUTCOMES: &[&str] = &["ready", "over_capacity"];
+
+/// Describes and registers the gateway's metrics (and the broker's, which it
+/// subscribes through).
+pub fn register() {
+    describe_gauge!(
+        "gateway_connections",
+        "Authenticated WebSocket connections on this node"
+    );
+    describe_counter!(
+        "gateway_connections_total",
+        "WebSocket connections by outcome: ready, over_capacity, or the close code that refused them"
+    );
+    describe_counter!(
+        "gateway_disconnects_total",
+        "Authenticated connections that ended, by close reason"
+    );
+    describe_counter!(
+        "gateway_client_frames_total",
+        "Frames received from authenticated clients and decoded"
+    );
+    describe_counter!(
+        "gateway_socket_writes_total",
+        "Socket writes to clients (with gateway_deliveries_total: events per write)"
+    );
+    describe_counter!(
+        "gateway_deliveries_total",
+        "Room events written to client connections"
+    );
+    describe_histogram!(
+        "gateway_event_lag_seconds",
+        Unit::Seconds,
+        "Time from an event's commit to its delivery by this node"
+    );
+    describe_counter!(
+        "gateway_duplicate_events_total",
+        "Room events received twice and dropped"
+    );
+    describe_counter!(
+        "gateway_gap_fills_total",
+        "Missing room events read from the store"
+    );
+    describe_counter!(
+        "gateway_gaps_skipped_total",
+        "Gaps in a room's events that the store could not fill"
+    );
+    describe_counter!(
+        "gateway_slow_consumers_total",
+        "Connections closed with 4009 because their outbound queue overflowed"
+    );
+    describe_counter!(
+        "gateway_subscribe_failures_total",
+        "Broker subscriptions that failed or timed out"
+    );
+
+    // increment(0), not set(0): registering must not reset a value another
+    // gateway in the same process (the test harness) already counts.
+    gauge!("gateway_connections").increment(0.0);
+    for outcome in CONNECTION_OUTCOMES {
+        counter!("gateway_connections_total", "outcome" => *outcome).increment(0);
+    }
+    for &code in close::ALL {
+        counter!("gateway_connections_total", "outcome" => close::name(code)).increment(0);
+        counter!("gateway_disconnects_total", "reason" => close::name(code)).increment(0);
+    }
+    for name in [
+        "gateway_client_frames_total",
+        "gateway_socket_writes_total",
+        "gateway_deliveries_total",
+        "gateway_duplicate_events_total",
+        "gateway_gap_fills_total",
+        "gateway_gaps_skipped_total",
+        "gateway_slow_consumers_total",
+        "gateway_subscribe_failures_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    // Taking a handle registers the histogram (exported with zero counts).
+    let _ = metrics::histogram!("gateway_event_lag_seconds");
+    broker::register_metrics();
+}
