@@ -8,8 +8,9 @@
 //! streams so tests can run it without sockets.
 
 use crate::Inner;
-use crate::hub::{Conn, JoinError};
+use crate::hub::{Conn, JoinError, TypingVerdict};
 use crate::outbox::{CloseReason, Outbox, Sink};
+use broker::Topic;
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
 use shared::RoomId;
@@ -259,6 +260,11 @@ impl Session {
             }
             ClientFrame::Ping { id } => self.conn.send(&ServerFrame::Pong { id }),
             ClientFrame::Join { id, room_id } => self.join(id, room_id).await,
+            ClientFrame::Typing {
+                id,
+                room_id,
+                active,
+            } => self.typing(id, room_id, active).await,
             ClientFrame::Leave { id, room_id } => {
                 if self.node.hub.leave(room_id, self.conn.id).await {
                     self.conn.send(&ServerFrame::Left {
@@ -310,6 +316,27 @@ impl Session {
                 id,
                 ErrorCode::Unavailable,
                 "try again shortly".into(),
+                Some(room_id),
+            ),
+        }
+    }
+
+    /// Forwards a `typing` frame to the room's other members on every node,
+    /// unless the room's shard throttles it. Publishing is best effort: a
+    /// lost typing event is not worth an error, it is logged and counted.
+    async fn typing(&mut self, id: Option<u64>, room_id: RoomId, active: bool) {
+        match self.node.hub.typing(room_id, &self.conn, active).await {
+            TypingVerdict::Forward(bytes) => {
+                if let Err(e) = self.node.broker.publish(Topic::Room(room_id), bytes).await {
+                    metrics::counter!("gateway_publish_failures_total").increment(1);
+                    tracing::warn!(error = %e, %room_id, "publishing a typing event failed");
+                }
+            }
+            TypingVerdict::Throttled => {}
+            TypingVerdict::NotJoined => self.error(
+                id,
+                ErrorCode::NotJoined,
+                "join the room before sending typing".into(),
                 Some(room_id),
             ),
         }

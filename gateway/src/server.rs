@@ -60,6 +60,7 @@ impl Gateway {
                 shards,
                 heartbeat_interval: settings.heartbeat_interval,
                 write_coalesce: settings.write_coalesce,
+                typing_interval: settings.typing_interval,
             },
             &background,
             stop.child_token(),

@@ -102,17 +102,32 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// The user is typing in a room this connection has joined
+    /// (`active: false` says they stopped). Never answered unless refused:
+    /// frames beyond the typing interval are dropped silently.
+    Typing {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room_id: RoomId,
+        #[serde(default = "active_by_default")]
+        active: bool,
+    },
+}
+
+fn active_by_default() -> bool {
+    true
 }
 
 impl ClientFrame {
-    pub const TYPES: &'static [&'static str] = &["auth", "join", "leave", "ping"];
+    pub const TYPES: &'static [&'static str] = &["auth", "join", "leave", "ping", "typing"];
 
     pub fn id(&self) -> Option<u64> {
         match self {
             ClientFrame::Auth { id, .. }
             | ClientFrame::Join { id, .. }
             | ClientFrame::Leave { id, .. }
-            | ClientFrame::Ping { id } => *id,
+            | ClientFrame::Ping { id }
+            | ClientFrame::Typing { id, .. } => *id,
         }
     }
 }
@@ -159,6 +174,17 @@ pub enum ServerFrame {
     },
     /// A room event, in `seq` order, at most once per connection.
     Event(RoomEvent),
+    /// Someone else in a joined room is typing (`active`), or stopped.
+    /// Ephemeral: never stored, never numbered, not in history. Show the
+    /// indicator for `ttl_ms` unless a newer `typing` for the same user
+    /// replaces it; a stop (`active: false`, `ttl_ms` 0) or a message from
+    /// that user ends it at once.
+    Typing {
+        room_id: RoomId,
+        user_id: UserId,
+        active: bool,
+        ttl_ms: u64,
+    },
     /// The user was added to a room (join it to receive its events).
     RoomAdded { room_id: RoomId, role: Role },
     /// The user is no longer a member of a room.
@@ -192,7 +218,7 @@ pub enum ErrorCode {
     /// The room does not exist or the user is not a member (the two are
     /// deliberately indistinguishable).
     RoomNotFound,
-    /// `leave` for a room the connection has not joined.
+    /// `leave` or `typing` for a room the connection has not joined.
     NotJoined,
     /// The connection has joined [`MAX_ROOMS_PER_CONNECTION`] rooms.
     TooManyRooms,
@@ -368,6 +394,30 @@ mod tests {
         );
         let packed = Encoding::MsgPack.encode(&join);
         assert_eq!(Encoding::MsgPack.decode_client(&packed), Ok(join));
+    }
+
+    #[test]
+    fn a_typing_frame_is_active_unless_it_says_stop() {
+        assert_eq!(
+            Encoding::Json.decode_client(br#"{"type":"typing","room_id":3}"#),
+            Ok(ClientFrame::Typing {
+                id: None,
+                room_id: RoomId(3),
+                active: true
+            })
+        );
+        assert_eq!(
+            Encoding::Json.decode_client(br#"{"type":"typing","id":4,"room_id":3,"active":false}"#),
+            Ok(ClientFrame::Typing {
+                id: Some(4),
+                room_id: RoomId(3),
+                active: false
+            })
+        );
+        assert!(matches!(
+            Encoding::Json.decode_client(br#"{"type":"typing","room_id":3,"ttl_ms":1}"#),
+            Err(DecodeError::Invalid(..))
+        ));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use shard::JoinError;
+pub use shard::{JoinError, TypingVerdict};
 
 /// Node-local connection number.
 pub type ConnId = u64;
@@ -54,6 +54,8 @@ pub struct HubSettings {
     pub heartbeat_interval: Duration,
     /// See [`crate::WsSettings::write_coalesce`].
     pub write_coalesce: Duration,
+    /// See [`crate::WsSettings::typing_interval`].
+    pub typing_interval: Duration,
 }
 
 /// A connection as the hub sees it.
@@ -153,6 +155,7 @@ impl Hub {
                 sub_tx.clone(),
                 shards[index].clone(),
                 settings.write_coalesce,
+                settings.typing_interval,
             );
             tracker.spawn(shard.run(rx, stop.clone()));
         }
@@ -281,6 +284,28 @@ impl Hub {
             return false;
         }
         rx.await.unwrap_or(false)
+    }
+
+    /// Decides what becomes of a `typing` frame from `conn` for `room`: the
+    /// room's shard owns the per-(user, room) throttle, so no lock is taken
+    /// and the decision is in order with joins and leaves.
+    pub async fn typing(&self, room: RoomId, conn: &Conn, active: bool) -> TypingVerdict {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .shard(room)
+            .send(ShardCmd::Typing {
+                room,
+                conn: conn.id,
+                user: conn.user_id,
+                active,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return TypingVerdict::Throttled;
+        }
+        rx.await.unwrap_or(TypingVerdict::Throttled)
     }
 
     /// Rooms with local members on this node (from the shards' own state).

@@ -13,3 +13,4 @@ mod realtime;
 mod rooms;
 mod schema;
 mod single_node;
+mod typing;
