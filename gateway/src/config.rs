@@ -76,6 +76,11 @@ pub struct WsSettings {
     /// indicator for twice this, so one frame per interval keeps it lit.
     #[arg(long, env = "PARLEY_TYPING_INTERVAL", default_value = "3s", value_parser = parse_duration)]
     pub typing_interval: Duration,
+    /// Rooms with at most this many members get `receipt` events when a
+    /// member reads; bigger rooms only update the reader's own connections
+    /// (the markers stay readable at `GET /v1/rooms/{id}/receipts`).
+    #[arg(long = "receipt-room-limit", id = "gateway_receipt_room_limit", env = "PARLEY_RECEIPT_ROOM_LIMIT", default_value_t = shared::protocol::DEFAULT_RECEIPT_ROOM_LIMIT)]
+    pub receipt_room_limit: i64,
 }
 
 impl Default for WsSettings {
@@ -91,6 +96,7 @@ impl Default for WsSettings {
             shards: 0,
             write_coalesce: Duration::ZERO,
             typing_interval: DEFAULT_TYPING_INTERVAL,
+            receipt_room_limit: shared::protocol::DEFAULT_RECEIPT_ROOM_LIMIT,
         }
     }
 }

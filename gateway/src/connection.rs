@@ -8,7 +8,7 @@
 //! streams so tests can run it without sockets.
 
 use crate::Inner;
-use crate::hub::{Conn, JoinError, TypingVerdict};
+use crate::hub::{Conn, JoinError, ReadVerdict, TypingVerdict};
 use crate::outbox::{CloseReason, Outbox, Sink};
 use broker::Topic;
 use bytes::Bytes;
@@ -265,6 +265,7 @@ impl Session {
                 room_id,
                 active,
             } => self.typing(id, room_id, active).await,
+            ClientFrame::Read { id, room_id, seq } => self.read(id, room_id, seq).await,
             ClientFrame::Leave { id, room_id } => {
                 if self.node.hub.leave(room_id, self.conn.id).await {
                     self.conn.send(&ServerFrame::Left {
@@ -337,6 +338,35 @@ impl Session {
                 id,
                 ErrorCode::NotJoined,
                 "join the room before sending typing".into(),
+                Some(room_id),
+            ),
+        }
+    }
+
+    /// Records how far the user has read. Accepted reads are coalesced by
+    /// the node's marker writer (the largest wins, so a backwards or
+    /// repeated `seq` changes nothing); they are not answered.
+    async fn read(&mut self, id: Option<u64>, room_id: RoomId, seq: i64) {
+        if seq < 1 {
+            return self.error(
+                id,
+                ErrorCode::InvalidSeq,
+                "seq must be at least 1".into(),
+                Some(room_id),
+            );
+        }
+        match self.node.hub.read(room_id, &self.conn, seq).await {
+            ReadVerdict::Accept => self.node.markers.read(room_id, self.conn.user_id, seq),
+            ReadVerdict::NotJoined => self.error(
+                id,
+                ErrorCode::NotJoined,
+                "join the room before sending read".into(),
+                Some(room_id),
+            ),
+            ReadVerdict::Beyond(last) => self.error(
+                id,
+                ErrorCode::InvalidSeq,
+                format!("seq is beyond the newest event delivered in this room ({last})"),
                 Some(room_id),
             ),
         }

@@ -16,6 +16,34 @@ use serde::{Deserialize, Serialize};
 /// while keeping a hostile client from parking megabytes in a gateway.
 pub const MAX_CLIENT_FRAME_BYTES: usize = 16 * 1024;
 
+/// Rooms up to this many members get `receipt` events: beyond it, a read
+/// would fan out to too many connections to be worth it ("seen by" in a big
+/// room is read from the receipts resource instead).
+pub const DEFAULT_RECEIPT_ROOM_LIMIT: i64 = 100;
+
+/// The payloads that announce a member's read marker move: a notice for
+/// the reader's own connections (their user topic), and, for rooms of at
+/// most `receipt_room_limit` members, a `receipt` frame for the room topic.
+pub fn read_marker_payloads(
+    room_id: RoomId,
+    user_id: UserId,
+    read_seq: i64,
+    delivered_seq: i64,
+    members: i64,
+    receipt_room_limit: i64,
+) -> (Bytes, Option<Bytes>) {
+    let notice = Encoding::Json.encode(&UserNotice::ReadMarker { room_id, read_seq });
+    let receipt = (members <= receipt_room_limit).then(|| {
+        Encoding::Json.encode(&ServerFrame::Receipt {
+            room_id,
+            user_id,
+            read_seq,
+            delivered_seq,
+        })
+    });
+    (notice, receipt)
+}
+
 /// Time a new connection has to send its `auth` frame.
 pub const AUTH_TIMEOUT_SECS: u64 = 10;
 
@@ -112,6 +140,14 @@ pub enum ClientFrame {
         #[serde(default = "active_by_default")]
         active: bool,
     },
+    /// The user has read `room_id` up to `seq` (an event this connection
+    /// received). Unanswered unless refused; writes are coalesced.
+    Read {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room_id: RoomId,
+        seq: i64,
+    },
 }
 
 fn active_by_default() -> bool {
@@ -119,7 +155,7 @@ fn active_by_default() -> bool {
 }
 
 impl ClientFrame {
-    pub const TYPES: &'static [&'static str] = &["auth", "join", "leave", "ping", "typing"];
+    pub const TYPES: &'static [&'static str] = &["auth", "join", "leave", "ping", "typing", "read"];
 
     pub fn id(&self) -> Option<u64> {
         match self {
@@ -127,7 +163,8 @@ impl ClientFrame {
             | ClientFrame::Join { id, .. }
             | ClientFrame::Leave { id, .. }
             | ClientFrame::Ping { id }
-            | ClientFrame::Typing { id, .. } => *id,
+            | ClientFrame::Typing { id, .. }
+            | ClientFrame::Read { id, .. } => *id,
         }
     }
 }
@@ -185,6 +222,17 @@ pub enum ServerFrame {
         active: bool,
         ttl_ms: u64,
     },
+    /// A member of a joined room read further (rooms up to the receipt
+    /// size limit only). Ephemeral, like `typing`.
+    Receipt {
+        room_id: RoomId,
+        user_id: UserId,
+        read_seq: i64,
+        delivered_seq: i64,
+    },
+    /// The user's own read marker in a room moved (on another device, or
+    /// this one): on every connection of the user, joined or not.
+    ReadMarker { room_id: RoomId, read_seq: i64 },
     /// The user was added to a room (join it to receive its events).
     RoomAdded { room_id: RoomId, role: Role },
     /// The user is no longer a member of a room.
@@ -220,6 +268,9 @@ pub enum ErrorCode {
     RoomNotFound,
     /// `leave` or `typing` for a room the connection has not joined.
     NotJoined,
+    /// `read` with a `seq` beyond the newest event this connection's
+    /// gateway has delivered in the room (or below 1).
+    InvalidSeq,
     /// The connection has joined [`MAX_ROOMS_PER_CONNECTION`] rooms.
     TooManyRooms,
     /// The gateway could not reach its database or broker; retry later.
@@ -249,9 +300,21 @@ pub fn event_frame_json(event: &RoomEvent) -> Bytes {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum UserNotice {
-    RoomAdded { room_id: RoomId, role: Role },
-    RoomRemoved { room_id: RoomId },
-    SessionRevoked { session_id: SessionId },
+    RoomAdded {
+        room_id: RoomId,
+        role: Role,
+    },
+    RoomRemoved {
+        room_id: RoomId,
+    },
+    SessionRevoked {
+        session_id: SessionId,
+    },
+    /// The user's read marker in a room moved.
+    ReadMarker {
+        room_id: RoomId,
+        read_seq: i64,
+    },
 }
 
 /// How a connection's frames are encoded.

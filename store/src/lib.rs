@@ -14,6 +14,7 @@ mod append;
 mod error;
 #[macro_use]
 mod events;
+mod markers;
 mod provision;
 mod rooms;
 mod sessions;
@@ -22,6 +23,7 @@ mod users;
 pub use append::{MAX_BATCH, MessageAppender, QUEUE_CAPACITY};
 pub use error::StoreError;
 pub use events::{MAX_HISTORY_PAGE, NewMessage, PostOutcome};
+pub use markers::{FLUSH_INTERVAL, MarkerChange, MarkerStats, MarkerUpdate, MarkerWriter};
 pub use provision::{ProvisionError, ProvisionSpec, Provisioned, UNUSABLE_PASSWORD};
 pub use rooms::{AddMemberError, DirectRoom, Membership, RemoveMemberError};
 pub use sessions::{NewSession, RefreshOutcome, SessionRecord};

@@ -46,10 +46,20 @@ pub struct DirectRoom {
 }
 
 /// `SELECT <a room as one member sees it> <rest>`, as a `&'static str`.
+/// `unread` counts at most 100 rows ([`shared::model::UNREAD_CAP`]; a
+/// macro cannot splice a constant into the literal) of the partial index
+/// `room_events_messages_idx`, so a long-unread room costs no more than a
+/// short one.
 macro_rules! select_rooms {
     ($rest:literal) => {
         concat!(
-            "SELECT r.id, r.kind, r.name, r.created_by, r.created_at, r.last_seq, m.role \
+            "SELECT r.id, r.kind, r.name, r.created_by, r.created_at, r.last_seq, m.role, \
+                 m.read_seq, \
+                 (SELECT count(*) FROM ( \
+                     SELECT 1 FROM room_events e \
+                     WHERE e.room_id = m.room_id AND e.seq > m.read_seq \
+                         AND e.kind = 'message.created' AND e.sender_id <> m.user_id \
+                     LIMIT 100) unread_window) AS unread \
              FROM room_members m JOIN rooms r ON r.id = m.room_id ",
             $rest
         )
@@ -69,6 +79,8 @@ fn room_from_row(row: &AnyRow) -> Result<Room> {
         last_seq: row.try_get("last_seq")?,
         role: Role::parse(&role)
             .ok_or_else(|| StoreError::Corrupt(format!("member role {role:?}")))?,
+        read_seq: row.try_get("read_seq")?,
+        unread: row.try_get("unread")?,
     })
 }
 
@@ -107,6 +119,8 @@ impl Store {
             created_at: event.created_at,
             last_seq: 1,
             role: Role::Owner,
+            read_seq: 0,
+            unread: 0,
         };
         Ok((room, event))
     }

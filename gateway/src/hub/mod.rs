@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use shard::{JoinError, TypingVerdict};
+pub use shard::{JoinError, ReadVerdict, TypingVerdict};
 
 /// Node-local connection number.
 pub type ConnId = u64;
@@ -126,6 +126,7 @@ impl Hub {
     pub async fn start(
         broker: &DynBroker,
         store: Store,
+        markers: store::MarkerWriter,
         settings: HubSettings,
         tracker: &TaskTracker,
         stop: CancellationToken,
@@ -156,6 +157,7 @@ impl Hub {
                 shards[index].clone(),
                 settings.write_coalesce,
                 settings.typing_interval,
+                markers.clone(),
             );
             tracker.spawn(shard.run(rx, stop.clone()));
         }
@@ -308,6 +310,26 @@ impl Hub {
         rx.await.unwrap_or(TypingVerdict::Throttled)
     }
 
+    /// Checks a `read` frame against the room's shard: the connection must
+    /// have joined the room and `seq` must be an event this node delivered.
+    pub async fn read(&self, room: RoomId, conn: &Conn, seq: i64) -> ReadVerdict {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .shard(room)
+            .send(ShardCmd::Read {
+                room,
+                conn: conn.id,
+                seq,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return ReadVerdict::NotJoined;
+        }
+        rx.await.unwrap_or(ReadVerdict::NotJoined)
+    }
+
     /// Rooms with local members on this node (from the shards' own state).
     pub async fn local_rooms(&self) -> Vec<RoomId> {
         let mut rooms = Vec::new();
@@ -344,6 +366,9 @@ impl Hub {
         let frame = match notice {
             UserNotice::RoomAdded { room_id, role } => ServerFrame::RoomAdded { room_id, role },
             UserNotice::RoomRemoved { room_id } => ServerFrame::RoomRemoved { room_id },
+            UserNotice::ReadMarker { room_id, read_seq } => {
+                ServerFrame::ReadMarker { room_id, read_seq }
+            }
             UserNotice::SessionRevoked { session_id } => {
                 for conn in conns.iter().filter(|c| c.session_id == session_id) {
                     tracing::info!(target: "security", %user, %session_id, "closing a connection of a revoked session");

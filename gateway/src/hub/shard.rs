@@ -36,6 +36,18 @@ const MAX_COMMANDS_PER_PASS: usize = 256;
 /// removal can be refused; older ones are forgotten past this many.
 const REMEMBERED_REMOVALS: usize = 1_024;
 
+/// What becomes of a client's `read` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadVerdict {
+    /// Record it (the marker writer keeps the largest).
+    Accept,
+    /// The connection has not joined the room.
+    NotJoined,
+    /// Beyond the newest event this node delivered in the room: the client
+    /// cannot have seen it. Carries that newest `seq`.
+    Beyond(i64),
+}
+
 /// What becomes of a client's `typing` frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TypingVerdict {
@@ -104,6 +116,12 @@ pub(crate) enum ShardCmd {
         active: bool,
         reply: oneshot::Sender<TypingVerdict>,
     },
+    Read {
+        room: RoomId,
+        conn: ConnId,
+        seq: i64,
+        reply: oneshot::Sender<ReadVerdict>,
+    },
 }
 
 /// What a shard needs to know of a delivered payload to route it: a room
@@ -135,6 +153,11 @@ enum Payload {
         active: bool,
         json: Bytes,
     },
+    /// A member read further: ephemeral, to the other local members.
+    Receipt {
+        user: UserId,
+        json: Bytes,
+    },
 }
 
 impl Payload {
@@ -143,6 +166,10 @@ impl Payload {
         if header.frame == "typing" {
             let (user, active) = (header.user_id?, header.active);
             return Some(Payload::Typing { user, active, json });
+        }
+        if header.frame == "receipt" {
+            let user = header.user_id?;
+            return Some(Payload::Receipt { user, json });
         }
         let (seq, effect, created_ms) = Incoming::from_header(&header)?;
         Some(Payload::Event(
@@ -176,7 +203,7 @@ impl Incoming {
     fn parse(json: Bytes) -> Option<(i64, Incoming)> {
         match Payload::parse(json)? {
             Payload::Event(seq, incoming) => Some((seq, incoming)),
-            Payload::Typing { .. } => None,
+            Payload::Typing { .. } | Payload::Receipt { .. } => None,
         }
     }
 
@@ -251,6 +278,8 @@ pub(crate) struct Shard {
     deferred: Vec<(Instant, Arc<Conn>)>,
     write_coalesce: Duration,
     typing_interval: Duration,
+    /// Where delivery markers go (coalesced, written in batches).
+    markers: store::MarkerWriter,
 }
 
 impl Shard {
@@ -261,6 +290,7 @@ impl Shard {
         me: mpsc::Sender<ShardCmd>,
         write_coalesce: Duration,
         typing_interval: Duration,
+        markers: store::MarkerWriter,
     ) -> Self {
         Self {
             index,
@@ -273,6 +303,7 @@ impl Shard {
             deferred: Vec::new(),
             write_coalesce,
             typing_interval,
+            markers,
         }
     }
 
@@ -386,6 +417,24 @@ impl Shard {
             } => {
                 let _ = reply.send(self.typing(room, conn, user, active));
             }
+            ShardCmd::Read {
+                room,
+                conn,
+                seq,
+                reply,
+            } => {
+                let verdict = match self.rooms.get(&room) {
+                    Some(state) if state.members.iter().any(|c| c.id == conn) => {
+                        match &state.phase {
+                            Phase::Active { seq: s } if seq <= s.delivered() => ReadVerdict::Accept,
+                            Phase::Active { seq: s } => ReadVerdict::Beyond(s.delivered()),
+                            Phase::Subscribing { .. } => ReadVerdict::Beyond(0),
+                        }
+                    }
+                    _ => ReadVerdict::NotJoined,
+                };
+                let _ = reply.send(verdict);
+            }
         }
     }
 
@@ -462,6 +511,15 @@ impl Shard {
         } else {
             state.typists.remove(&user);
         }
+        self.ephemeral(room, user, json);
+    }
+
+    /// Writes an ephemeral frame (no `seq`) to the room's local members
+    /// other than `user`'s own connections.
+    fn ephemeral(&mut self, room: RoomId, user: UserId, json: Bytes) {
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return;
+        };
         let mut msgpack: Option<Option<Bytes>> = None;
         for conn in state.members.iter().filter(|c| c.user_id != user) {
             let bytes = match conn.encoding {
@@ -552,6 +610,7 @@ impl Shard {
             Some(Payload::Typing { user, active, json }) => {
                 return self.typing_delivered(room, user, active, json);
             }
+            Some(Payload::Receipt { user, json }) => return self.ephemeral(room, user, json),
             None => {
                 tracing::warn!(%room, "undecodable room event dropped");
                 return;
@@ -575,6 +634,7 @@ impl Shard {
         let Some(state) = self.rooms.get_mut(&room) else {
             return;
         };
+        let last_delivered = ready.last().map(|(seq, _)| *seq);
         for (seq, event) in ready {
             let mut msgpack: Option<Option<Bytes>> = None;
             let mut delivered = 0u64;
@@ -657,6 +717,21 @@ impl Shard {
                     }
                 }
                 Effect::None => {}
+            }
+        }
+        if let Some(last) = last_delivered {
+            // Delivery markers: one update per member per pass, coalesced
+            // again by the writer before anything reaches the database.
+            let mut users: Vec<UserId> = state
+                .members
+                .iter()
+                .filter(|c| !c.out.is_closed())
+                .map(|c| c.user_id)
+                .collect();
+            users.sort_unstable();
+            users.dedup();
+            for user in users {
+                self.markers.delivered(room, user, last);
             }
         }
         // Members whose queue overflowed were closed by `push`; stop feeding them.

@@ -10,6 +10,7 @@ mod cors;
 mod errors;
 mod messages;
 mod realtime;
+mod receipts;
 mod rooms;
 mod schema;
 mod single_node;
