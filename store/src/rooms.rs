@@ -119,7 +119,7 @@ impl Store {
             created_at: event.created_at,
             last_seq: 1,
             role: Role::Owner,
-            read_seq: 0,
+            read_seq: 1,
             unread: 0,
         };
         Ok((room, event))
@@ -267,7 +267,7 @@ impl Store {
             let Some(seq) = next_seq(&mut tx, room).await? else {
                 return Ok(None);
             };
-            add_member_row(&mut tx, room, user, role, now).await?;
+            add_member_row(&mut tx, room, user, role, now, seq).await?;
             let event = RoomEvent {
                 room_id: room,
                 seq,
@@ -361,7 +361,8 @@ async fn insert_room(
     .await?;
     let room_id = RoomId(row.try_get("id")?);
     for (user, role) in members {
-        add_member_row(conn, room_id, *user, *role, now).await?;
+        // The room's first event is seq 1 (see below).
+        add_member_row(conn, room_id, *user, *role, now, 1).await?;
     }
     let event = RoomEvent {
         room_id,
@@ -382,14 +383,19 @@ async fn add_member_row(
     user: UserId,
     role: Role,
     now: i64,
+    joined_seq: i64,
 ) -> Result<(), sqlx::Error> {
+    // A new member has read (and been delivered) the room up to the event
+    // that added them: what came before is history, not unread.
     sqlx::query(
-        "INSERT INTO room_members (room_id, user_id, role, joined_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO room_members (room_id, user_id, role, joined_at, read_seq, delivered_seq) \
+         VALUES ($1, $2, $3, $4, $5, $5)",
     )
     .bind(room.0)
     .bind(user.0)
     .bind(role.as_str())
     .bind(now)
+    .bind(joined_seq)
     .execute(conn)
     .await?;
     Ok(())
