@@ -148,6 +148,11 @@ async fn a_message_ends_its_senders_typing_for_the_others(mode: Mode) {
     bob_ws.join(room).await.expect("join");
 
     alice_ws.send(&typing(room, true)).await;
+    assert_eq!(
+        alice_ws.until_pong().await,
+        vec![],
+        "typing is not answered"
+    );
     let seen = read_until(&mut bob_ws, |f| matches!(f, ServerFrame::Typing { .. })).await;
     assert_eq!(typings(&seen).len(), 1);
 
