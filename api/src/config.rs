@@ -70,6 +70,10 @@ pub struct PolicyArgs {
     /// interval is committed at once. 0 commits as soon as the previous batch is done.
     #[arg(long, env = "PARLEY_COMMIT_INTERVAL", default_value = "2ms", value_parser = shared::config::parse_duration)]
     pub commit_interval: std::time::Duration,
+    /// Rooms with at most this many members get `receipt` events when a
+    /// member reads (the same setting as the gateway's).
+    #[arg(long = "api-receipt-room-limit", id = "api_receipt_room_limit", env = "PARLEY_RECEIPT_ROOM_LIMIT", default_value_t = shared::protocol::DEFAULT_RECEIPT_ROOM_LIMIT)]
+    pub receipt_room_limit: i64,
 }
 
 fn parse_secret(s: &str) -> Result<SecretString, String> {
@@ -95,6 +99,7 @@ impl Default for PolicyArgs {
             migrate_on_start: true,
             admin_token: None,
             commit_interval: std::time::Duration::from_millis(2),
+            receipt_room_limit: shared::protocol::DEFAULT_RECEIPT_ROOM_LIMIT,
         }
     }
 }

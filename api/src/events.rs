@@ -19,11 +19,50 @@ use std::time::Instant;
 #[derive(Clone)]
 pub struct Events {
     broker: DynBroker,
+    /// Rooms up to this many members get `receipt` events.
+    receipt_room_limit: i64,
 }
 
 impl Events {
-    pub fn new(broker: DynBroker) -> Self {
-        Self { broker }
+    pub fn new(broker: DynBroker, receipt_room_limit: i64) -> Self {
+        Self {
+            broker,
+            receipt_room_limit,
+        }
+    }
+
+    /// Announces a committed move of a member's read marker: to the
+    /// member's own connections, and to the room's in small rooms.
+    pub async fn read_marker(&self, change: &store::MarkerChange) {
+        if !change.read_moved {
+            return;
+        }
+        let (notice, receipt) = shared::protocol::read_marker_payloads(
+            change.room_id,
+            change.user_id,
+            change.read_seq,
+            change.delivered_seq,
+            change.members,
+            self.receipt_room_limit,
+        );
+        // The receipt goes first: whoever sees the reader's own notice
+        // knows the receipt was published before it.
+        let mut published = Ok(());
+        if let Some(receipt) = receipt {
+            published = self
+                .broker
+                .publish(Topic::Room(change.room_id), receipt)
+                .await;
+        }
+        published = published.and(
+            self.broker
+                .publish(Topic::User(change.user_id), notice)
+                .await,
+        );
+        if let Err(e) = published {
+            metrics::counter!("api_publish_failures_total").increment(1);
+            tracing::error!(error = %e, room_id = %change.room_id, "publishing a read marker failed");
+        }
     }
 
     /// Publishes a committed room event on the room's topic.
@@ -88,7 +127,7 @@ mod tests {
         };
 
         // No tracer is installed in unit tests: nothing is sampled.
-        Events::new(broker).room_event(&event).await;
+        Events::new(broker, 100).room_event(&event).await;
 
         let Some(Delivery::Message { payload, .. }) = subscription.deliveries.recv().await else {
             panic!("no delivery");

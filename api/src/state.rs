@@ -122,7 +122,7 @@ impl AppState {
     /// host closes `appender` after serving and before closing the store.
     pub fn new(store: Store, broker: DynBroker, tokens: Tokens, limits: &PolicyArgs) -> Self {
         Self {
-            events: Events::new(broker.clone()),
+            events: Events::new(broker.clone(), limits.receipt_room_limit),
             appender: Arc::new(MessageAppender::start(
                 store.clone(),
                 limits.commit_interval,

@@ -27,6 +27,11 @@ pub struct GatewayConfig {
 }
 
 /// Per-connection behaviour and limits.
+/// A person typing sends a frame every few seconds; three seconds keeps an
+/// indicator responsive while costing a room at most one event per typist
+/// per three seconds on every node.
+pub const DEFAULT_TYPING_INTERVAL: Duration = Duration::from_secs(3);
+
 #[derive(Clone, Debug, Args)]
 pub struct WsSettings {
     /// WebSocket connections this node accepts; more get HTTP 503.
@@ -65,6 +70,17 @@ pub struct WsSettings {
     /// every event at once.
     #[arg(long, env = "PARLEY_WRITE_COALESCE", default_value = "0ms", value_parser = parse_duration)]
     pub write_coalesce: Duration,
+    /// Least time between two `typing` events forwarded for one user in one
+    /// room from this node; frames in between are dropped (and counted in
+    /// `gateway_typing_frames_total{outcome="throttled"}`). Clients show an
+    /// indicator for twice this, so one frame per interval keeps it lit.
+    #[arg(long, env = "PARLEY_TYPING_INTERVAL", default_value = "3s", value_parser = parse_duration)]
+    pub typing_interval: Duration,
+    /// Rooms with at most this many members get `receipt` events when a
+    /// member reads; bigger rooms only update the reader's own connections
+    /// (the markers stay readable at `GET /v1/rooms/{id}/receipts`).
+    #[arg(long = "receipt-room-limit", id = "gateway_receipt_room_limit", env = "PARLEY_RECEIPT_ROOM_LIMIT", default_value_t = shared::protocol::DEFAULT_RECEIPT_ROOM_LIMIT)]
+    pub receipt_room_limit: i64,
 }
 
 impl Default for WsSettings {
@@ -79,6 +95,8 @@ impl Default for WsSettings {
             shutdown_grace: Duration::from_secs(10),
             shards: 0,
             write_coalesce: Duration::ZERO,
+            typing_interval: DEFAULT_TYPING_INTERVAL,
+            receipt_room_limit: shared::protocol::DEFAULT_RECEIPT_ROOM_LIMIT,
         }
     }
 }

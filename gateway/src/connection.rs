@@ -13,8 +13,9 @@
 //! with unread input is reset, and the reset can overtake the close frame.
 
 use crate::Inner;
-use crate::hub::{Conn, JoinError};
+use crate::hub::{Conn, JoinError, ReadVerdict, TypingVerdict};
 use crate::outbox::{CloseReason, Outbox, Sink};
+use broker::Topic;
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
 use shared::RoomId;
@@ -364,6 +365,12 @@ impl Session {
             }
             ClientFrame::Ping { id } => self.conn.send(&ServerFrame::Pong { id }),
             ClientFrame::Join { id, room_id } => self.join(id, room_id).await,
+            ClientFrame::Typing {
+                id,
+                room_id,
+                active,
+            } => self.typing(id, room_id, active).await,
+            ClientFrame::Read { id, room_id, seq } => self.read(id, room_id, seq).await,
             ClientFrame::Leave { id, room_id } => {
                 if self.node.hub.leave(room_id, self.conn.id).await {
                     self.conn.send(&ServerFrame::Left {
@@ -418,6 +425,56 @@ impl Session {
                 id,
                 ErrorCode::Unavailable,
                 "try again shortly".into(),
+                Some(room_id),
+            ),
+        }
+    }
+
+    /// Forwards a `typing` frame to the room's other members on every node,
+    /// unless the room's shard throttles it. Publishing is best effort: a
+    /// lost typing event is not worth an error, it is logged and counted.
+    async fn typing(&mut self, id: Option<u64>, room_id: RoomId, active: bool) {
+        match self.node.hub.typing(room_id, &self.conn, active).await {
+            TypingVerdict::Forward(bytes) => {
+                if let Err(e) = self.node.broker.publish(Topic::Room(room_id), bytes).await {
+                    metrics::counter!("gateway_publish_failures_total").increment(1);
+                    tracing::warn!(error = %e, %room_id, "publishing a typing event failed");
+                }
+            }
+            TypingVerdict::Throttled => {}
+            TypingVerdict::NotJoined => self.error(
+                id,
+                ErrorCode::NotJoined,
+                "join the room before sending typing".into(),
+                Some(room_id),
+            ),
+        }
+    }
+
+    /// Records how far the user has read. Accepted reads are coalesced by
+    /// the node's marker writer (the largest wins, so a backwards or
+    /// repeated `seq` changes nothing); they are not answered.
+    async fn read(&mut self, id: Option<u64>, room_id: RoomId, seq: i64) {
+        if seq < 1 {
+            return self.error(
+                id,
+                ErrorCode::InvalidSeq,
+                "seq must be at least 1".into(),
+                Some(room_id),
+            );
+        }
+        match self.node.hub.read(room_id, &self.conn, seq).await {
+            ReadVerdict::Accept => self.node.markers.read(room_id, self.conn.user_id, seq),
+            ReadVerdict::NotJoined => self.error(
+                id,
+                ErrorCode::NotJoined,
+                "join the room before sending read".into(),
+                Some(room_id),
+            ),
+            ReadVerdict::Beyond(last) => self.error(
+                id,
+                ErrorCode::InvalidSeq,
+                format!("seq is beyond the newest event delivered in this room ({last})"),
                 Some(room_id),
             ),
         }

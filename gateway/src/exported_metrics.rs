@@ -68,6 +68,14 @@ pub fn register() {
         "gateway_subscribe_failures_total",
         "Broker subscriptions that failed or timed out"
     );
+    describe_counter!(
+        "gateway_typing_frames_total",
+        "Typing frames from clients: forwarded, or throttled (dropped silently)"
+    );
+    describe_counter!(
+        "gateway_publish_failures_total",
+        "Ephemeral events (typing, read markers) the gateway could not publish"
+    );
 
     // increment(0), not set(0): registering must not reset a value another
     // gateway in the same process (the test harness) already counts.
@@ -88,10 +96,15 @@ pub fn register() {
         "gateway_gaps_skipped_total",
         "gateway_slow_consumers_total",
         "gateway_subscribe_failures_total",
+        "gateway_publish_failures_total",
     ] {
         counter!(name).increment(0);
+    }
+    for outcome in ["forwarded", "throttled"] {
+        counter!("gateway_typing_frames_total", "outcome" => outcome).increment(0);
     }
     // Taking a handle registers the histogram (exported with zero counts).
     let _ = metrics::histogram!("gateway_event_lag_seconds");
     broker::register_metrics();
+    store::register_metrics();
 }

@@ -17,6 +17,7 @@ pub mod exported_metrics;
 pub mod frames;
 pub mod hub;
 pub mod outbox;
+pub(crate) mod receipts;
 pub mod sequencer;
 pub mod server;
 
@@ -48,4 +49,6 @@ pub(crate) struct Inner {
     /// Hub tasks (shards, router, subscriptions).
     pub(crate) background: TaskTracker,
     pub(crate) shutdown: CancellationToken,
+    /// Coalesces this node's read and delivery markers into batched writes.
+    pub(crate) markers: store::MarkerWriter,
 }

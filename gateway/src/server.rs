@@ -55,13 +55,21 @@ impl Gateway {
                 .unwrap_or(1),
             n => n,
         };
+        let (markers, marker_changes) = store::MarkerWriter::start(store.clone());
+        background.spawn(crate::receipts::publish(
+            broker.clone(),
+            marker_changes,
+            settings.receipt_room_limit,
+        ));
         let hub = Hub::start(
             &broker,
             store.clone(),
+            markers.clone(),
             HubSettings {
                 shards,
                 heartbeat_interval: settings.heartbeat_interval,
                 write_coalesce: settings.write_coalesce,
+                typing_interval: settings.typing_interval,
             },
             &background,
             stop.child_token(),
@@ -80,6 +88,7 @@ impl Gateway {
                 connections: TaskTracker::new(),
                 background,
                 shutdown: stop,
+                markers,
             }),
         })
     }
@@ -118,6 +127,15 @@ impl Gateway {
         self.inner.hub.subscribed_topics()
     }
 
+    /// Batches of read and delivery markers this node has written.
+    pub fn marker_batches(&self) -> u64 {
+        self.inner
+            .markers
+            .stats()
+            .batches
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Rooms with at least one local member.
     pub async fn local_rooms(&self) -> Vec<RoomId> {
         self.inner.hub.local_rooms().await
@@ -140,6 +158,8 @@ impl Gateway {
         {
             tracing::warn!("some connections did not close in time");
         }
+        // Pending markers are written (and announced) before the tasks stop.
+        inner.markers.close().await;
         inner.shutdown.cancel();
         inner.background.close();
         inner.background.wait().await;

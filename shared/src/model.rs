@@ -96,6 +96,26 @@ pub struct Room {
     pub last_seq: i64,
     /// The caller's role in the room.
     pub role: Role,
+    /// The newest `seq` the caller has read (0: nothing yet).
+    pub read_seq: i64,
+    /// Messages after `read_seq` that others posted (membership events and
+    /// the caller's own messages do not count), exact up to [`UNREAD_CAP`]:
+    /// the cap means "that many or more" (show "99+").
+    pub unread: i64,
+}
+
+/// Largest `unread` a room reports: counting stops here, so a long-unread
+/// room costs no more than a short index range.
+pub const UNREAD_CAP: i64 = 100;
+
+/// One member's markers in a room ("seen by").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Receipt {
+    pub user_id: UserId,
+    /// The newest `seq` the member has read.
+    pub read_seq: i64,
+    /// The newest `seq` a gateway has written to one of the member's connections.
+    pub delivered_seq: i64,
 }
 
 /// One member of a room.

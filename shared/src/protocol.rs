@@ -17,6 +17,34 @@ use serde::{Deserialize, Serialize};
 /// while keeping a hostile client from parking megabytes in a gateway.
 pub const MAX_CLIENT_FRAME_BYTES: usize = 16 * 1024;
 
+/// Rooms up to this many members get `receipt` events: beyond it, a read
+/// would fan out to too many connections to be worth it ("seen by" in a big
+/// room is read from the receipts resource instead).
+pub const DEFAULT_RECEIPT_ROOM_LIMIT: i64 = 100;
+
+/// The payloads that announce a member's read marker move: a notice for
+/// the reader's own connections (their user topic), and, for rooms of at
+/// most `receipt_room_limit` members, a `receipt` frame for the room topic.
+pub fn read_marker_payloads(
+    room_id: RoomId,
+    user_id: UserId,
+    read_seq: i64,
+    delivered_seq: i64,
+    members: i64,
+    receipt_room_limit: i64,
+) -> (Bytes, Option<Bytes>) {
+    let notice = Encoding::Json.encode(&UserNotice::ReadMarker { room_id, read_seq });
+    let receipt = (members <= receipt_room_limit).then(|| {
+        Encoding::Json.encode(&ServerFrame::Receipt {
+            room_id,
+            user_id,
+            read_seq,
+            delivered_seq,
+        })
+    });
+    (notice, receipt)
+}
+
 /// Time a new connection has to send its `auth` frame.
 pub const AUTH_TIMEOUT_SECS: u64 = 10;
 
@@ -126,17 +154,41 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// The user is typing in a room this connection has joined
+    /// (`active: false` says they stopped). Never answered unless refused:
+    /// frames beyond the typing interval are dropped silently.
+    Typing {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room_id: RoomId,
+        #[serde(default = "active_by_default")]
+        active: bool,
+    },
+    /// The user has read `room_id` up to `seq` (an event this connection
+    /// received). Unanswered unless refused; writes are coalesced.
+    Read {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room_id: RoomId,
+        seq: i64,
+    },
+}
+
+fn active_by_default() -> bool {
+    true
 }
 
 impl ClientFrame {
-    pub const TYPES: &'static [&'static str] = &["auth", "join", "leave", "ping"];
+    pub const TYPES: &'static [&'static str] = &["auth", "join", "leave", "ping", "typing", "read"];
 
     pub fn id(&self) -> Option<u64> {
         match self {
             ClientFrame::Auth { id, .. }
             | ClientFrame::Join { id, .. }
             | ClientFrame::Leave { id, .. }
-            | ClientFrame::Ping { id } => *id,
+            | ClientFrame::Ping { id }
+            | ClientFrame::Typing { id, .. }
+            | ClientFrame::Read { id, .. } => *id,
         }
     }
 }
@@ -183,6 +235,28 @@ pub enum ServerFrame {
     },
     /// A room event, in `seq` order, at most once per connection.
     Event(RoomEvent),
+    /// Someone else in a joined room is typing (`active`), or stopped.
+    /// Ephemeral: never stored, never numbered, not in history. Show the
+    /// indicator for `ttl_ms` unless a newer `typing` for the same user
+    /// replaces it; a stop (`active: false`, `ttl_ms` 0) or a message from
+    /// that user ends it at once.
+    Typing {
+        room_id: RoomId,
+        user_id: UserId,
+        active: bool,
+        ttl_ms: u64,
+    },
+    /// A member of a joined room read further (rooms up to the receipt
+    /// size limit only). Ephemeral, like `typing`.
+    Receipt {
+        room_id: RoomId,
+        user_id: UserId,
+        read_seq: i64,
+        delivered_seq: i64,
+    },
+    /// The user's own read marker in a room moved (on another device, or
+    /// this one): on every connection of the user, joined or not.
+    ReadMarker { room_id: RoomId, read_seq: i64 },
     /// The user was added to a room (join it to receive its events).
     RoomAdded { room_id: RoomId, role: Role },
     /// The user is no longer a member of a room.
@@ -216,8 +290,11 @@ pub enum ErrorCode {
     /// The room does not exist or the user is not a member (the two are
     /// deliberately indistinguishable).
     RoomNotFound,
-    /// `leave` for a room the connection has not joined.
+    /// `leave` or `typing` for a room the connection has not joined.
     NotJoined,
+    /// `read` with a `seq` beyond the newest event this connection's
+    /// gateway has delivered in the room (or below 1).
+    InvalidSeq,
     /// The connection has joined [`MAX_ROOMS_PER_CONNECTION`] rooms.
     TooManyRooms,
     /// The gateway could not reach its database or broker; retry later.
@@ -247,9 +324,21 @@ pub fn event_frame_json(event: &RoomEvent) -> Bytes {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum UserNotice {
-    RoomAdded { room_id: RoomId, role: Role },
-    RoomRemoved { room_id: RoomId },
-    SessionRevoked { session_id: SessionId },
+    RoomAdded {
+        room_id: RoomId,
+        role: Role,
+    },
+    RoomRemoved {
+        room_id: RoomId,
+    },
+    SessionRevoked {
+        session_id: SessionId,
+    },
+    /// The user's read marker in a room moved.
+    ReadMarker {
+        room_id: RoomId,
+        read_seq: i64,
+    },
 }
 
 /// How a connection's frames are encoded.
@@ -542,6 +631,30 @@ mod tests {
         );
         let packed = Encoding::MsgPack.encode(&join);
         assert_eq!(Encoding::MsgPack.decode_client(&packed), Ok(join));
+    }
+
+    #[test]
+    fn a_typing_frame_is_active_unless_it_says_stop() {
+        assert_eq!(
+            Encoding::Json.decode_client(br#"{"type":"typing","room_id":3}"#),
+            Ok(ClientFrame::Typing {
+                id: None,
+                room_id: RoomId(3),
+                active: true
+            })
+        );
+        assert_eq!(
+            Encoding::Json.decode_client(br#"{"type":"typing","id":4,"room_id":3,"active":false}"#),
+            Ok(ClientFrame::Typing {
+                id: Some(4),
+                room_id: RoomId(3),
+                active: false
+            })
+        );
+        assert!(matches!(
+            Encoding::Json.decode_client(br#"{"type":"typing","room_id":3,"ttl_ms":1}"#),
+            Err(DecodeError::Invalid { .. })
+        ));
     }
 
     #[test]

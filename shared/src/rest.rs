@@ -138,6 +138,21 @@ pub struct RoomList {
     pub rooms: Vec<Room>,
 }
 
+/// `POST /v1/rooms/{id}/read`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadRequest {
+    /// The newest `seq` the caller has read; at most the room's `last_seq`.
+    /// A `seq` below the current marker changes nothing.
+    pub seq: i64,
+}
+
+/// `GET /v1/rooms/{id}/receipts`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReceiptList {
+    pub receipts: Vec<crate::model::Receipt>,
+}
+
 /// `GET /v1/rooms/{id}/members`
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct MemberList {

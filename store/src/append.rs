@@ -92,6 +92,10 @@ const IDEMPOTENCY_KEY: &str = "room_events_idempotency_key";
 ///   waited for works on the newly committed row, so `base` is the room's
 ///   real last number, not the snapshot's.
 /// * `numbered`: posts numbered `base + 1, base + 2, ...` per room, in batch order.
+/// * `own_read`: each sender's `read_seq` (and `delivered_seq`) moved to
+///   their newest post of the batch: your own messages are never unread.
+///   Their rows are locked first in (room, user) order (`sender_rows`), the
+///   order marker batches lock them in, so the two cannot deadlock.
 /// * If another writer committed one of the keys after the snapshot, the
 ///   insert violates `room_events_idempotency_key` and the whole statement,
 ///   bumps included, fails.
@@ -137,6 +141,20 @@ numbered AS (
 inserted AS (
     INSERT INTO room_events (room_id, seq, kind, sender_id, body, client_msg_id, created_at)
     SELECT room_id, seq, 'message.created', sender_id, body, client_msg_id, created_at FROM numbered
+),
+senders AS (
+    SELECT room_id, sender_id, max(seq) AS seq FROM numbered GROUP BY room_id, sender_id
+),
+sender_rows AS MATERIALIZED (
+    SELECT m.room_id, m.user_id FROM room_members m
+    JOIN senders s ON s.room_id = m.room_id AND s.sender_id = m.user_id
+    ORDER BY m.room_id, m.user_id FOR NO KEY UPDATE OF m
+),
+own_read AS (
+    UPDATE room_members m
+    SET read_seq = greatest(m.read_seq, o.seq), delivered_seq = greatest(m.delivered_seq, o.seq)
+    FROM senders o JOIN sender_rows l ON l.room_id = o.room_id AND l.user_id = o.sender_id
+    WHERE m.room_id = o.room_id AND m.user_id = o.sender_id
 )
 SELECT c.ord, n.seq AS created_seq,
     e.room_id, e.seq, e.kind, e.sender_id, e.body, e.client_msg_id, e.target_user_id, e.role,

@@ -183,7 +183,18 @@ pub(crate) async fn post_message_in(
         return Ok(PostOutcome::NotFound);
     };
     let event = msg.event(seq);
-    insert_event(conn, &event).await?;
+    insert_event(&mut *conn, &event).await?;
+    // Your own messages are never unread: the sender's markers move to the
+    // post in its transaction.
+    sqlx::query(
+        "UPDATE room_members SET read_seq = $3, delivered_seq = $3 \
+         WHERE room_id = $1 AND user_id = $2 AND read_seq < $3",
+    )
+    .bind(msg.room_id.0)
+    .bind(msg.sender_id.0)
+    .bind(seq)
+    .execute(&mut *conn)
+    .await?;
     Ok(PostOutcome::Created(event))
 }
 
@@ -235,7 +246,11 @@ impl Store {
             "WITH next AS ( \
                  UPDATE rooms SET last_seq = last_seq + 1 \
                  WHERE id = $1 AND EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2) \
-                 RETURNING last_seq) \
+                 RETURNING last_seq), \
+             own_read AS ( \
+                 UPDATE room_members m SET read_seq = greatest(m.read_seq, n.last_seq), \
+                     delivered_seq = greatest(m.delivered_seq, n.last_seq) \
+                 FROM next n WHERE m.room_id = $1 AND m.user_id = $2) \
              INSERT INTO room_events (room_id, seq, kind, sender_id, body, client_msg_id, created_at) \
              SELECT $1, last_seq, 'message.created', $2, $3, $4, $5 FROM next \
              RETURNING seq",

@@ -22,14 +22,16 @@ mod error;
 #[macro_use]
 mod events;
 mod liveness;
+mod markers;
 mod provision;
 mod rooms;
 mod sessions;
 mod users;
 
-pub use append::{MAX_BATCH, MessageAppender, QUEUE_CAPACITY, register_metrics};
+pub use append::{MAX_BATCH, MessageAppender, QUEUE_CAPACITY};
 pub use error::StoreError;
 pub use events::{MAX_HISTORY_PAGE, NewMessage, PostOutcome};
+pub use markers::{FLUSH_INTERVAL, MarkerChange, MarkerStats, MarkerUpdate, MarkerWriter};
 pub use provision::{ProvisionError, ProvisionSpec, Provisioned, UNUSABLE_PASSWORD};
 pub use rooms::{AddMemberError, DirectRoom, Membership, RemoveMemberError};
 pub use sessions::{NewSession, RefreshOutcome, SessionRecord};
@@ -57,6 +59,20 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// this process before giving up. Writes are short; 5 s only passes when
 /// something is wrong.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+
+/// Describes and registers, at zero, every metric the store records (the
+/// group commit of posts, the marker writer, dead-connection handling), so
+/// a fresh node exports them all.
+pub fn register_metrics() {
+    append::register_metrics();
+    markers::register_metrics();
+    liveness::register_metrics();
+    metrics::describe_counter!(
+        "store_read_retries_total",
+        "Reads retried once on a fresh connection after hitting a dead one"
+    );
+    metrics::counter!("store_read_retries_total").increment(0);
+}
 
 /// Which engine a [`Store`] runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -40,6 +40,17 @@ use std::time::{Duration, Instant};
 /// was quiet is noticed before the first request after it fails.
 pub(crate) const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
+/// Describes and registers the pool's discard counter at zero, per reason.
+pub(crate) fn register_metrics() {
+    metrics::describe_counter!(
+        "store_connections_discarded_total",
+        "Pooled connections replaced at checkout: opened before a connection failure (suspect) or failing their ping (dead)"
+    );
+    for why in ["suspect", "dead"] {
+        metrics::counter!("store_connections_discarded_total", "why" => why).increment(0);
+    }
+}
+
 /// What a checkout should do with an idle connection.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Checkout {

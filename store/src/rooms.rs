@@ -46,10 +46,20 @@ pub struct DirectRoom {
 }
 
 /// `SELECT <a room as one member sees it> <rest>`, as a `&'static str`.
+/// `unread` counts at most 100 rows ([`shared::model::UNREAD_CAP`]; a
+/// macro cannot splice a constant into the literal) of the partial index
+/// `room_events_messages_idx`, so a long-unread room costs no more than a
+/// short one.
 macro_rules! select_rooms {
     ($rest:literal) => {
         concat!(
-            "SELECT r.id, r.kind, r.name, r.created_by, r.created_at, r.last_seq, m.role \
+            "SELECT r.id, r.kind, r.name, r.created_by, r.created_at, r.last_seq, m.role, \
+                 m.read_seq, \
+                 (SELECT count(*) FROM ( \
+                     SELECT 1 FROM room_events e \
+                     WHERE e.room_id = m.room_id AND e.seq > m.read_seq \
+                         AND e.kind = 'message.created' AND e.sender_id <> m.user_id \
+                     LIMIT 100) unread_window) AS unread \
              FROM room_members m JOIN rooms r ON r.id = m.room_id ",
             $rest
         )
@@ -69,6 +79,8 @@ fn room_from_row(row: &AnyRow) -> Result<Room> {
         last_seq: row.try_get("last_seq")?,
         role: Role::parse(&role)
             .ok_or_else(|| StoreError::Corrupt(format!("member role {role:?}")))?,
+        read_seq: row.try_get("read_seq")?,
+        unread: row.try_get("unread")?,
     })
 }
 
@@ -107,6 +119,8 @@ impl Store {
             created_at: event.created_at,
             last_seq: 1,
             role: Role::Owner,
+            read_seq: 1,
+            unread: 0,
         };
         Ok((room, event))
     }
@@ -265,7 +279,7 @@ impl Store {
             let Some(seq) = next_seq(&mut tx, room).await? else {
                 return Ok(None);
             };
-            add_member_row(&mut tx, room, user, role, now).await?;
+            add_member_row(&mut tx, room, user, role, now, seq).await?;
             let event = RoomEvent {
                 room_id: room,
                 seq,
@@ -359,7 +373,8 @@ async fn insert_room(
     .await?;
     let room_id = RoomId(row.try_get("id")?);
     for (user, role) in members {
-        add_member_row(conn, room_id, *user, *role, now).await?;
+        // The room's first event is seq 1 (see below).
+        add_member_row(conn, room_id, *user, *role, now, 1).await?;
     }
     let event = RoomEvent {
         room_id,
@@ -380,14 +395,19 @@ async fn add_member_row(
     user: UserId,
     role: Role,
     now: i64,
+    joined_seq: i64,
 ) -> Result<(), sqlx::Error> {
+    // A new member has read (and been delivered) the room up to the event
+    // that added them: what came before is history, not unread.
     sqlx::query(
-        "INSERT INTO room_members (room_id, user_id, role, joined_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO room_members (room_id, user_id, role, joined_at, read_seq, delivered_seq) \
+         VALUES ($1, $2, $3, $4, $5, $5)",
     )
     .bind(room.0)
     .bind(user.0)
     .bind(role.as_str())
     .bind(now)
+    .bind(joined_seq)
     .execute(conn)
     .await?;
     Ok(())

@@ -8,13 +8,14 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use shared::model::{Member, Role, Room, RoomKind, now_millis};
+use shared::model::{Member, Receipt, Role, Room, RoomKind, now_millis};
 use shared::protocol::UserNotice;
 use shared::rest::{
-    AddMemberRequest, CreateRoomRequest, DirectRoomRequest, ErrorBody, MemberList, RoomList,
+    AddMemberRequest, CreateRoomRequest, DirectRoomRequest, ErrorBody, MemberList, ReadRequest,
+    ReceiptList, RoomList,
 };
 use shared::{RoomId, UserId};
-use store::{AddMemberError, Membership, RemoveMemberError};
+use store::{AddMemberError, MarkerUpdate, Membership, RemoveMemberError};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -25,6 +26,67 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_room))
         .routes(routes!(list_members, add_member))
         .routes(routes!(remove_member))
+        .routes(routes!(mark_read))
+        .routes(routes!(list_receipts))
+}
+
+/// Moves the caller's read marker in a room forward to `seq` (clients
+/// without a WebSocket; connected clients send a `read` frame). A `seq`
+/// below the current marker changes nothing. Answers the caller's markers.
+#[utoipa::path(post, path = "/rooms/{room_id}/read", tag = "rooms", security(("bearer" = [])),
+    params(("room_id" = i64, Path)), request_body = ReadRequest,
+    responses((status = 200, body = Receipt),
+        (status = 404, description = "`room_not_found`", body = ErrorBody),
+        (status = 422, description = "`validation_failed` (`seq` below 1 or beyond the room's `last_seq`)", body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(user_id = %caller.user_id, %room_id))]
+async fn mark_read(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(room_id): ApiPath<RoomId>,
+    ApiJson(req): ApiJson<ReadRequest>,
+) -> ApiResult<Json<Receipt>> {
+    let membership = membership_of(&state, room_id, caller.user_id).await?;
+    if req.seq < 1 || req.seq > membership.last_seq {
+        return Err(ApiError::validation(
+            "seq",
+            format!(
+                "must be between 1 and the room's last_seq ({})",
+                membership.last_seq
+            ),
+        ));
+    }
+    let update = MarkerUpdate {
+        room_id,
+        user_id: caller.user_id,
+        read_seq: req.seq,
+        delivered_seq: 0,
+    };
+    for change in state.store.advance_markers(&[update]).await? {
+        state.events.read_marker(&change).await;
+    }
+    let own = state
+        .store
+        .receipts(room_id)
+        .await?
+        .into_iter()
+        .find(|r| r.user_id == caller.user_id)
+        .ok_or(ApiError::RoomNotFound)?;
+    Ok(Json(own))
+}
+
+/// Every member's read and delivery markers ("seen by"), members only.
+#[utoipa::path(get, path = "/rooms/{room_id}/receipts", tag = "rooms", security(("bearer" = [])),
+    params(("room_id" = i64, Path)),
+    responses((status = 200, body = ReceiptList), (status = 404, description = "`room_not_found`", body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(user_id = %caller.user_id, %room_id))]
+async fn list_receipts(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(room_id): ApiPath<RoomId>,
+) -> ApiResult<Json<ReceiptList>> {
+    membership_of(&state, room_id, caller.user_id).await?;
+    let receipts = state.store.receipts(room_id).await?;
+    Ok(Json(ReceiptList { receipts }))
 }
 
 /// The caller's membership of `room`, or the 404 a stranger gets.

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use shard::JoinError;
+pub use shard::{JoinError, ReadVerdict, TypingVerdict};
 
 /// Node-local connection number.
 pub type ConnId = u64;
@@ -54,6 +54,8 @@ pub struct HubSettings {
     pub heartbeat_interval: Duration,
     /// See [`crate::WsSettings::write_coalesce`].
     pub write_coalesce: Duration,
+    /// See [`crate::WsSettings::typing_interval`].
+    pub typing_interval: Duration,
 }
 
 /// A connection as the hub sees it.
@@ -124,6 +126,7 @@ impl Hub {
     pub async fn start(
         broker: &DynBroker,
         store: Store,
+        markers: store::MarkerWriter,
         settings: HubSettings,
         tracker: &TaskTracker,
         stop: CancellationToken,
@@ -153,6 +156,8 @@ impl Hub {
                 sub_tx.clone(),
                 shards[index].clone(),
                 settings.write_coalesce,
+                settings.typing_interval,
+                markers.clone(),
             );
             tracker.spawn(shard.run(rx, stop.clone()));
         }
@@ -283,6 +288,48 @@ impl Hub {
         rx.await.unwrap_or(false)
     }
 
+    /// Decides what becomes of a `typing` frame from `conn` for `room`: the
+    /// room's shard owns the per-(user, room) throttle, so no lock is taken
+    /// and the decision is in order with joins and leaves.
+    pub async fn typing(&self, room: RoomId, conn: &Conn, active: bool) -> TypingVerdict {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .shard(room)
+            .send(ShardCmd::Typing {
+                room,
+                conn: conn.id,
+                user: conn.user_id,
+                active,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return TypingVerdict::Throttled;
+        }
+        rx.await.unwrap_or(TypingVerdict::Throttled)
+    }
+
+    /// Checks a `read` frame against the room's shard: the connection must
+    /// have joined the room and `seq` must be an event this node delivered.
+    pub async fn read(&self, room: RoomId, conn: &Conn, seq: i64) -> ReadVerdict {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .shard(room)
+            .send(ShardCmd::Read {
+                room,
+                conn: conn.id,
+                seq,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return ReadVerdict::NotJoined;
+        }
+        rx.await.unwrap_or(ReadVerdict::NotJoined)
+    }
+
     /// Rooms with local members on this node (from the shards' own state).
     pub async fn local_rooms(&self) -> Vec<RoomId> {
         let mut rooms = Vec::new();
@@ -319,6 +366,9 @@ impl Hub {
         let frame = match notice {
             UserNotice::RoomAdded { room_id, role } => ServerFrame::RoomAdded { room_id, role },
             UserNotice::RoomRemoved { room_id } => ServerFrame::RoomRemoved { room_id },
+            UserNotice::ReadMarker { room_id, read_seq } => {
+                ServerFrame::ReadMarker { room_id, read_seq }
+            }
             UserNotice::SessionRevoked { session_id } => {
                 for conn in conns.iter().filter(|c| c.session_id == session_id) {
                     tracing::info!(target: "security", %user, %session_id, "closing a connection of a revoked session");

@@ -6,6 +6,12 @@
 //! span, a child of the api's `publish` span. The span covers queueing the
 //! frame for every local member; the socket writes follow at the end of the
 //! shard's pass, shared by every event of the pass, so they are not in it.
+//!
+//! Besides the rooms' members and sequencers, a shard owns their typing
+//! state: the per-(user, room) throttle of `typing` frames from this node's
+//! connections, and who is shown as typing (so a message from that user can
+//! end it). Both live in the room's state, so they are bounded by the room's
+//! typists within one indicator lifetime and die with the room.
 
 use super::subscriptions::{Reply, SubCmd};
 use super::{Conn, ConnId};
@@ -39,6 +45,29 @@ const MAX_COMMANDS_PER_PASS: usize = 256;
 /// `member.removed` seqs remembered per room so a join racing with a
 /// removal can be refused; older ones are forgotten past this many.
 const REMEMBERED_REMOVALS: usize = 1_024;
+
+/// What becomes of a client's `read` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadVerdict {
+    /// Record it (the marker writer keeps the largest).
+    Accept,
+    /// The connection has not joined the room.
+    NotJoined,
+    /// Beyond the newest event this node delivered in the room: the client
+    /// cannot have seen it. Carries that newest `seq`.
+    Beyond(i64),
+}
+
+/// What becomes of a client's `typing` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TypingVerdict {
+    /// Publish these bytes (a `typing` frame) on the room's topic.
+    Forward(Bytes),
+    /// Within the interval (or a stop with nothing to stop): dropped silently.
+    Throttled,
+    /// The connection has not joined the room.
+    NotJoined,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum JoinError {
@@ -93,18 +122,83 @@ pub(crate) enum ShardCmd {
     Rooms {
         reply: oneshot::Sender<Vec<RoomId>>,
     },
+    Typing {
+        room: RoomId,
+        conn: ConnId,
+        user: UserId,
+        active: bool,
+        reply: oneshot::Sender<TypingVerdict>,
+    },
+    Read {
+        room: RoomId,
+        conn: ConnId,
+        seq: i64,
+        reply: oneshot::Sender<ReadVerdict>,
+    },
 }
 
-/// What a shard needs to know of a delivered event to route it.
+/// What a shard needs to know of a delivered payload to route it: a room
+/// event (`type` "event", numbered) or an ephemeral `typing` frame.
 #[derive(Deserialize)]
 struct Header<'a> {
+    #[serde(rename = "type", borrow)]
+    frame: std::borrow::Cow<'a, str>,
+    #[serde(default)]
     seq: i64,
-    #[serde(borrow)]
+    #[serde(borrow, default)]
     created_at: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
+    #[serde(borrow, default)]
     kind: std::borrow::Cow<'a, str>,
     #[serde(default)]
     user_id: Option<UserId>,
+    #[serde(default)]
+    sender_id: Option<UserId>,
+    #[serde(default)]
+    active: bool,
+}
+
+/// A delivered payload, parsed.
+enum Payload {
+    Event(i64, Incoming),
+    /// Ephemeral: bypasses the sequencer, goes to local members only.
+    Typing {
+        user: UserId,
+        active: bool,
+        json: Bytes,
+    },
+    /// A member read further: ephemeral, to the other local members.
+    Receipt {
+        user: UserId,
+        json: Bytes,
+    },
+}
+
+impl Payload {
+    /// Reads a published payload: the frame's header and, in front of the
+    /// frame of a sampled room event only, its trace context. The frame
+    /// stays in the buffer it arrived in either way.
+    fn parse(payload: Bytes) -> Option<Payload> {
+        let (json, trace) = trace_context::split(payload);
+        let header: Header<'_> = serde_json::from_slice(&json).ok()?;
+        if header.frame == "typing" {
+            let (user, active) = (header.user_id?, header.active);
+            return Some(Payload::Typing { user, active, json });
+        }
+        if header.frame == "receipt" {
+            let user = header.user_id?;
+            return Some(Payload::Receipt { user, json });
+        }
+        let (seq, effect, created_ms) = Incoming::from_header(&header)?;
+        Some(Payload::Event(
+            seq,
+            Incoming {
+                json,
+                effect,
+                created_ms,
+                trace,
+            },
+        ))
+    }
 }
 
 /// An event ready for delivery.
@@ -123,33 +217,41 @@ enum Effect {
     None,
     Added(UserId),
     Removed(UserId),
+    /// A message: its sender is no longer typing.
+    Posted(UserId),
 }
 
 impl Incoming {
-    /// Reads a published payload: the frame's header and, in front of the
-    /// frame of a sampled event only, its trace context. The frame stays in
-    /// the buffer it arrived in either way.
-    fn parse(payload: Bytes) -> Option<(i64, Incoming)> {
-        let (json, trace) = trace_context::split(payload);
-        let header: Header<'_> = serde_json::from_slice(&json).ok()?;
-        let effect = match (header.kind.as_ref(), header.user_id) {
-            ("member.added", Some(u)) => Effect::Added(u),
-            ("member.removed", Some(u)) => Effect::Removed(u),
+    fn parse(json: Bytes) -> Option<(i64, Incoming)> {
+        match Payload::parse(json)? {
+            Payload::Event(seq, incoming) => Some((seq, incoming)),
+            Payload::Typing { .. } | Payload::Receipt { .. } => None,
+        }
+    }
+
+    /// The seq, effect and commit time of a room event's header.
+    fn from_header(header: &Header<'_>) -> Option<(i64, Effect, i64)> {
+        if header.frame != "event" {
+            return None;
+        }
+        let effect = match (header.kind.as_ref(), header.user_id, header.sender_id) {
+            ("member.added", Some(u), _) => Effect::Added(u),
+            ("member.removed", Some(u), _) => Effect::Removed(u),
+            ("message.created", _, Some(u)) => Effect::Posted(u),
             _ => Effect::None,
         };
         let created_ms = chrono::DateTime::parse_from_rfc3339(&header.created_at)
             .map(|t| t.timestamp_millis())
             .unwrap_or(0);
-        Some((
-            header.seq,
-            Incoming {
-                json,
-                effect,
-                created_ms,
-                trace,
-            },
-        ))
+        Some((header.seq, effect, created_ms))
     }
+}
+
+/// This node's last forwarded `typing` of one user in one room.
+struct TypingSent {
+    at: Instant,
+    /// A start was forwarded and no stop since: a stop has something to end.
+    active: bool,
 }
 
 struct PendingJoin {
@@ -178,6 +280,10 @@ struct RoomState {
     removed: HashMap<UserId, i64>,
     gap_timer_armed: bool,
     filling: bool,
+    /// Throttle of this node's users' `typing` frames (see module docs).
+    typing_sent: HashMap<UserId, TypingSent>,
+    /// Users shown as typing to this node's members, until when.
+    typists: HashMap<UserId, Instant>,
 }
 
 pub(crate) struct Shard {
@@ -193,6 +299,9 @@ pub(crate) struct Shard {
     /// Connections inside their coalescing window, and when to write them.
     deferred: Vec<(Instant, Arc<Conn>)>,
     write_coalesce: Duration,
+    typing_interval: Duration,
+    /// Where delivery markers go (coalesced, written in batches).
+    markers: store::MarkerWriter,
 }
 
 impl Shard {
@@ -202,6 +311,8 @@ impl Shard {
         subscriptions: mpsc::UnboundedSender<SubCmd>,
         me: mpsc::Sender<ShardCmd>,
         write_coalesce: Duration,
+        typing_interval: Duration,
+        markers: store::MarkerWriter,
     ) -> Self {
         Self {
             index,
@@ -213,6 +324,8 @@ impl Shard {
             dirty: Vec::new(),
             deferred: Vec::new(),
             write_coalesce,
+            typing_interval,
+            markers,
         }
     }
 
@@ -317,6 +430,130 @@ impl Shard {
                 rooms.sort();
                 let _ = reply.send(rooms);
             }
+            ShardCmd::Typing {
+                room,
+                conn,
+                user,
+                active,
+                reply,
+            } => {
+                let _ = reply.send(self.typing(room, conn, user, active));
+            }
+            ShardCmd::Read {
+                room,
+                conn,
+                seq,
+                reply,
+            } => {
+                let verdict = match self.rooms.get(&room) {
+                    Some(state) if state.members.iter().any(|c| c.id == conn) => {
+                        match &state.phase {
+                            Phase::Active { seq: s } if seq <= s.delivered() => ReadVerdict::Accept,
+                            Phase::Active { seq: s } => ReadVerdict::Beyond(s.delivered()),
+                            Phase::Subscribing { .. } => ReadVerdict::Beyond(0),
+                        }
+                    }
+                    _ => ReadVerdict::NotJoined,
+                };
+                let _ = reply.send(verdict);
+            }
+        }
+    }
+
+    /// How long clients show a typing indicator: two intervals, so a typist
+    /// whose frames are forwarded once per interval stays shown throughout.
+    fn typing_ttl(&self) -> Duration {
+        self.typing_interval * 2
+    }
+
+    /// The throttle: at most one start per interval per (user, room) from
+    /// this node, and a stop only when a start is showing. Anything else is
+    /// dropped and counted, never answered.
+    fn typing(&mut self, room: RoomId, conn: ConnId, user: UserId, active: bool) -> TypingVerdict {
+        let ttl = self.typing_ttl();
+        let interval = self.typing_interval;
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return TypingVerdict::NotJoined;
+        };
+        if !state.members.iter().any(|c| c.id == conn) {
+            return TypingVerdict::NotJoined;
+        }
+        let now = Instant::now();
+        let forward = match (active, state.typing_sent.get_mut(&user)) {
+            (true, Some(sent)) if now.duration_since(sent.at) < interval => false,
+            (true, _) => {
+                // Entries older than an indicator's lifetime say nothing any more.
+                state
+                    .typing_sent
+                    .retain(|_, sent| now.duration_since(sent.at) < ttl);
+                state.typing_sent.insert(
+                    user,
+                    TypingSent {
+                        at: now,
+                        active: true,
+                    },
+                );
+                true
+            }
+            (false, Some(sent)) if sent.active => {
+                sent.active = false;
+                true
+            }
+            (false, _) => false,
+        };
+        if !forward {
+            metrics::counter!("gateway_typing_frames_total", "outcome" => "throttled").increment(1);
+            return TypingVerdict::Throttled;
+        }
+        metrics::counter!("gateway_typing_frames_total", "outcome" => "forwarded").increment(1);
+        let ttl_ms = if active {
+            u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
+        } else {
+            0
+        };
+        TypingVerdict::Forward(Encoding::Json.encode(&ServerFrame::Typing {
+            room_id: room,
+            user_id: user,
+            active,
+            ttl_ms,
+        }))
+    }
+
+    /// Writes a delivered `typing` frame to the room's local members other
+    /// than the typist's own connections, and remembers who is shown typing.
+    fn typing_delivered(&mut self, room: RoomId, user: UserId, active: bool, json: Bytes) {
+        let ttl = self.typing_ttl();
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let now = Instant::now();
+        if active {
+            state.typists.retain(|_, until| *until > now);
+            state.typists.insert(user, now + ttl);
+        } else {
+            state.typists.remove(&user);
+        }
+        self.ephemeral(room, user, json);
+    }
+
+    /// Writes an ephemeral frame (no `seq`) to the room's local members
+    /// other than `user`'s own connections.
+    fn ephemeral(&mut self, room: RoomId, user: UserId, json: Bytes) {
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let mut msgpack: Option<Option<Bytes>> = None;
+        for conn in state.members.iter().filter(|c| c.user_id != user) {
+            let bytes = match conn.encoding {
+                Encoding::Json => &json,
+                Encoding::MsgPack => match msgpack.get_or_insert_with(|| to_msgpack(&json)) {
+                    Some(bytes) => &*bytes,
+                    None => continue,
+                },
+            };
+            if conn.queue(bytes) == Some(true) {
+                self.dirty.push(conn.clone());
+            }
         }
     }
 
@@ -348,6 +585,8 @@ impl Shard {
                 removed: HashMap::new(),
                 gap_timer_armed: false,
                 filling: false,
+                typing_sent: HashMap::new(),
+                typists: HashMap::new(),
             }
         });
         match &mut state.phase {
@@ -397,15 +636,25 @@ impl Shard {
         let Some(state) = self.rooms.get_mut(&room) else {
             return;
         };
-        let seq = match &mut state.phase {
-            Phase::Subscribing { early, .. } => {
-                early.push(payload);
+        if let Phase::Subscribing { early, .. } = &mut state.phase {
+            early.push(payload);
+            return;
+        }
+        let (n, incoming) = match Payload::parse(payload) {
+            Some(Payload::Event(n, incoming)) => (n, incoming),
+            Some(Payload::Typing { user, active, json }) => {
+                return self.typing_delivered(room, user, active, json);
+            }
+            Some(Payload::Receipt { user, json }) => return self.ephemeral(room, user, json),
+            None => {
+                tracing::warn!(%room, "undecodable room event dropped");
                 return;
             }
-            Phase::Active { seq } => seq,
         };
-        let Some((n, incoming)) = Incoming::parse(payload) else {
-            tracing::warn!(%room, "undecodable room event dropped");
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let Phase::Active { seq } = &mut state.phase else {
             return;
         };
         match seq.offer(n, incoming) {
@@ -420,6 +669,7 @@ impl Shard {
         let Some(state) = self.rooms.get_mut(&room) else {
             return;
         };
+        let last_delivered = ready.last().map(|(seq, _)| *seq);
         for (seq, event) in ready {
             // Only sampled events carry a trace; the rest cost no span.
             // Counts are recorded as i64: OpenTelemetry has no unsigned
@@ -492,7 +742,45 @@ impl Shard {
                 Effect::Added(user) => {
                     state.removed.remove(&user);
                 }
+                Effect::Posted(user) => {
+                    // A message ends its sender's typing: the next frame is
+                    // forwarded at once, and whoever was shown them typing
+                    // is told it stopped.
+                    state.typing_sent.remove(&user);
+                    if state
+                        .typists
+                        .remove(&user)
+                        .is_some_and(|until| until > Instant::now())
+                    {
+                        let stop = ServerFrame::Typing {
+                            room_id: room,
+                            user_id: user,
+                            active: false,
+                            ttl_ms: 0,
+                        };
+                        for conn in state.members.iter().filter(|c| c.user_id != user) {
+                            if conn.queue(&conn.encoding.encode(&stop)) == Some(true) {
+                                self.dirty.push(conn.clone());
+                            }
+                        }
+                    }
+                }
                 Effect::None => {}
+            }
+        }
+        if let Some(last) = last_delivered {
+            // Delivery markers: one update per member per pass, coalesced
+            // again by the writer before anything reaches the database.
+            let mut users: Vec<UserId> = state
+                .members
+                .iter()
+                .filter(|c| !c.out.is_closed())
+                .map(|c| c.user_id)
+                .collect();
+            users.sort_unstable();
+            users.dedup();
+            for user in users {
+                self.markers.delivered(room, user, last);
             }
         }
         // Members whose queue overflowed were closed by `push`; stop feeding them.

@@ -15,6 +15,8 @@ mod metrics;
 mod openapi;
 mod protocol_edges;
 mod realtime;
+mod receipts;
 mod rooms;
 mod schema;
 mod single_node;
+mod typing;
