@@ -35,7 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// below the current marker changes nothing. Answers the caller's markers.
 #[utoipa::path(post, path = "/rooms/{room_id}/read", tag = "rooms", security(("bearer" = [])),
     params(("room_id" = i64, Path)), request_body = ReadRequest,
-    responses((status = 200, body = Receipt),
+    responses((status = 200, description = "The caller's markers after the move", body = Receipt),
         (status = 404, description = "`room_not_found`", body = ErrorBody),
         (status = 422, description = "`validation_failed` (`seq` below 1 or beyond the room's `last_seq`)", body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id, %room_id))]
@@ -77,7 +77,7 @@ async fn mark_read(
 /// Every member's read and delivery markers ("seen by"), members only.
 #[utoipa::path(get, path = "/rooms/{room_id}/receipts", tag = "rooms", security(("bearer" = [])),
     params(("room_id" = i64, Path)),
-    responses((status = 200, body = ReceiptList), (status = 404, description = "`room_not_found`", body = ErrorBody)))]
+    responses((status = 200, description = "Every member's markers, by user id", body = ReceiptList), (status = 404, description = "`room_not_found`", body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id, %room_id))]
 async fn list_receipts(
     State(state): State<AppState>,
