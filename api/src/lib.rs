@@ -21,6 +21,7 @@ pub mod health;
 pub mod limits;
 pub mod messages;
 pub mod openapi;
+pub mod presence;
 pub mod rooms;
 pub mod startup;
 pub mod state;

@@ -31,6 +31,7 @@ use utoipa::{Modify, OpenApi, PartialSchema};
         (name = "rooms", description = "Rooms and membership"),
         (name = "messages", description = "Posting and history"),
         (name = "users", description = "Accounts as others see them"),
+        (name = "presence", description = "Who is online and who is in a room"),
         (name = "health", description = "Probes"),
         (name = "admin", description = "Operator endpoints, enabled by PARLEY_ADMIN_TOKEN"),
     )

@@ -5,7 +5,7 @@ use crate::cors::CorsPolicy;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, Tokens};
-use crate::{admin, auth, health, messages, rooms, users};
+use crate::{admin, auth, health, messages, presence, rooms, users};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -70,6 +70,7 @@ pub fn router(state: AppState, policy: &PolicyArgs, listen: IpAddr) -> Router {
             rooms::router()
                 .merge(messages::router())
                 .merge(users::router())
+                .merge(presence::router())
                 .merge(admin_router),
         )
         .merge(health::router())

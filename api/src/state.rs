@@ -18,6 +18,8 @@ pub struct AppState {
     /// Message posts go through here: concurrent posts share a commit.
     pub appender: Arc<MessageAppender>,
     pub broker: DynBroker,
+    /// Who is online and in which room (kept by the gateways).
+    pub presence: broker::presence::DynPresence,
     pub events: Events,
     pub tokens: Arc<Tokens>,
     pub sessions: Arc<SessionCache>,
@@ -128,6 +130,7 @@ impl AppState {
                 limits.commit_interval,
             )),
             store,
+            presence: broker.presence(),
             broker,
             tokens: Arc::new(tokens),
             sessions: Arc::new(SessionCache::default()),

@@ -14,6 +14,7 @@
 //! delivery costs latency, not data.
 
 mod memory;
+pub mod presence;
 mod redis;
 
 pub use memory::MemoryBroker;
@@ -68,6 +69,8 @@ pub trait Broker: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), BrokerError>;
     /// A short name for logs: "redis" or "memory".
     fn kind(&self) -> &'static str;
+    /// Presence kept where this broker keeps its state (see [`presence`]).
+    fn presence(&self) -> presence::DynPresence;
     async fn close(&self);
 }
 

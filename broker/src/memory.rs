@@ -1,5 +1,6 @@
 //! The in-process broker of a single node.
 
+use crate::presence::{DynPresence, MemoryPresence, memory::SharedState};
 use crate::{
     Broker, BrokerError, DELIVERY_QUEUE, Delivery, Subscription, SubscriptionControl, Topic,
     count_dropped,
@@ -15,6 +16,7 @@ use tokio::sync::mpsc;
 #[derive(Clone, Default)]
 pub struct MemoryBroker {
     subscribers: Arc<RwLock<Vec<Arc<MemorySubscriber>>>>,
+    presence: SharedState,
 }
 
 struct MemorySubscriber {
@@ -82,6 +84,10 @@ impl Broker for MemoryBroker {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    fn presence(&self) -> DynPresence {
+        Arc::new(MemoryPresence::new(self.clone(), self.presence.clone()))
     }
 
     async fn close(&self) {

@@ -10,6 +10,7 @@
 //! reconnection (bounded by the gateway), and every client keeps
 //! reconnecting at least once a second, so service resumes by itself.
 
+use crate::presence::{DynPresence, RedisPresence};
 use crate::{
     Broker, BrokerError, DELIVERY_QUEUE, Delivery, Subscription, SubscriptionControl, Topic,
     count_dropped,
@@ -56,6 +57,7 @@ pub struct RedisBroker {
     config: Config,
     prefix: Arc<str>,
     publisher: Pool,
+    presence: Arc<RedisPresence>,
 }
 
 impl RedisBroker {
@@ -66,9 +68,11 @@ impl RedisBroker {
             .build_pool(PUBLISH_POOL_SIZE)
             .map_err(|e| BrokerError::Config(e.to_string()))?;
         publisher.init().await.map_err(unavailable)?;
+        let prefix: Arc<str> = prefix.into();
         Ok(Self {
+            presence: Arc::new(RedisPresence::new(publisher.clone(), prefix.clone())),
             config,
-            prefix: prefix.into(),
+            prefix,
             publisher,
         })
     }
@@ -103,7 +107,7 @@ fn builder(config: &Config) -> Builder {
 /// Options for a command that must not wait for a reconnection: it fails
 /// at once while the client is disconnected (instead of being queued until
 /// Redis is back), and after `timeout` otherwise.
-fn fail_fast(timeout: Duration) -> Options {
+pub(crate) fn fail_fast(timeout: Duration) -> Options {
     Options {
         fail_fast: true,
         timeout: Some(timeout),
@@ -111,7 +115,7 @@ fn fail_fast(timeout: Duration) -> Options {
     }
 }
 
-fn unavailable(e: Error) -> BrokerError {
+pub(crate) fn unavailable(e: Error) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
 
@@ -182,6 +186,10 @@ impl Broker for RedisBroker {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    fn presence(&self) -> DynPresence {
+        self.presence.clone()
     }
 
     async fn close(&self) {

@@ -81,6 +81,43 @@ pub struct WsSettings {
     /// (the markers stay readable at `GET /v1/rooms/{id}/receipts`).
     #[arg(long = "receipt-room-limit", id = "gateway_receipt_room_limit", env = "PARLEY_RECEIPT_ROOM_LIMIT", default_value_t = shared::protocol::DEFAULT_RECEIPT_ROOM_LIMIT)]
     pub receipt_room_limit: i64,
+    /// How long a user stays present after their connection drops without
+    /// leaving: a reconnect within it (to any node) changes nothing others
+    /// see. An explicit `leave` or a logout is immediate.
+    #[arg(long, env = "PARLEY_PRESENCE_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub presence_grace: Duration,
+    /// How often a node renews its presence lease and looks for nodes whose
+    /// leases expired (one Redis script per heartbeat, whatever the load).
+    #[arg(long, env = "PARLEY_PRESENCE_HEARTBEAT", default_value = "5s", value_parser = parse_duration)]
+    pub presence_heartbeat: Duration,
+    /// How long a node's presence outlives its last heartbeat: a node that
+    /// dies is reaped by another within this plus one heartbeat. Must be
+    /// longer than the heartbeat.
+    #[arg(long, env = "PARLEY_PRESENCE_LEASE", default_value = "12s", value_parser = parse_duration)]
+    pub presence_lease: Duration,
+    /// Rooms with at most this many users present get the list in the
+    /// `joined` reply of a `join` that asks for presence; bigger ones get
+    /// the count only.
+    #[arg(long, env = "PARLEY_PRESENCE_SNAPSHOT_LIMIT", default_value_t = shared::protocol::DEFAULT_PRESENCE_SNAPSHOT_LIMIT)]
+    pub presence_snapshot_limit: usize,
+}
+
+impl WsSettings {
+    /// The presence timing, checked: a lease no longer than the heartbeat
+    /// would expire between two renewals.
+    pub fn presence_timing(&self) -> anyhow::Result<crate::presence::PresenceTiming> {
+        anyhow::ensure!(
+            self.presence_lease > self.presence_heartbeat && !self.presence_heartbeat.is_zero(),
+            "PARLEY_PRESENCE_LEASE ({:?}) must be longer than PARLEY_PRESENCE_HEARTBEAT ({:?}), which must be above 0",
+            self.presence_lease,
+            self.presence_heartbeat
+        );
+        Ok(crate::presence::PresenceTiming {
+            heartbeat: self.presence_heartbeat,
+            lease: self.presence_lease,
+            grace: self.presence_grace,
+        })
+    }
 }
 
 impl Default for WsSettings {
@@ -97,6 +134,10 @@ impl Default for WsSettings {
             write_coalesce: Duration::ZERO,
             typing_interval: DEFAULT_TYPING_INTERVAL,
             receipt_room_limit: shared::protocol::DEFAULT_RECEIPT_ROOM_LIMIT,
+            presence_grace: Duration::from_secs(10),
+            presence_heartbeat: Duration::from_secs(5),
+            presence_lease: Duration::from_secs(12),
+            presence_snapshot_limit: shared::protocol::DEFAULT_PRESENCE_SNAPSHOT_LIMIT,
         }
     }
 }

@@ -276,6 +276,8 @@ where
         encoding,
         out: out.clone(),
         joined: Default::default(),
+        present: Default::default(),
+        logged_out: Default::default(),
     });
     if node.hub.register(conn.clone()).await.is_err() {
         // The broker did not confirm the user's subscription in time
@@ -364,7 +366,11 @@ impl Session {
                 );
             }
             ClientFrame::Ping { id } => self.conn.send(&ServerFrame::Pong { id }),
-            ClientFrame::Join { id, room_id } => self.join(id, room_id).await,
+            ClientFrame::Join {
+                id,
+                room_id,
+                presence,
+            } => self.join(id, room_id, presence).await,
             ClientFrame::Typing {
                 id,
                 room_id,
@@ -394,7 +400,7 @@ impl Session {
     /// stranger's join costs one indexed read and never a subscription. The
     /// room cap is the shard's to check: only it knows whether this is a
     /// re-join of a room the connection is already in (answered `joined`).
-    async fn join(&mut self, id: Option<u64>, room_id: RoomId) {
+    async fn join(&mut self, id: Option<u64>, room_id: RoomId, presence: bool) {
         let membership = match self.node.store.membership(room_id, self.conn.user_id).await {
             Ok(Some(m)) => m,
             Ok(None) => return self.not_found(id, room_id),
@@ -411,7 +417,13 @@ impl Session {
         match self
             .node
             .hub
-            .join(room_id, self.conn.clone(), membership.last_seq, id)
+            .join(
+                room_id,
+                self.conn.clone(),
+                membership.last_seq,
+                id,
+                presence,
+            )
             .await
         {
             Ok(_) => {}

@@ -17,6 +17,7 @@ pub mod exported_metrics;
 pub mod frames;
 pub mod hub;
 pub mod outbox;
+pub mod presence;
 pub(crate) mod receipts;
 pub mod sequencer;
 pub mod server;
@@ -51,4 +52,6 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     /// Coalesces this node's read and delivery markers into batched writes.
     pub(crate) markers: store::MarkerWriter,
+    /// Reports what this node's connections hold to presence.
+    pub(crate) presence: presence::PresenceHandle,
 }

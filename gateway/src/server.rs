@@ -55,6 +55,14 @@ impl Gateway {
                 .unwrap_or(1),
             n => n,
         };
+        let presence_timing = settings.presence_timing()?;
+        let presence_store = broker.presence();
+        let presence = crate::presence::start(
+            presence_store.clone(),
+            presence_timing,
+            &background,
+            stop.child_token(),
+        );
         let (markers, marker_changes) = store::MarkerWriter::start(store.clone());
         background.spawn(crate::receipts::publish(
             broker.clone(),
@@ -70,6 +78,9 @@ impl Gateway {
                 heartbeat_interval: settings.heartbeat_interval,
                 write_coalesce: settings.write_coalesce,
                 typing_interval: settings.typing_interval,
+                presence: presence.clone(),
+                presence_store,
+                presence_snapshot_limit: settings.presence_snapshot_limit,
             },
             &background,
             stop.child_token(),
@@ -89,6 +100,7 @@ impl Gateway {
                 background,
                 shutdown: stop,
                 markers,
+                presence,
             }),
         })
     }
@@ -147,6 +159,10 @@ impl Gateway {
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         inner.slots.close();
+        // Presence first: the connections closed below reconnect elsewhere,
+        // and nobody should see their users leave and come back. What this
+        // node holds stays for the grace, then the other nodes reap it.
+        inner.presence.stop(inner.settings.presence_grace).await;
         inner.hub.close_all(CloseReason {
             code: close::GOING_AWAY,
             reason: "gateway shutting down",

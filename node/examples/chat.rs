@@ -549,7 +549,11 @@ async fn session(
 }
 
 fn text_frame_join(room_id: RoomId) -> Message {
-    text(&ClientFrame::Join { id: None, room_id })
+    text(&ClientFrame::Join {
+        id: None,
+        room_id,
+        presence: false,
+    })
 }
 
 /// Posts a typed line to the room; the server's event shows it.

@@ -137,11 +137,14 @@ pub enum ClientFrame {
         id: Option<u64>,
         token: String,
     },
-    /// Start receiving a room's events (members only).
+    /// Start receiving a room's events (members only). With `presence`,
+    /// the `joined` reply carries who is in the room now.
     Join {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
         room_id: RoomId,
+        #[serde(default, skip_serializing_if = "is_false")]
+        presence: bool,
     },
     /// Stop receiving a room's events.
     Leave {
@@ -176,6 +179,28 @@ pub enum ClientFrame {
 
 fn active_by_default() -> bool {
     true
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Rooms with at most this many users present get the list in a `joined`
+/// reply's presence snapshot; bigger ones get the count (the list is at
+/// `GET /v1/rooms/{id}/presence`).
+pub const DEFAULT_PRESENCE_SNAPSHOT_LIMIT: usize = 100;
+
+/// Who was in a room when a connection joined it (`join` with `presence`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceSnapshot {
+    /// Presence events with a version at most this are already reflected.
+    pub version: i64,
+    /// Users in the room (the joining user included, when another of their
+    /// connections is in it).
+    pub count: usize,
+    /// The users, ascending; absent when more than the snapshot limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_ids: Option<Vec<UserId>>,
 }
 
 impl ClientFrame {
@@ -225,6 +250,9 @@ pub enum ServerFrame {
         id: Option<u64>,
         room_id: RoomId,
         seq: i64,
+        /// Only when the `join` asked for it (and presence could be read).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        presence: Option<PresenceSnapshot>,
     },
     /// The connection no longer receives `room_id`'s events.
     Left {
@@ -245,6 +273,17 @@ pub enum ServerFrame {
         user_id: UserId,
         active: bool,
         ttl_ms: u64,
+    },
+    /// Another user entered (`online`) or left a joined room: their first
+    /// connection joined it, or their last one left (after a short grace
+    /// when it disconnected). Ephemeral. `version` increases with every
+    /// change in the room: ignore an event whose version is at most the
+    /// last one applied for that user, or the `joined` snapshot's.
+    Presence {
+        room_id: RoomId,
+        user_id: UserId,
+        online: bool,
+        version: i64,
     },
     /// A member of a joined room read further (rooms up to the receipt
     /// size limit only). Ephemeral, like `typing`.
@@ -579,6 +618,23 @@ mod tests {
                     id: Some(3),
                     room_id: RoomId(1),
                     seq: 0,
+                    presence: None,
+                },
+                ServerFrame::Joined {
+                    id: None,
+                    room_id: RoomId(1),
+                    seq: 4,
+                    presence: Some(PresenceSnapshot {
+                        version: 1_764_000_000_000_001,
+                        count: 2,
+                        user_ids: Some(vec![UserId(4), UserId(5)]),
+                    }),
+                },
+                ServerFrame::Presence {
+                    room_id: RoomId(1),
+                    user_id: UserId(4),
+                    online: false,
+                    version: 1_764_000_000_000_002,
                 },
                 // A uuid is bytes in MessagePack.
                 ServerFrame::Ready {
@@ -624,6 +680,7 @@ mod tests {
         let join = ClientFrame::Join {
             id: Some(1),
             room_id: RoomId(8),
+            presence: false,
         };
         assert_eq!(
             Encoding::Json.decode_client(br#"{"type":"join","id":1,"room_id":8}"#),

@@ -250,3 +250,37 @@ pub struct ProvisionResponse {
 pub fn member_of(r: u32, i: u32, room_size: u32, users: u32) -> u32 {
     ((u64::from(r) * u64::from(room_size) + u64::from(i)) % u64::from(users.max(1))) as u32
 }
+
+/// `GET /v1/rooms/{id}/presence`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct RoomPresenceResponse {
+    pub room_id: RoomId,
+    /// Presence events with a version at most this are already reflected
+    /// here (0 when nobody has been in the room since it was last empty).
+    pub version: i64,
+    /// Users with a connection in the room now, ascending.
+    pub user_ids: Vec<UserId>,
+}
+
+/// Query of `GET /v1/presence`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PresenceQuery {
+    /// Comma-separated user ids, at most 100.
+    pub user_ids: String,
+}
+
+/// One user's presence.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct UserPresence {
+    pub user_id: UserId,
+    /// Has at least one open connection on some gateway.
+    pub online: bool,
+}
+
+/// `GET /v1/presence?user_ids=`: only users who share a room with the
+/// caller (and the caller); others are left out, whether they exist or not.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PresenceList {
+    pub users: Vec<UserPresence>,
+}

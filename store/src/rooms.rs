@@ -412,3 +412,40 @@ async fn add_member_row(
     .await?;
     Ok(())
 }
+
+const SHARING_POSTGRES: &str = "\
+SELECT DISTINCT o.user_id FROM room_members me
+JOIN room_members o ON o.room_id = me.room_id
+WHERE me.user_id = $1 AND o.user_id IN (SELECT (v #>> '{}')::bigint FROM json_array_elements($2::json) j(v))";
+
+const SHARING_SQLITE: &str = "\
+SELECT DISTINCT o.user_id FROM room_members me
+JOIN room_members o ON o.room_id = me.room_id
+WHERE me.user_id = $1 AND o.user_id IN (SELECT value FROM json_each($2))";
+
+impl Store {
+    /// Which of `users` share at least one room with `user` (`user` itself
+    /// when it is a member of any room): whose presence `user` may see.
+    #[tracing::instrument(skip_all, fields(%user, asked = users.len()))]
+    pub async fn sharing_a_room(&self, user: UserId, users: &[UserId]) -> Result<Vec<UserId>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = serde_json::to_string(&users.iter().map(|u| u.0).collect::<Vec<_>>())
+            .map_err(|e| crate::StoreError::Corrupt(e.to_string()))?;
+        let query = match self.backend {
+            crate::Backend::Postgres => SHARING_POSTGRES,
+            crate::Backend::Sqlite => SHARING_SQLITE,
+        };
+        let pool = &self.pool;
+        let rows = self
+            .read(|| sqlx::query(query).bind(user.0).bind(&ids).fetch_all(pool))
+            .await?;
+        let mut found = rows
+            .iter()
+            .map(|r| r.try_get("user_id").map(UserId))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        found.sort_unstable();
+        Ok(found)
+    }
+}

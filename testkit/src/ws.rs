@@ -3,7 +3,7 @@
 
 use futures::{SinkExt, StreamExt};
 use shared::RoomId;
-use shared::protocol::{ClientFrame, Encoding, ErrorCode, ServerFrame};
+use shared::protocol::{ClientFrame, Encoding, ErrorCode, PresenceSnapshot, ServerFrame};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -139,17 +139,38 @@ impl WsClient {
 
     /// Joins a room: Ok(seq after which events follow) or the error code.
     pub async fn join(&mut self, room: RoomId) -> Result<i64, ErrorCode> {
+        self.join_with(room, false).await.map(|(seq, _)| seq)
+    }
+
+    /// Joins a room asking for who is in it: the `joined` reply's seq and
+    /// presence snapshot, or the error code.
+    pub async fn join_with_presence(
+        &mut self,
+        room: RoomId,
+    ) -> Result<(i64, Option<PresenceSnapshot>), ErrorCode> {
+        self.join_with(room, true).await
+    }
+
+    async fn join_with(
+        &mut self,
+        room: RoomId,
+        presence: bool,
+    ) -> Result<(i64, Option<PresenceSnapshot>), ErrorCode> {
         let id = self.id();
         self.send(&ClientFrame::Join {
             id: Some(id),
             room_id: room,
+            presence,
         })
         .await;
         loop {
             match self.frame().await {
                 ServerFrame::Joined {
-                    id: Some(got), seq, ..
-                } if got == id => return Ok(seq),
+                    id: Some(got),
+                    seq,
+                    presence,
+                    ..
+                } if got == id => return Ok((seq, presence)),
                 ServerFrame::Error {
                     id: Some(got),
                     code,

@@ -15,13 +15,14 @@ mod shard;
 mod subscriptions;
 
 use crate::outbox::{CloseReason, Outbox, Queued};
+use crate::presence::PresenceHandle;
 use broker::{Delivery, DynBroker, SubscriptionControl, Topic};
 use dashmap::{DashMap, DashSet};
 use shard::{Shard, ShardCmd};
 use shared::protocol::{Encoding, ServerFrame, UserNotice, close};
 use shared::{RoomId, SessionId, UserId};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use store::Store;
 use subscriptions::{Reply, SubCmd};
@@ -56,6 +57,12 @@ pub struct HubSettings {
     pub write_coalesce: Duration,
     /// See [`crate::WsSettings::typing_interval`].
     pub typing_interval: Duration,
+    /// Where the node reports what its connections hold.
+    pub(crate) presence: PresenceHandle,
+    /// Where `joined` snapshots are read.
+    pub presence_store: broker::presence::DynPresence,
+    /// See [`crate::WsSettings::presence_snapshot_limit`].
+    pub presence_snapshot_limit: usize,
 }
 
 /// A connection as the hub sees it.
@@ -67,6 +74,10 @@ pub struct Conn {
     pub out: Arc<Outbox>,
     /// Rooms this connection is currently in (maintained by the shards).
     pub joined: AtomicUsize,
+    /// The user's presence counts this connection (set by `register`).
+    pub present: AtomicBool,
+    /// Its session was revoked (a logout): presence lets go at once.
+    pub logged_out: AtomicBool,
 }
 
 impl Conn {
@@ -118,6 +129,7 @@ pub struct Hub {
     subscriptions: mpsc::UnboundedSender<SubCmd>,
     /// Topics the broker has confirmed, for introspection and tests.
     subscribed: Arc<DashSet<Topic>>,
+    presence: PresenceHandle,
 }
 
 impl Hub {
@@ -148,6 +160,7 @@ impl Hub {
             shards: shards.clone(),
             subscriptions: sub_tx.clone(),
             subscribed: subscribed.clone(),
+            presence: settings.presence.clone(),
         });
         for (index, rx) in shard_rxs.into_iter().enumerate() {
             let shard = Shard::new(
@@ -155,9 +168,13 @@ impl Hub {
                 store.clone(),
                 sub_tx.clone(),
                 shards[index].clone(),
-                settings.write_coalesce,
-                settings.typing_interval,
+                (settings.write_coalesce, settings.typing_interval),
                 markers.clone(),
+                shard::PresenceDeps {
+                    handle: settings.presence.clone(),
+                    store: settings.presence_store.clone(),
+                    snapshot_limit: settings.presence_snapshot_limit,
+                },
             );
             tracker.spawn(shard.run(rx, stop.clone()));
         }
@@ -223,6 +240,9 @@ impl Hub {
                 _ => return Err(JoinError::Unavailable),
             }
         }
+        if !conn.present.swap(true, Ordering::Relaxed) {
+            self.presence.user_connected(conn.user_id);
+        }
         Ok(())
     }
 
@@ -240,6 +260,10 @@ impl Hub {
                     .send(SubCmd::Remove(Topic::User(conn.user_id)));
             }
         }
+        if conn.present.swap(false, Ordering::Relaxed) {
+            self.presence
+                .user_disconnected(conn.user_id, conn.logged_out.load(Ordering::Relaxed));
+        }
         if conn.joined.load(Ordering::Relaxed) > 0 {
             for shard in &self.shards {
                 // try_send: a full shard must not block a disconnect; the
@@ -251,14 +275,16 @@ impl Hub {
 
     /// Adds `conn` to `room`'s local members. `snapshot` is the room's
     /// `seq` when the store confirmed membership. The shard queues the
-    /// `joined` frame (answering request `id`) ahead of any event, and
-    /// returns the `seq` after which events will be delivered.
+    /// `joined` frame (answering request `id`, with who is in the room when
+    /// `presence` asks for it) ahead of any event, and returns the `seq`
+    /// after which events will be delivered.
     pub async fn join(
         &self,
         room: RoomId,
         conn: Arc<Conn>,
         snapshot: i64,
         id: Option<u64>,
+        presence: bool,
     ) -> Result<i64, JoinError> {
         let (reply, rx) = oneshot::channel();
         self.shard(room)
@@ -267,6 +293,7 @@ impl Hub {
                 conn,
                 snapshot,
                 id,
+                presence,
                 reply,
             })
             .await
@@ -371,6 +398,8 @@ impl Hub {
             }
             UserNotice::SessionRevoked { session_id } => {
                 for conn in conns.iter().filter(|c| c.session_id == session_id) {
+                    // A logout: the user's presence ends at once, not after the grace.
+                    conn.logged_out.store(true, Ordering::Relaxed);
                     tracing::info!(target: "security", %user, %session_id, "closing a connection of a revoked session");
                     conn.out.close(CloseReason {
                         code: close::SESSION_REVOKED,

@@ -16,13 +16,15 @@
 use super::subscriptions::{Reply, SubCmd};
 use super::{Conn, ConnId};
 use crate::outbox::Flushed;
+use crate::presence::PresenceHandle;
 use crate::sequencer::{MAX_PENDING, Offer, Sequencer};
 use broker::Topic;
+use broker::presence::{DynPresence, RoomPresence};
 use bytes::Bytes;
 use serde::Deserialize;
 use shared::model::RoomEvent;
 use shared::protocol::{
-    Encoding, LeftReason, MAX_ROOMS_PER_CONNECTION, ServerFrame, event_frame_json,
+    Encoding, LeftReason, MAX_ROOMS_PER_CONNECTION, PresenceSnapshot, ServerFrame, event_frame_json,
 };
 use shared::trace_context::{self, RemoteParent};
 use shared::{RoomId, UserId};
@@ -82,13 +84,30 @@ pub enum JoinError {
     TooManyRooms,
 }
 
+/// What a shard needs for presence.
+pub(crate) struct PresenceDeps {
+    /// Where admissions and removals are reported.
+    pub handle: PresenceHandle,
+    /// Where `joined` snapshots are read.
+    pub store: DynPresence,
+    /// Most users listed in a snapshot.
+    pub snapshot_limit: usize,
+}
+
 pub(crate) enum ShardCmd {
     Join {
         room: RoomId,
         conn: Arc<Conn>,
         snapshot: i64,
         id: Option<u64>,
+        presence: bool,
         reply: oneshot::Sender<Result<i64, JoinError>>,
+    },
+    /// A `joined` snapshot was read (or could not be).
+    Snapshot {
+        room: RoomId,
+        join: PendingJoin,
+        presence: Result<RoomPresence, ()>,
     },
     Leave {
         room: RoomId,
@@ -155,6 +174,8 @@ struct Header<'a> {
     sender_id: Option<UserId>,
     #[serde(default)]
     active: bool,
+    #[serde(default)]
+    version: i64,
 }
 
 /// A delivered payload, parsed.
@@ -169,6 +190,12 @@ enum Payload {
     /// A member read further: ephemeral, to the other local members.
     Receipt {
         user: UserId,
+        json: Bytes,
+    },
+    /// A user entered or left the room: ephemeral, to the others.
+    Presence {
+        user: UserId,
+        version: i64,
         json: Bytes,
     },
 }
@@ -187,6 +214,14 @@ impl Payload {
         if header.frame == "receipt" {
             let user = header.user_id?;
             return Some(Payload::Receipt { user, json });
+        }
+        if header.frame == "presence" {
+            let (user, version) = (header.user_id?, header.version);
+            return Some(Payload::Presence {
+                user,
+                version,
+                json,
+            });
         }
         let (seq, effect, created_ms) = Incoming::from_header(&header)?;
         Some(Payload::Event(
@@ -225,7 +260,7 @@ impl Incoming {
     fn parse(json: Bytes) -> Option<(i64, Incoming)> {
         match Payload::parse(json)? {
             Payload::Event(seq, incoming) => Some((seq, incoming)),
-            Payload::Typing { .. } | Payload::Receipt { .. } => None,
+            Payload::Typing { .. } | Payload::Receipt { .. } | Payload::Presence { .. } => None,
         }
     }
 
@@ -254,10 +289,12 @@ struct TypingSent {
     active: bool,
 }
 
-struct PendingJoin {
+pub(crate) struct PendingJoin {
     conn: Arc<Conn>,
     snapshot: i64,
     id: Option<u64>,
+    /// The `joined` reply carries who is in the room.
+    presence: bool,
     reply: oneshot::Sender<Result<i64, JoinError>>,
 }
 
@@ -284,6 +321,12 @@ struct RoomState {
     typing_sent: HashMap<UserId, TypingSent>,
     /// Users shown as typing to this node's members, until when.
     typists: HashMap<UserId, Instant>,
+    /// Presence snapshots being read for joining connections. While any
+    /// is, the room stays (even without members) and keeps its presence
+    /// events in `recent_presence`, so what changed after the snapshot was
+    /// read reaches the joiner, however the two raced.
+    snapshot_reads: usize,
+    recent_presence: Vec<(i64, UserId, Bytes)>,
 }
 
 pub(crate) struct Shard {
@@ -302,6 +345,7 @@ pub(crate) struct Shard {
     typing_interval: Duration,
     /// Where delivery markers go (coalesced, written in batches).
     markers: store::MarkerWriter,
+    presence: PresenceDeps,
 }
 
 impl Shard {
@@ -310,9 +354,9 @@ impl Shard {
         store: Store,
         subscriptions: mpsc::UnboundedSender<SubCmd>,
         me: mpsc::Sender<ShardCmd>,
-        write_coalesce: Duration,
-        typing_interval: Duration,
+        (write_coalesce, typing_interval): (Duration, Duration),
         markers: store::MarkerWriter,
+        presence: PresenceDeps,
     ) -> Self {
         Self {
             index,
@@ -326,6 +370,7 @@ impl Shard {
             write_coalesce,
             typing_interval,
             markers,
+            presence,
         }
     }
 
@@ -391,6 +436,7 @@ impl Shard {
                 conn,
                 snapshot,
                 id,
+                presence,
                 reply,
             } => self.join(
                 room,
@@ -398,15 +444,23 @@ impl Shard {
                     conn,
                     snapshot,
                     id,
+                    presence,
                     reply,
                 },
             ),
+            ShardCmd::Snapshot {
+                room,
+                join,
+                presence,
+            } => self.snapshot_read(room, join, presence),
             ShardCmd::Leave { room, conn, reply } => {
-                let _ = reply.send(self.remove_member(room, conn, None));
+                // An explicit leave: presence lets go at once.
+                let _ = reply.send(self.remove_member(room, conn, None, true));
             }
             ShardCmd::DropConn { conn } => {
+                // A disconnect: presence lingers for the grace.
                 for room in self.conn_rooms.remove(&conn).unwrap_or_default() {
-                    self.remove_member(room, conn, None);
+                    self.remove_member(room, conn, None, false);
                 }
             }
             ShardCmd::Deliver { room, payload } => self.deliver(room, payload),
@@ -587,15 +641,100 @@ impl Shard {
                 filling: false,
                 typing_sent: HashMap::new(),
                 typists: HashMap::new(),
+                snapshot_reads: 0,
+                recent_presence: Vec::new(),
             }
         });
         match &mut state.phase {
             Phase::Subscribing { joins, .. } => joins.push(join),
+            Phase::Active { .. } if join.presence => self.read_snapshot(room, join),
             Phase::Active { seq } => {
                 let delivered = seq.delivered();
-                admit(state, &mut self.conn_rooms, room, join, delivered);
+                admit(
+                    state,
+                    &mut self.conn_rooms,
+                    &self.presence.handle,
+                    room,
+                    join,
+                    delivered,
+                    None,
+                );
             }
         }
+    }
+
+    /// Reads who is in the room for a joiner that asked, then admits it
+    /// (in [`Self::snapshot_read`]). The room is subscribed by now, so every
+    /// presence event published after the read reaches this shard.
+    fn read_snapshot(&mut self, room: RoomId, join: PendingJoin) {
+        let Some(state) = self.rooms.get_mut(&room) else {
+            let _ = join.reply.send(Err(JoinError::Unavailable));
+            return;
+        };
+        state.snapshot_reads += 1;
+        let store = self.presence.store.clone();
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let presence = store.room(room).await.map_err(|e| {
+                tracing::warn!(%room, error = %e, "reading a presence snapshot failed");
+            });
+            let _ = me
+                .send(ShardCmd::Snapshot {
+                    room,
+                    join,
+                    presence,
+                })
+                .await;
+        });
+    }
+
+    /// Admits a joiner with its snapshot, then gives it the presence events
+    /// that arrived since the read and are newer than the snapshot.
+    fn snapshot_read(&mut self, room: RoomId, join: PendingJoin, read: Result<RoomPresence, ()>) {
+        let limit = self.presence.snapshot_limit;
+        let Some(state) = self.rooms.get_mut(&room) else {
+            let _ = join.reply.send(Err(JoinError::Unavailable));
+            return;
+        };
+        state.snapshot_reads = state.snapshot_reads.saturating_sub(1);
+        let Phase::Active { seq } = &state.phase else {
+            let _ = join.reply.send(Err(JoinError::Unavailable));
+            return;
+        };
+        let delivered = seq.delivered();
+        let conn = join.conn.clone();
+        // Without a snapshot (presence unreadable) the join still succeeds;
+        // the reply simply has none.
+        let snapshot = read.ok().map(|p| PresenceSnapshot {
+            version: p.version,
+            count: p.users.len(),
+            user_ids: (p.users.len() <= limit).then_some(p.users),
+        });
+        let version = snapshot.as_ref().map(|s| s.version);
+        let admitted = admit(
+            state,
+            &mut self.conn_rooms,
+            &self.presence.handle,
+            room,
+            join,
+            delivered,
+            snapshot,
+        );
+        if admitted && let Some(version) = version {
+            for (_, _, json) in state
+                .recent_presence
+                .iter()
+                .filter(|(v, user, _)| *v > version && *user != conn.user_id)
+            {
+                if queue_json(&conn, json) {
+                    self.dirty.push(conn.clone());
+                }
+            }
+        }
+        if state.snapshot_reads == 0 {
+            state.recent_presence.clear();
+        }
+        self.release_if_empty(room);
     }
 
     fn subscribed(&mut self, room: RoomId, ok: bool) {
@@ -623,8 +762,24 @@ impl Shard {
         state.phase = Phase::Active {
             seq: Sequencer::new(start),
         };
+        let mut want_presence = Vec::new();
         for join in joins {
-            admit(state, &mut self.conn_rooms, room, join, start);
+            if join.presence {
+                want_presence.push(join);
+            } else {
+                admit(
+                    state,
+                    &mut self.conn_rooms,
+                    &self.presence.handle,
+                    room,
+                    join,
+                    start,
+                    None,
+                );
+            }
+        }
+        for join in want_presence {
+            self.read_snapshot(room, join);
         }
         for payload in early {
             self.deliver(room, payload);
@@ -646,6 +801,18 @@ impl Shard {
                 return self.typing_delivered(room, user, active, json);
             }
             Some(Payload::Receipt { user, json }) => return self.ephemeral(room, user, json),
+            Some(Payload::Presence {
+                user,
+                version,
+                json,
+            }) => {
+                if let Some(state) = self.rooms.get_mut(&room)
+                    && state.snapshot_reads > 0
+                {
+                    state.recent_presence.push((version, user, json.clone()));
+                }
+                return self.ephemeral(room, user, json);
+            }
             None => {
                 tracing::warn!(%room, "undecodable room event dropped");
                 return;
@@ -733,9 +900,11 @@ impl Shard {
                         remove_from(
                             state,
                             &mut self.conn_rooms,
+                            &self.presence.handle,
                             room,
                             conn,
                             Some(LeftReason::Removed),
+                            true,
                         );
                     }
                 }
@@ -791,7 +960,15 @@ impl Shard {
             .map(|c| c.id)
             .collect();
         for conn in closed {
-            remove_from(state, &mut self.conn_rooms, room, conn, None);
+            remove_from(
+                state,
+                &mut self.conn_rooms,
+                &self.presence.handle,
+                room,
+                conn,
+                None,
+                false,
+            );
         }
         self.release_if_empty(room);
     }
@@ -911,22 +1088,36 @@ impl Shard {
         }
     }
 
-    /// Removes a member; true if it was one.
-    fn remove_member(&mut self, room: RoomId, conn: ConnId, reason: Option<LeftReason>) -> bool {
+    /// Removes a member; true if it was one. `at_once`: its presence in
+    /// the room ends now, not after the grace.
+    fn remove_member(
+        &mut self,
+        room: RoomId,
+        conn: ConnId,
+        reason: Option<LeftReason>,
+        at_once: bool,
+    ) -> bool {
         let Some(state) = self.rooms.get_mut(&room) else {
             return false;
         };
-        let was = remove_from(state, &mut self.conn_rooms, room, conn, reason);
+        let was = remove_from(
+            state,
+            &mut self.conn_rooms,
+            &self.presence.handle,
+            room,
+            conn,
+            reason,
+            at_once,
+        );
         self.release_if_empty(room);
         was
     }
 
     /// Forgets a room nobody on this node is in, and unsubscribes from it.
     fn release_if_empty(&mut self, room: RoomId) {
-        let empty = self
-            .rooms
-            .get(&room)
-            .is_some_and(|s| s.members.is_empty() && matches!(s.phase, Phase::Active { .. }));
+        let empty = self.rooms.get(&room).is_some_and(|s| {
+            s.members.is_empty() && s.snapshot_reads == 0 && matches!(s.phase, Phase::Active { .. })
+        });
         if empty {
             self.rooms.remove(&room);
             let _ = self.subscriptions.send(SubCmd::Remove(Topic::Room(room)));
@@ -945,17 +1136,21 @@ async fn sleep_until(due: Option<Instant>) {
 /// Makes a joining connection a member of an active room, unless its
 /// membership ended after its snapshot (a removal this node already
 /// applied), and queues its `joined` frame before any event can follow.
+/// True if it is a member now.
 fn admit(
     state: &mut RoomState,
     conn_rooms: &mut HashMap<ConnId, Vec<RoomId>>,
+    presence: &PresenceHandle,
     room: RoomId,
     join: PendingJoin,
     delivered: i64,
-) {
+    presence_snapshot: Option<PresenceSnapshot>,
+) -> bool {
     let PendingJoin {
         conn,
         snapshot,
         id,
+        presence: _,
         reply,
     } = join;
     let result = if state
@@ -971,29 +1166,42 @@ fn admit(
             conn.joined.fetch_add(1, Ordering::Relaxed);
             conn_rooms.entry(conn.id).or_default().push(room);
             state.members.push(conn.clone());
+            presence.joined(room, conn.user_id);
         }
         conn.send(&ServerFrame::Joined {
             id,
             room_id: room,
             seq: delivered,
+            presence: presence_snapshot,
         });
         Ok(delivered)
     };
+    let admitted = result.is_ok();
     let _ = reply.send(result);
+    admitted
 }
 
+/// Removes a member. Its presence in the room ends now when `at_once`
+/// (a leave, a removal) or its session was revoked, else after the grace.
 fn remove_from(
     state: &mut RoomState,
     conn_rooms: &mut HashMap<ConnId, Vec<RoomId>>,
+    presence: &PresenceHandle,
     room: RoomId,
     conn: ConnId,
     reason: Option<LeftReason>,
+    at_once: bool,
 ) -> bool {
     let Some(index) = state.members.iter().position(|c| c.id == conn) else {
         return false;
     };
     let member = state.members.swap_remove(index);
     member.joined.fetch_sub(1, Ordering::Relaxed);
+    presence.left(
+        room,
+        member.user_id,
+        at_once || member.logged_out.load(Ordering::Relaxed),
+    );
     if let Some(rooms) = conn_rooms.get_mut(&conn) {
         rooms.retain(|r| *r != room);
         if rooms.is_empty() {
@@ -1008,6 +1216,19 @@ fn remove_from(
         });
     }
     true
+}
+
+/// Queues an ephemeral JSON frame for one connection in its encoding;
+/// true if the caller must flush it.
+fn queue_json(conn: &Arc<Conn>, json: &Bytes) -> bool {
+    let bytes = match conn.encoding {
+        Encoding::Json => json.clone(),
+        Encoding::MsgPack => match to_msgpack(json) {
+            Some(bytes) => bytes,
+            None => return false,
+        },
+    };
+    conn.queue(&bytes) == Some(true)
 }
 
 /// The MessagePack form of an event frame (decoded from its JSON once per
