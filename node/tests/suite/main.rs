@@ -13,6 +13,7 @@ mod input;
 mod messages;
 mod metrics;
 mod openapi;
+mod presence;
 mod protocol_edges;
 mod realtime;
 mod receipts;
