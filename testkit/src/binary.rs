@@ -19,6 +19,8 @@ pub struct Binary {
     child: Child,
     /// `127.0.0.1:port` of its `/metrics` listener.
     pub metrics_addr: String,
+    /// `127.0.0.1:port` of its main listener (`PARLEY_LISTEN`).
+    pub listen_addr: String,
     data_dir: PathBuf,
 }
 
@@ -31,9 +33,10 @@ impl Binary {
         let data_dir =
             std::env::temp_dir().join(format!("parley-bin-{}", uuid::Uuid::new_v4().simple()));
         let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let listen_addr = format!("127.0.0.1:{}", free_port());
         let mut command = Command::new(exe);
         command
-            .env("PARLEY_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("PARLEY_LISTEN", &listen_addr)
             .env("PARLEY_METRICS_ADDR", &metrics_addr)
             .env("PARLEY_DATA_DIR", &data_dir)
             .env("PARLEY_LOG", "info")
@@ -73,6 +76,7 @@ impl Binary {
         Binary {
             child,
             metrics_addr,
+            listen_addr,
             data_dir,
         }
     }
@@ -86,15 +90,29 @@ impl Binary {
         response.text().await.expect("a metrics body")
     }
 
-    /// SIGTERM, and a clean exit within 30 s.
-    pub async fn stop(mut self) {
+    /// Sends `signal` (a name `kill` knows: TERM, KILL, STOP, CONT).
+    pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("running");
         let status = std::process::Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{signal}"))
             .arg(pid.to_string())
             .status()
             .expect("kill");
-        assert!(status.success());
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// SIGKILL (no goodbye of any kind), and waits until the process is gone.
+    pub async fn kill(mut self) {
+        self.signal("KILL");
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("gone after SIGKILL");
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+
+    /// SIGTERM, and a clean exit within 30 s.
+    pub async fn stop(mut self) {
+        self.signal("TERM");
         let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("exits after SIGTERM")

@@ -530,6 +530,56 @@ impl TestApp {
     }
 
     /// Redis channel of a room (cluster mode).
+    /// The PEM public key gateways verify this deployment's tokens with
+    /// (to start more gateways, e.g. as processes).
+    pub fn public_key_pem(&self) -> String {
+        self.keys.public_pem.clone()
+    }
+
+    /// The Redis the cluster uses.
+    pub fn redis_url(&self) -> &str {
+        &self.redis_url
+    }
+
+    /// Cluster mode: the node ids holding a presence lease, and the node
+    /// ids with an entry set, in Redis (docs/operations.md, "Presence in
+    /// Redis"), each sorted.
+    pub async fn presence_nodes(&self) -> (Vec<String>, Vec<String>) {
+        use fred::prelude::*;
+        let client = Client::new(
+            Config::from_url(&self.redis_url).expect("redis url"),
+            None,
+            None,
+            None,
+        );
+        client.init().await.expect("connecting to Redis");
+        let mut leases: Vec<String> = client
+            .zrange(
+                format!("{}presence:nodes", self.redis_prefix),
+                0,
+                -1,
+                None,
+                false,
+                None,
+                false,
+            )
+            .await
+            .expect("ZRANGE");
+        let entry_prefix = format!("{}presence:node:", self.redis_prefix);
+        let keys: Vec<String> = client
+            .custom(fred::cmd!("KEYS"), vec![format!("{entry_prefix}*")])
+            .await
+            .expect("KEYS");
+        let _ = client.quit().await;
+        let mut holders: Vec<String> = keys
+            .iter()
+            .filter_map(|k| k.strip_prefix(&entry_prefix).map(str::to_owned))
+            .collect();
+        leases.sort();
+        holders.sort();
+        (leases, holders)
+    }
+
     pub fn room_channel(&self, room: RoomId) -> String {
         format!("{}room:{room}", self.redis_prefix)
     }

@@ -252,6 +252,50 @@ impl PrivateRedis {
         Ok(())
     }
 
+    /// Calls per command since the last [`Self::reset_stats`] (`INFO
+    /// commandstats`; commands run inside Lua scripts count too).
+    pub async fn command_calls(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        let info: String = self.command("INFO", &["commandstats"]).await?;
+        // Lines look like `cmdstat_get:calls=3,usec=...`.
+        Ok(info
+            .lines()
+            .filter_map(|line| {
+                let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = rest
+                    .strip_prefix("calls=")?
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((name.to_owned(), calls))
+            })
+            .collect())
+    }
+
+    /// Zeroes the server's command statistics (`CONFIG RESETSTAT`).
+    pub async fn reset_stats(&self) -> anyhow::Result<()> {
+        let _: String = self.command("CONFIG", &["RESETSTAT"]).await?;
+        Ok(())
+    }
+
+    async fn command(&self, name: &'static str, args: &[&str]) -> anyhow::Result<String> {
+        use fred::prelude::*;
+        let client = Client::new(Config::from_url(&self.url())?, None, None, None);
+        client.init().await?;
+        let answer: String = client
+            .custom(
+                fred::types::CustomCommand::new_static(
+                    name,
+                    fred::types::ClusterHash::FirstKey,
+                    false,
+                ),
+                args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            )
+            .await?;
+        let _ = client.quit().await;
+        Ok(answer)
+    }
+
     /// Kills the server (its connections are reset) and waits for it to exit.
     pub async fn stop_server(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
