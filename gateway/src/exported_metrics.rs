@@ -76,6 +76,18 @@ pub fn register() {
         "gateway_publish_failures_total",
         "Ephemeral events (typing, read markers) the gateway could not publish"
     );
+    describe_counter!(
+        "gateway_presence_changes_total",
+        "Presence changes this node reported (a user's first connection here, or a room entered or left)"
+    );
+    describe_counter!(
+        "gateway_presence_resyncs_total",
+        "Times this node re-reported all its presence under a new id (a lost lease or a failed report)"
+    );
+    describe_counter!(
+        "gateway_presence_reaped_total",
+        "Presence entries this node removed for gateways whose leases expired"
+    );
 
     // increment(0), not set(0): registering must not reset a value another
     // gateway in the same process (the test harness) already counts.
@@ -97,6 +109,9 @@ pub fn register() {
         "gateway_slow_consumers_total",
         "gateway_subscribe_failures_total",
         "gateway_publish_failures_total",
+        "gateway_presence_changes_total",
+        "gateway_presence_resyncs_total",
+        "gateway_presence_reaped_total",
     ] {
         counter!(name).increment(0);
     }

@@ -24,8 +24,10 @@ fn leave_bound() -> Duration {
 }
 
 fn options() -> Options {
-    let mut options = Options::default();
-    options.gateways = 1;
+    let mut options = Options {
+        gateways: 1,
+        ..Options::default()
+    };
     options.ws.presence_heartbeat = HEARTBEAT;
     options.ws.presence_lease = LEASE;
     options.ws.presence_grace = GRACE;
