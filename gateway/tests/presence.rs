@@ -34,8 +34,8 @@ fn options() -> Options {
     options
 }
 
-/// A `parley-gateway` process in `app`'s cluster.
-async fn gateway_process(app: &TestApp) -> Binary {
+/// A `parley-gateway` process in `app`'s cluster, with presence grace `grace`.
+async fn gateway_process(app: &TestApp, grace: Duration) -> Binary {
     Binary::start(
         Path::new(env!("CARGO_BIN_EXE_parley-gateway")),
         &[
@@ -48,7 +48,7 @@ async fn gateway_process(app: &TestApp) -> Binary {
                 format!("{}s", HEARTBEAT.as_secs()),
             ),
             ("PARLEY_PRESENCE_LEASE", format!("{}s", LEASE.as_secs())),
-            ("PARLEY_PRESENCE_GRACE", format!("{}s", GRACE.as_secs())),
+            ("PARLEY_PRESENCE_GRACE", format!("{}s", grace.as_secs())),
         ],
         "gateway listening",
     )
@@ -57,6 +57,7 @@ async fn gateway_process(app: &TestApp) -> Binary {
 
 async fn joined_at(url: &str, user: &TestUser, room: RoomId) -> WsClient {
     let mut ws = WsClient::authenticated(url, &user.token, Encoding::Json).await;
+    ws.watch_presence();
     ws.join(room).await.expect("a member may join");
     ws
 }
@@ -99,8 +100,13 @@ struct Scene {
 }
 
 async fn scene() -> Scene {
+    scene_with_grace(GRACE).await
+}
+
+/// [`scene`] with the gateway process's presence grace set to `grace`.
+async fn scene_with_grace(grace: Duration) -> Scene {
     let app = TestApp::spawn_with(Mode::Cluster, options()).await;
-    let process = gateway_process(&app).await;
+    let process = gateway_process(&app, grace).await;
     let url = format!("ws://{}/ws", process.listen_addr);
     let (alice, bob, carol, dave) = (
         app.user("alice").await,
@@ -112,8 +118,7 @@ async fn scene() -> Scene {
     for user in [&alice, &carol, &dave] {
         app.add_member(&bob, room, user).await;
     }
-    let mut bob_ws = app.ws(0, &bob).await;
-    bob_ws.join(room).await.expect("joined");
+    let mut bob_ws = joined_at(app.ws_url(0), &bob, room).await;
     let on_process = vec![
         joined_at(&url, &alice, room).await,
         joined_at(&url, &carol, room).await,
@@ -246,6 +251,45 @@ async fn a_frozen_gateway_converges_without_ghosts_or_duplicates() {
     assert_eq!(room_users(&s.app, &s.bob, s.room).await, expected);
     drop(s.on_process);
     s.process.stop().await;
+    s.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_is_not_seen_as_leaves_and_joins() {
+    let mut s = scene_with_grace(Duration::from_secs(2)).await;
+    s.process.signal("TERM");
+    // Its clients are told to go (1001) and reconnect to the other gateway
+    // within the stopping one's grace.
+    let users = [&s.alice, &s.carol, &s.dave];
+    let mut back = Vec::new();
+    for (ws, user) in std::mem::take(&mut s.on_process).into_iter().zip(users) {
+        let mut ws = ws;
+        assert_eq!(ws.closed().await, Some(1001));
+        back.push(joined_at(s.app.ws_url(0), user, s.room).await);
+    }
+    s.process.exited().await;
+    // The stopped gateway's facts expire after its grace and are reaped...
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let (leases, holders) = s.app.presence_nodes().await;
+            leases.len() == 1 && leases == holders
+        })
+        .await,
+        "the stopped gateway is reaped: {:?}",
+        s.app.presence_nodes().await
+    );
+    // ...and nobody saw anyone leave or come back.
+    let frames = s.bob_ws.until_pong().await;
+    assert!(
+        !frames
+            .iter()
+            .any(|f| matches!(f, ServerFrame::Presence { .. })),
+        "{frames:?}"
+    );
+    let mut expected = vec![s.alice.id, s.bob.id, s.carol.id, s.dave.id];
+    expected.sort();
+    assert_eq!(room_users(&s.app, &s.bob, s.room).await, expected);
+    drop(back);
     s.app.stop().await;
 }
 

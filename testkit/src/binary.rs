@@ -111,8 +111,13 @@ impl Binary {
     }
 
     /// SIGTERM, and a clean exit within 30 s.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
         self.signal("TERM");
+        self.exited().await;
+    }
+
+    /// Waits (up to 30 s) for the process to exit after a signal; asserts a clean exit.
+    pub async fn exited(mut self) {
         let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("exits after SIGTERM")

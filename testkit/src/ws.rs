@@ -17,6 +17,10 @@ pub struct WsClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub encoding: Encoding,
     next_id: u64,
+    /// `presence` frames are passed on only when asked for
+    /// ([`Self::watch_presence`]): they arrive whenever anyone joins or
+    /// leaves a room, and most tests are about something else.
+    presence: bool,
 }
 
 /// What the server sent next.
@@ -38,6 +42,7 @@ impl WsClient {
             ws,
             encoding,
             next_id: 1,
+            presence: false,
         }
     }
 
@@ -56,6 +61,11 @@ impl WsClient {
         }
     }
 
+    /// From now on, [`Self::recv`] and the rest pass `presence` frames on.
+    pub fn watch_presence(&mut self) {
+        self.presence = true;
+    }
+
     pub async fn send(&mut self, frame: &ClientFrame) {
         let bytes = self.encoding.encode(frame);
         let message = match self.encoding {
@@ -71,7 +81,8 @@ impl WsClient {
         self.ws.send(message).await.expect("sending a frame");
     }
 
-    /// The next frame or close; panics after [`FRAME_TIMEOUT`].
+    /// The next frame or close (`presence` frames only when watched);
+    /// panics after [`FRAME_TIMEOUT`] without one.
     pub async fn recv(&mut self) -> Received {
         loop {
             let next = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
@@ -93,6 +104,9 @@ impl WsClient {
                     String::from_utf8_lossy(&bytes)
                 )
             });
+            if !self.presence && matches!(frame, ServerFrame::Presence { .. }) {
+                continue;
+            }
             return Received::Frame(frame);
         }
     }

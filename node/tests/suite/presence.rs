@@ -60,6 +60,12 @@ fn presences(frames: &[ServerFrame]) -> Vec<Change> {
         .collect()
 }
 
+async fn watching(app: &TestApp, gateway: usize, user: &TestUser) -> WsClient {
+    let mut ws = app.ws(gateway, user).await;
+    ws.watch_presence();
+    ws
+}
+
 /// The room's presence as the api answers it: (version, users).
 async fn room_presence(app: &TestApp, user: &TestUser, room: RoomId) -> (i64, Vec<UserId>) {
     let (status, body) = app
@@ -85,7 +91,7 @@ async fn group(app: &TestApp, owner: &TestUser, members: &[&TestUser]) -> RoomId
 }
 
 async fn joined(app: &TestApp, gateway: usize, user: &TestUser, room: RoomId) -> WsClient {
-    let mut ws = app.ws(gateway, user).await;
+    let mut ws = watching(app, gateway, user).await;
     ws.join(room).await.expect("a member may join");
     ws
 }
@@ -324,7 +330,7 @@ async fn the_joined_snapshot_lists_who_is_in_the_room_up_to_the_limit(mode: Mode
         .await
     );
 
-    let mut alice_ws = app.ws(0, &alice).await;
+    let mut alice_ws = watching(&app, 0, &alice).await;
     let (_, snapshot) = alice_ws
         .join_with_presence(room)
         .await
