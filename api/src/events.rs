@@ -70,9 +70,12 @@ impl Events {
         fields(otel.kind = "producer", room_id = %event.room_id, seq = event.seq))]
     pub async fn room_event(&self, event: &RoomEvent) {
         let started = Instant::now();
-        let topic = Topic::Room(event.room_id);
         let payload = trace_context::publishable(event_frame_json(event));
-        match self.broker.publish(topic, payload).await {
+        match self
+            .broker
+            .publish_event(event.room_id, event.seq, payload)
+            .await
+        {
             Ok(()) => {
                 metrics::histogram!("api_publish_seconds").record(started.elapsed().as_secs_f64());
             }

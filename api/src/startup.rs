@@ -191,11 +191,7 @@ impl Application {
              (for everything in one process without Redis, run the single-node `parley` binary)"
             );
         }
-        let broker = broker::connect(
-            config.redis.redis_url.as_deref(),
-            &config.redis.redis_prefix,
-        )
-        .await?;
+        let broker = broker::connect(&config.redis).await?;
         let tokens = Tokens::from_config(&config.jwt, &config.data_dir)?;
         let state = AppState::new(store, broker, tokens, &config.policy);
         let router = router(state.clone(), &config.policy, config.listen.ip());

@@ -60,9 +60,51 @@ pub enum BrokerError {
 }
 
 /// Publishes events and opens subscriptions.
+/// The recent window of each room's events (see [`Broker::window_range`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowSettings {
+    /// Most events kept per room; 0: no window.
+    pub events: usize,
+    /// A room's window is dropped after this long without an event.
+    pub age: std::time::Duration,
+}
+
+impl WindowSettings {
+    pub fn from_args(args: &shared::config::RedisArgs) -> Self {
+        Self {
+            events: args.window_events,
+            age: args.window_age,
+        }
+    }
+}
+
+impl Default for WindowSettings {
+    fn default() -> Self {
+        Self::from_args(&shared::config::RedisArgs::in_process())
+    }
+}
+
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     async fn publish(&self, topic: Topic, payload: Bytes) -> Result<(), BrokerError>;
+    /// Publishes room event `seq` on the room's topic and keeps it in the
+    /// room's recent window, in one round trip.
+    async fn publish_event(
+        &self,
+        room: RoomId,
+        seq: i64,
+        payload: Bytes,
+    ) -> Result<(), BrokerError>;
+    /// The payloads of `room`'s events `after < seq <= to`, in order, when
+    /// the window holds every one of them; `None` when it does not (never
+    /// held, trimmed, expired, lost with a Redis restart, or a hole). The
+    /// window is a cache: the database has everything.
+    async fn window_range(
+        &self,
+        room: RoomId,
+        after: i64,
+        to: i64,
+    ) -> Result<Option<Vec<Bytes>>, BrokerError>;
     /// Opens a node's subscription (its own connection, for Redis).
     async fn subscribe(&self) -> Result<Subscription, BrokerError>;
     /// Answers when the broker does (readiness probes).
@@ -92,20 +134,20 @@ pub struct Subscription {
 }
 
 /// Redis when a URL is given, else the in-process broker.
-pub async fn connect(redis_url: Option<&str>, prefix: &str) -> Result<DynBroker, BrokerError> {
-    Ok(match redis_url {
-        Some(url) => Arc::new(
-            RedisBroker::connect(url, prefix)
-                .await
-                .map_err(|e| match e {
-                    BrokerError::Unavailable(why) => BrokerError::Unavailable(format!(
-                        "Redis at {}: {why}",
-                        shared::config::redact_url(url)
-                    )),
-                    other => other,
-                })?,
-        ),
-        None => Arc::new(MemoryBroker::new()),
+pub async fn connect(args: &shared::config::RedisArgs) -> Result<DynBroker, BrokerError> {
+    let window = WindowSettings::from_args(args);
+    let prefix = args.redis_prefix.as_str();
+    Ok(match args.redis_url.as_deref() {
+        Some(url) => Arc::new(RedisBroker::connect(url, prefix, window).await.map_err(
+            |e| match e {
+                BrokerError::Unavailable(why) => BrokerError::Unavailable(format!(
+                    "Redis at {}: {why}",
+                    shared::config::redact_url(url)
+                )),
+                other => other,
+            },
+        )?),
+        None => Arc::new(MemoryBroker::with_window(window)),
     })
 }
 

@@ -3,12 +3,15 @@
 use crate::presence::{DynPresence, MemoryPresence, memory::SharedState};
 use crate::{
     Broker, BrokerError, DELIVERY_QUEUE, Delivery, Subscription, SubscriptionControl, Topic,
-    count_dropped,
+    WindowSettings, count_dropped,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashSet;
+use shared::RoomId;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// Delivers each publish to every subscription that holds its topic,
@@ -17,6 +20,67 @@ use tokio::sync::mpsc;
 pub struct MemoryBroker {
     subscribers: Arc<RwLock<Vec<Arc<MemorySubscriber>>>>,
     presence: SharedState,
+    windows: Arc<Mutex<Windows>>,
+}
+
+/// Each room's recent events, in process (the single node's window).
+#[derive(Default)]
+struct Windows {
+    settings: WindowSettings,
+    rooms: HashMap<RoomId, RoomWindow>,
+    /// Rooms quiet for longer than the age are dropped at most this often.
+    last_sweep: Option<Instant>,
+}
+
+struct RoomWindow {
+    /// (seq, payload), ascending.
+    events: VecDeque<(i64, Bytes)>,
+    touched: Instant,
+}
+
+impl Windows {
+    fn append(&mut self, room: RoomId, seq: i64, payload: Bytes) {
+        let now = Instant::now();
+        let age = self.settings.age;
+        if self
+            .last_sweep
+            .is_none_or(|at| now.duration_since(at) >= age / 4)
+        {
+            self.rooms
+                .retain(|_, w| now.duration_since(w.touched) < age);
+            self.last_sweep = Some(now);
+        }
+        let window = self.rooms.entry(room).or_insert_with(|| RoomWindow {
+            events: VecDeque::new(),
+            touched: now,
+        });
+        window.touched = now;
+        // Events normally come in order; one that is late goes in its place.
+        let at = window.events.partition_point(|(s, _)| *s < seq);
+        if window.events.get(at).is_some_and(|(s, _)| *s == seq) {
+            return;
+        }
+        window.events.insert(at, (seq, payload));
+        while window.events.len() > self.settings.events {
+            window.events.pop_front();
+        }
+    }
+
+    fn range(&self, room: RoomId, after: i64, to: i64) -> Option<Vec<Bytes>> {
+        let window = self.rooms.get(&room)?;
+        if window.touched.elapsed() >= self.settings.age {
+            return None;
+        }
+        let start = window.events.partition_point(|(s, _)| *s <= after);
+        let mut payloads = Vec::new();
+        for (expected, (seq, payload)) in (after + 1..=to).zip(window.events.range(start..)) {
+            if *seq != expected {
+                return None;
+            }
+            payloads.push(payload.clone());
+        }
+        (payloads.len() as i64 == to - after).then_some(payloads)
+    }
 }
 
 struct MemorySubscriber {
@@ -41,6 +105,15 @@ impl MemoryBroker {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// A broker whose rooms keep windows of `window`.
+    pub fn with_window(window: WindowSettings) -> Self {
+        let broker = Self::default();
+        if let Ok(mut windows) = broker.windows.lock() {
+            windows.settings = window;
+        }
+        broker
+    }
 }
 
 #[async_trait]
@@ -57,6 +130,40 @@ impl Broker for MemoryBroker {
             });
         }
         Ok(())
+    }
+
+    async fn publish_event(
+        &self,
+        room: RoomId,
+        seq: i64,
+        payload: Bytes,
+    ) -> Result<(), BrokerError> {
+        {
+            let mut windows = self
+                .windows
+                .lock()
+                .map_err(|_| BrokerError::Unavailable("poisoned".into()))?;
+            if windows.settings.events > 0 {
+                windows.append(room, seq, payload.clone());
+            }
+        }
+        self.publish(Topic::Room(room), payload).await
+    }
+
+    async fn window_range(
+        &self,
+        room: RoomId,
+        after: i64,
+        to: i64,
+    ) -> Result<Option<Vec<Bytes>>, BrokerError> {
+        if to <= after {
+            return Ok(Some(Vec::new()));
+        }
+        let windows = self
+            .windows
+            .lock()
+            .map_err(|_| BrokerError::Unavailable("poisoned".into()))?;
+        Ok(windows.range(room, after, to))
     }
 
     async fn subscribe(&self) -> Result<Subscription, BrokerError> {
@@ -135,7 +242,40 @@ impl SubscriptionControl for MemoryControl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::{RoomId, UserId};
+    use shared::UserId;
+
+    #[tokio::test]
+    async fn the_window_serves_only_whole_ranges() {
+        let broker = MemoryBroker::with_window(WindowSettings {
+            events: 3,
+            age: std::time::Duration::from_secs(60),
+        });
+        let room = RoomId(1);
+        for seq in [1, 2, 4, 3, 5] {
+            broker
+                .publish_event(room, seq, Bytes::from(seq.to_string()))
+                .await
+                .unwrap();
+        }
+        // 1 and 2 were trimmed (three kept); 3 came late and went in its place.
+        let got = broker.window_range(room, 2, 5).await.unwrap();
+        assert_eq!(
+            got,
+            Some(vec![Bytes::from("3"), Bytes::from("4"), Bytes::from("5")])
+        );
+        assert_eq!(
+            broker.window_range(room, 1, 5).await.unwrap(),
+            None,
+            "trimmed"
+        );
+        assert_eq!(
+            broker.window_range(room, 4, 6).await.unwrap(),
+            None,
+            "not yet"
+        );
+        assert_eq!(broker.window_range(RoomId(2), 0, 1).await.unwrap(), None);
+        assert_eq!(broker.window_range(room, 5, 5).await.unwrap(), Some(vec![]));
+    }
 
     #[tokio::test]
     async fn only_subscribed_topics_are_delivered() {

@@ -13,7 +13,7 @@
 use crate::presence::{DynPresence, RedisPresence};
 use crate::{
     Broker, BrokerError, DELIVERY_QUEUE, Delivery, Subscription, SubscriptionControl, Topic,
-    count_dropped,
+    WindowSettings, count_dropped,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -21,6 +21,7 @@ use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::Message;
 use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
+use fred::types::scripts::Script;
 use shared::{RoomId, UserId};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,11 +59,18 @@ pub struct RedisBroker {
     prefix: Arc<str>,
     publisher: Pool,
     presence: Arc<RedisPresence>,
+    window: WindowSettings,
+    /// event.lua: a room event's publish and window append in one round trip.
+    publish_event: Script,
 }
 
 impl RedisBroker {
     /// Connects the publishing pool; fails if Redis does not answer.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, BrokerError> {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        window: WindowSettings,
+    ) -> Result<Self, BrokerError> {
         let config = Config::from_url(url).map_err(|e| BrokerError::Config(e.to_string()))?;
         let publisher = builder(&config)
             .build_pool(PUBLISH_POOL_SIZE)
@@ -74,7 +82,14 @@ impl RedisBroker {
             config,
             prefix,
             publisher,
+            window,
+            publish_event: Script::from_lua(include_str!("event.lua")),
         })
+    }
+
+    /// The stream holding `room`'s recent window.
+    pub fn window_key(&self, room: RoomId) -> String {
+        format!("{}window:{room}", self.prefix)
     }
 
     /// The channel name of a topic.
@@ -148,6 +163,70 @@ impl Broker for RedisBroker {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn publish_event(
+        &self,
+        room: RoomId,
+        seq: i64,
+        payload: Bytes,
+    ) -> Result<(), BrokerError> {
+        let client = self
+            .publisher
+            .next()
+            .with_options(&fail_fast(PUBLISH_TIMEOUT));
+        let keys = vec![self.window_key(room)];
+        let args: Vec<Value> = vec![
+            self.channel(Topic::Room(room)).into(),
+            seq.into(),
+            payload.into(),
+            (self.window.events as i64).into(),
+            (self.window.age.as_millis() as i64).into(),
+        ];
+        let sha = self.publish_event.sha1().clone();
+        let published: Result<i64, Error> = client
+            .evalsha(sha.clone(), keys.clone(), args.clone())
+            .await;
+        match published {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                let lua = self.publish_event.lua().cloned().unwrap_or_default();
+                let _: String = client.script_load(lua).await.map_err(unavailable)?;
+                let _: i64 = client.evalsha(sha, keys, args).await.map_err(unavailable)?;
+            }
+            other => {
+                other.map_err(unavailable)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn window_range(
+        &self,
+        room: RoomId,
+        after: i64,
+        to: i64,
+    ) -> Result<Option<Vec<Bytes>>, BrokerError> {
+        if self.window.events == 0 || to <= after {
+            return Ok((to <= after).then(Vec::new));
+        }
+        let entries: Vec<(String, std::collections::HashMap<String, Bytes>)> = self
+            .publisher
+            .next()
+            .with_options(&fail_fast(PUBLISH_TIMEOUT))
+            .xrange_values(self.window_key(room), after + 1, to, None)
+            .await
+            .map_err(unavailable)?;
+        // Every seq of the range, each once, in order: anything else (a
+        // trimmed start, a hole, an expired key) is not the window's to serve.
+        let mut payloads = Vec::with_capacity(entries.len());
+        for (expected, (id, mut fields)) in (after + 1..).zip(entries) {
+            let seq = id.split('-').next().and_then(|s| s.parse::<i64>().ok());
+            match (seq, fields.remove("e")) {
+                (Some(seq), Some(payload)) if seq == expected => payloads.push(payload),
+                _ => return Ok(None),
+            }
+        }
+        Ok((payloads.len() as i64 == to - after).then_some(payloads))
     }
 
     async fn subscribe(&self) -> Result<Subscription, BrokerError> {

@@ -100,6 +100,10 @@ pub struct WsSettings {
     /// the count only.
     #[arg(long, env = "PARLEY_PRESENCE_SNAPSHOT_LIMIT", default_value_t = shared::protocol::DEFAULT_PRESENCE_SNAPSHOT_LIMIT)]
     pub presence_snapshot_limit: usize,
+    /// Longest backlog a resuming `join` (`since_seq`) is sent; a client
+    /// further behind is told to page the history instead.
+    #[arg(long, env = "PARLEY_RESUME_LIMIT", default_value_t = shared::protocol::DEFAULT_RESUME_LIMIT)]
+    pub resume_limit: i64,
 }
 
 impl WsSettings {
@@ -138,6 +142,7 @@ impl Default for WsSettings {
             presence_heartbeat: Duration::from_secs(5),
             presence_lease: Duration::from_secs(12),
             presence_snapshot_limit: shared::protocol::DEFAULT_PRESENCE_SNAPSHOT_LIMIT,
+            resume_limit: shared::protocol::DEFAULT_RESUME_LIMIT,
         }
     }
 }

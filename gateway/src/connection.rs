@@ -369,8 +369,9 @@ impl Session {
             ClientFrame::Join {
                 id,
                 room_id,
+                since_seq,
                 presence,
-            } => self.join(id, room_id, presence).await,
+            } => self.join(id, room_id, since_seq, presence).await,
             ClientFrame::Typing {
                 id,
                 room_id,
@@ -400,7 +401,13 @@ impl Session {
     /// stranger's join costs one indexed read and never a subscription. The
     /// room cap is the shard's to check: only it knows whether this is a
     /// re-join of a room the connection is already in (answered `joined`).
-    async fn join(&mut self, id: Option<u64>, room_id: RoomId, presence: bool) {
+    async fn join(
+        &mut self,
+        id: Option<u64>,
+        room_id: RoomId,
+        since_seq: Option<i64>,
+        presence: bool,
+    ) {
         let membership = match self.node.store.membership(room_id, self.conn.user_id).await {
             Ok(Some(m)) => m,
             Ok(None) => return self.not_found(id, room_id),
@@ -414,6 +421,15 @@ impl Session {
                 );
             }
         };
+        if let Some(since) = since_seq
+            && !(0..=membership.last_seq).contains(&since)
+        {
+            let message = format!(
+                "since_seq must be between 0 and the room's newest seq ({})",
+                membership.last_seq
+            );
+            return self.error(id, ErrorCode::InvalidSeq, message, Some(room_id));
+        }
         match self
             .node
             .hub
@@ -422,6 +438,7 @@ impl Session {
                 self.conn.clone(),
                 membership.last_seq,
                 id,
+                since_seq,
                 presence,
             )
             .await

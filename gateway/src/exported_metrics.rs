@@ -77,6 +77,14 @@ pub fn register() {
         "Ephemeral events (typing, read markers) the gateway could not publish"
     );
     describe_counter!(
+        "gateway_backlog_reads_total",
+        "Reads of past events (resumes, gap fills) by source: window, database, or shared with a read in flight"
+    );
+    describe_counter!(
+        "gateway_resumes_total",
+        "Joins with since_seq: complete, over_limit (told to page the history), unavailable (nothing could be read)"
+    );
+    describe_counter!(
         "gateway_presence_changes_total",
         "Presence changes this node reported (a user's first connection here, or a room entered or left)"
     );
@@ -117,6 +125,12 @@ pub fn register() {
     }
     for outcome in ["forwarded", "throttled"] {
         counter!("gateway_typing_frames_total", "outcome" => outcome).increment(0);
+    }
+    for source in ["window", "database", "shared"] {
+        counter!("gateway_backlog_reads_total", "source" => source).increment(0);
+    }
+    for outcome in ["complete", "over_limit", "unavailable"] {
+        counter!("gateway_resumes_total", "outcome" => outcome).increment(0);
     }
     // Taking a handle registers the histogram (exported with zero counts).
     let _ = metrics::histogram!("gateway_event_lag_seconds");

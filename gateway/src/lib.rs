@@ -11,6 +11,7 @@
 //! recovery), [`outbox`] and [`frames`] (the way out to one socket);
 //! [`exported_metrics`] registers what the node exports.
 
+pub mod backlog;
 pub mod config;
 pub(crate) mod connection;
 pub mod exported_metrics;

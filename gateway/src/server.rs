@@ -81,6 +81,11 @@ impl Gateway {
                 presence: presence.clone(),
                 presence_store,
                 presence_snapshot_limit: settings.presence_snapshot_limit,
+                backlog: Arc::new(crate::backlog::BacklogReader::new(
+                    broker.clone(),
+                    store.clone(),
+                )),
+                resume_limit: settings.resume_limit,
             },
             &background,
             stop.child_token(),
@@ -137,6 +142,18 @@ impl Gateway {
     /// Every topic this node is subscribed to.
     pub fn subscribed_topics(&self) -> Vec<Topic> {
         self.inner.hub.subscribed_topics()
+    }
+
+    /// Reads of past events (resumes, gap fills) by where they were served
+    /// from: (window, database, shared with another read).
+    pub fn backlog_reads(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = self.inner.hub.backlog_stats();
+        (
+            stats.window.load(Relaxed),
+            stats.database.load(Relaxed),
+            stats.shared.load(Relaxed),
+        )
     }
 
     /// Batches of read and delivery markers this node has written.
@@ -350,11 +367,7 @@ impl Application {
              (for everything in one process without Redis, run the single-node `parley` binary)"
             );
         }
-        let broker = broker::connect(
-            config.redis.redis_url.as_deref(),
-            &config.redis.redis_prefix,
-        )
-        .await?;
+        let broker = broker::connect(&config.redis).await?;
         let verifier = Arc::new(verifier_from_config(config)?);
         let gateway = Gateway::start(store, broker, verifier, config.ws.clone()).await?;
         let listener = shared::system::listen(config.listen)

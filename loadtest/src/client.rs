@@ -342,6 +342,7 @@ pub async fn join(
         &ClientFrame::Join {
             id: Some(id),
             room_id: RoomId(room),
+            since_seq: None,
             presence: false,
         },
     )

@@ -552,6 +552,7 @@ fn text_frame_join(room_id: RoomId) -> Message {
     text(&ClientFrame::Join {
         id: None,
         room_id,
+        since_seq: None,
         presence: false,
     })
 }

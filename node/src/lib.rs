@@ -72,11 +72,7 @@ impl Node {
         if config.policy.migrate_on_start {
             store.migrate().await.context("migrating the database")?;
         }
-        let broker = broker::connect(
-            config.redis.redis_url.as_deref(),
-            &config.redis.redis_prefix,
-        )
-        .await?;
+        let broker = broker::connect(&config.redis).await?;
         let tokens = Tokens::from_config(&config.jwt, &config.data_dir)?;
         let verifier = tokens.verifier.clone();
         let api = AppState::new(store.clone(), broker.clone(), tokens, &config.policy);

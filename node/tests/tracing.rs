@@ -130,9 +130,13 @@ async fn a_posted_message_is_one_trace_through_every_gateway_that_delivers_it(mo
     // Cluster: what the api publishes on Redis, as another subscriber sees it.
     let tap = match mode {
         Mode::Cluster => {
-            let broker = broker::connect(Some(&testkit::redis_url()), &app.redis_prefix)
-                .await
-                .expect("connecting to Redis");
+            let broker = broker::connect(&shared::config::RedisArgs {
+                redis_url: Some(testkit::redis_url()),
+                redis_prefix: app.redis_prefix.clone(),
+                ..shared::config::RedisArgs::in_process()
+            })
+            .await
+            .expect("connecting to Redis");
             let tap = broker.subscribe().await.expect("subscribing");
             tap.control
                 .add(&[Topic::Room(room)])

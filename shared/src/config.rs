@@ -100,6 +100,30 @@ pub struct RedisArgs {
     /// `{prefix}user:{id}`), so several deployments can share one Redis.
     #[arg(long, env = "PARLEY_REDIS_PREFIX", default_value = "parley:")]
     pub redis_prefix: String,
+    /// Most recent events of each room kept in its window (a Redis stream,
+    /// or in process on a single node) for resuming clients and gateways'
+    /// gap fills, in front of the database. 0 turns the window off.
+    #[arg(long, env = "PARLEY_WINDOW_EVENTS", default_value_t = DEFAULT_WINDOW_EVENTS)]
+    pub window_events: usize,
+    /// A room's window is dropped after this long without a new event.
+    #[arg(long, env = "PARLEY_WINDOW_AGE", default_value = "10m", value_parser = parse_duration)]
+    pub window_age: Duration,
+}
+
+/// Events per room in the recent window: a reconnect after a few minutes
+/// in a busy room is served without the database.
+pub const DEFAULT_WINDOW_EVENTS: usize = 256;
+
+impl RedisArgs {
+    /// No Redis (the in-process broker), the default prefix and window.
+    pub fn in_process() -> Self {
+        Self {
+            redis_url: None,
+            redis_prefix: "parley:".into(),
+            window_events: DEFAULT_WINDOW_EVENTS,
+            window_age: Duration::from_secs(600),
+        }
+    }
 }
 
 /// Verifying access tokens: what every binary that accepts them needs

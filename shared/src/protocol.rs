@@ -137,12 +137,15 @@ pub enum ClientFrame {
         id: Option<u64>,
         token: String,
     },
-    /// Start receiving a room's events (members only). With `presence`,
-    /// the `joined` reply carries who is in the room now.
+    /// Start receiving a room's events (members only). With `since_seq`,
+    /// every event after it comes first (resume); with `presence`, the
+    /// `joined` reply carries who is in the room now.
     Join {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
         room_id: RoomId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since_seq: Option<i64>,
         #[serde(default, skip_serializing_if = "is_false")]
         presence: bool,
     },
@@ -189,6 +192,21 @@ fn is_false(b: &bool) -> bool {
 /// reply's presence snapshot; bigger ones get the count (the list is at
 /// `GET /v1/rooms/{id}/presence`).
 pub const DEFAULT_PRESENCE_SNAPSHOT_LIMIT: usize = 100;
+
+/// Rooms whose backlog is longer than this are not resumed: the `joined`
+/// reply points at the history endpoint instead.
+pub const DEFAULT_RESUME_LIMIT: i64 = 1_000;
+
+/// How a `join` with `since_seq` went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeOutcome {
+    /// Every event after `since_seq` follows the `joined` (its `seq` is then
+    /// `since_seq`). When false, the events in `history_from_seq..=seq` are
+    /// not sent: page them from the history; live delivery starts after `seq`.
+    pub complete: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_from_seq: Option<i64>,
+}
 
 /// Who was in a room when a connection joined it (`join` with `presence`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,6 +271,9 @@ pub enum ServerFrame {
         /// Only when the `join` asked for it (and presence could be read).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         presence: Option<PresenceSnapshot>,
+        /// Only for a `join` with `since_seq`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<ResumeOutcome>,
     },
     /// The connection no longer receives `room_id`'s events.
     Left {
@@ -619,6 +640,7 @@ mod tests {
                     room_id: RoomId(1),
                     seq: 0,
                     presence: None,
+                    resume: None,
                 },
                 ServerFrame::Joined {
                     id: None,
@@ -628,6 +650,10 @@ mod tests {
                         version: 1_764_000_000_000_001,
                         count: 2,
                         user_ids: Some(vec![UserId(4), UserId(5)]),
+                    }),
+                    resume: Some(ResumeOutcome {
+                        complete: false,
+                        history_from_seq: Some(2),
                     }),
                 },
                 ServerFrame::Presence {
@@ -680,6 +706,7 @@ mod tests {
         let join = ClientFrame::Join {
             id: Some(1),
             room_id: RoomId(8),
+            since_seq: None,
             presence: false,
         };
         assert_eq!(

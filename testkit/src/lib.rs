@@ -91,6 +91,8 @@ pub struct Options {
     pub database_admin_url: Option<String>,
     /// Cluster mode: this Redis instead of the shared one (a [`PrivateRedis`]).
     pub redis_url: Option<String>,
+    /// Events per room in the recent window (0: none, everything from the database).
+    pub window_events: usize,
 }
 
 impl Default for Options {
@@ -111,6 +113,7 @@ impl Default for Options {
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             database_admin_url: None,
             redis_url: None,
+            window_events: shared::config::DEFAULT_WINDOW_EVENTS,
         }
     }
 }
@@ -211,6 +214,8 @@ impl TestApp {
                 let redis = RedisArgs {
                     redis_url: Some(redis_url.clone()),
                     redis_prefix: redis_prefix.clone(),
+                    window_events: options.window_events,
+                    ..RedisArgs::in_process()
                 };
                 let api_config = api::ApiConfig {
                     listen: SocketAddr::new(options.listen_ip, 0),
@@ -276,6 +281,8 @@ impl TestApp {
                     redis: RedisArgs {
                         redis_url: None,
                         redis_prefix: redis_prefix.clone(),
+                        window_events: options.window_events,
+                        ..RedisArgs::in_process()
                     },
                     // A test's node must not depend on (or leave) key files.
                     jwt: JwtArgs {
@@ -530,6 +537,21 @@ impl TestApp {
     }
 
     /// Redis channel of a room (cluster mode).
+    /// Cluster mode: deletes a Redis key (to lose a room's window, say).
+    pub async fn delete_redis_key(&self, key: &str) {
+        use fred::prelude::*;
+        let client = Client::new(
+            Config::from_url(&self.redis_url).expect("redis url"),
+            None,
+            None,
+            None,
+        );
+        client.init().await.expect("connecting to Redis");
+        let deleted: i64 = client.del(key).await.expect("DEL");
+        assert_eq!(deleted, 1, "{key} was not there to delete");
+        let _ = client.quit().await;
+    }
+
     /// The PEM public key gateways verify this deployment's tokens with
     /// (to start more gateways, e.g. as processes).
     pub fn public_key_pem(&self) -> String {

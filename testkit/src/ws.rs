@@ -3,7 +3,9 @@
 
 use futures::{SinkExt, StreamExt};
 use shared::RoomId;
-use shared::protocol::{ClientFrame, Encoding, ErrorCode, PresenceSnapshot, ServerFrame};
+use shared::protocol::{
+    ClientFrame, Encoding, ErrorCode, PresenceSnapshot, ResumeOutcome, ServerFrame,
+};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -153,7 +155,19 @@ impl WsClient {
 
     /// Joins a room: Ok(seq after which events follow) or the error code.
     pub async fn join(&mut self, room: RoomId) -> Result<i64, ErrorCode> {
-        self.join_with(room, false).await.map(|(seq, _)| seq)
+        self.join_with(room, None, false).await.map(|j| j.0)
+    }
+
+    /// Joins a room resuming after `since` (`since_seq`): the `joined`
+    /// reply's seq and resume outcome, or the error code.
+    pub async fn join_since(
+        &mut self,
+        room: RoomId,
+        since: i64,
+    ) -> Result<(i64, Option<ResumeOutcome>), ErrorCode> {
+        self.join_with(room, Some(since), false)
+            .await
+            .map(|(seq, _, resume)| (seq, resume))
     }
 
     /// Joins a room asking for who is in it: the `joined` reply's seq and
@@ -162,18 +176,23 @@ impl WsClient {
         &mut self,
         room: RoomId,
     ) -> Result<(i64, Option<PresenceSnapshot>), ErrorCode> {
-        self.join_with(room, true).await
+        self.join_with(room, None, true)
+            .await
+            .map(|(seq, presence, _)| (seq, presence))
     }
 
+    #[allow(clippy::type_complexity)]
     async fn join_with(
         &mut self,
         room: RoomId,
+        since_seq: Option<i64>,
         presence: bool,
-    ) -> Result<(i64, Option<PresenceSnapshot>), ErrorCode> {
+    ) -> Result<(i64, Option<PresenceSnapshot>, Option<ResumeOutcome>), ErrorCode> {
         let id = self.id();
         self.send(&ClientFrame::Join {
             id: Some(id),
             room_id: room,
+            since_seq,
             presence,
         })
         .await;
@@ -183,8 +202,9 @@ impl WsClient {
                     id: Some(got),
                     seq,
                     presence,
+                    resume,
                     ..
-                } if got == id => return Ok((seq, presence)),
+                } if got == id => return Ok((seq, presence, resume)),
                 ServerFrame::Error {
                     id: Some(got),
                     code,

@@ -63,6 +63,10 @@ pub struct HubSettings {
     pub presence_store: broker::presence::DynPresence,
     /// See [`crate::WsSettings::presence_snapshot_limit`].
     pub presence_snapshot_limit: usize,
+    /// Where past events are read (resumes, gap fills).
+    pub(crate) backlog: Arc<crate::backlog::BacklogReader>,
+    /// See [`crate::WsSettings::resume_limit`].
+    pub resume_limit: i64,
 }
 
 /// A connection as the hub sees it.
@@ -130,6 +134,7 @@ pub struct Hub {
     /// Topics the broker has confirmed, for introspection and tests.
     subscribed: Arc<DashSet<Topic>>,
     presence: PresenceHandle,
+    backlog: Arc<crate::backlog::BacklogReader>,
 }
 
 impl Hub {
@@ -161,21 +166,23 @@ impl Hub {
             subscriptions: sub_tx.clone(),
             subscribed: subscribed.clone(),
             presence: settings.presence.clone(),
+            backlog: settings.backlog.clone(),
         });
+        let deps = shard::ShardDeps {
+            store,
+            write_coalesce: settings.write_coalesce,
+            typing_interval: settings.typing_interval,
+            markers,
+            presence: shard::PresenceDeps {
+                handle: settings.presence.clone(),
+                store: settings.presence_store.clone(),
+                snapshot_limit: settings.presence_snapshot_limit,
+            },
+            backlog: settings.backlog.clone(),
+            resume_limit: settings.resume_limit,
+        };
         for (index, rx) in shard_rxs.into_iter().enumerate() {
-            let shard = Shard::new(
-                index,
-                store.clone(),
-                sub_tx.clone(),
-                shards[index].clone(),
-                (settings.write_coalesce, settings.typing_interval),
-                markers.clone(),
-                shard::PresenceDeps {
-                    handle: settings.presence.clone(),
-                    store: settings.presence_store.clone(),
-                    snapshot_limit: settings.presence_snapshot_limit,
-                },
-            );
+            let shard = Shard::new(index, sub_tx.clone(), shards[index].clone(), deps.clone());
             tracker.spawn(shard.run(rx, stop.clone()));
         }
         let control: Arc<dyn SubscriptionControl> = subscription.control.clone();
@@ -201,6 +208,11 @@ impl Hub {
 
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Where this node's reads of past events were served from.
+    pub fn backlog_stats(&self) -> &crate::backlog::BacklogStats {
+        self.backlog.stats()
     }
 
     /// Whether the broker has confirmed this node's subscription to `topic`.
@@ -276,14 +288,16 @@ impl Hub {
     /// Adds `conn` to `room`'s local members. `snapshot` is the room's
     /// `seq` when the store confirmed membership. The shard queues the
     /// `joined` frame (answering request `id`, with who is in the room when
-    /// `presence` asks for it) ahead of any event, and returns the `seq`
-    /// after which events will be delivered.
+    /// `presence` asks for it) ahead of any event, then, for a resume
+    /// (`since`), the events after `since`; returns the `seq` after which
+    /// events will be delivered.
     pub async fn join(
         &self,
         room: RoomId,
         conn: Arc<Conn>,
         snapshot: i64,
         id: Option<u64>,
+        since: Option<i64>,
         presence: bool,
     ) -> Result<i64, JoinError> {
         let (reply, rx) = oneshot::channel();
@@ -293,6 +307,7 @@ impl Hub {
                 conn,
                 snapshot,
                 id,
+                since,
                 presence,
                 reply,
             })

@@ -15,6 +15,7 @@
 
 use super::subscriptions::{Reply, SubCmd};
 use super::{Conn, ConnId};
+use crate::backlog::BacklogReader;
 use crate::outbox::Flushed;
 use crate::presence::PresenceHandle;
 use crate::sequencer::{MAX_PENDING, Offer, Sequencer};
@@ -22,9 +23,8 @@ use broker::Topic;
 use broker::presence::{DynPresence, RoomPresence};
 use bytes::Bytes;
 use serde::Deserialize;
-use shared::model::RoomEvent;
 use shared::protocol::{
-    Encoding, LeftReason, MAX_ROOMS_PER_CONNECTION, PresenceSnapshot, ServerFrame, event_frame_json,
+    Encoding, LeftReason, MAX_ROOMS_PER_CONNECTION, PresenceSnapshot, ResumeOutcome, ServerFrame,
 };
 use shared::trace_context::{self, RemoteParent};
 use shared::{RoomId, UserId};
@@ -85,6 +85,7 @@ pub enum JoinError {
 }
 
 /// What a shard needs for presence.
+#[derive(Clone)]
 pub(crate) struct PresenceDeps {
     /// Where admissions and removals are reported.
     pub handle: PresenceHandle,
@@ -100,14 +101,18 @@ pub(crate) enum ShardCmd {
         conn: Arc<Conn>,
         snapshot: i64,
         id: Option<u64>,
+        since: Option<i64>,
         presence: bool,
         reply: oneshot::Sender<Result<i64, JoinError>>,
     },
-    /// A `joined` snapshot was read (or could not be).
-    Snapshot {
+    /// What a deferred join waited for was read (or could not be): its
+    /// backlog up to the seq given, and its presence snapshot.
+    Deferred {
         room: RoomId,
         join: PendingJoin,
-        presence: Result<RoomPresence, ()>,
+        reply: JoinedReply,
+        events: Option<(i64, Result<Vec<Bytes>, ()>)>,
+        presence: Option<Result<RoomPresence, ()>>,
     },
     Leave {
         room: RoomId,
@@ -131,7 +136,7 @@ pub(crate) enum ShardCmd {
     Filled {
         room: RoomId,
         from: i64,
-        events: Result<Vec<RoomEvent>, ()>,
+        events: Result<Vec<Bytes>, ()>,
     },
     Tail {
         room: RoomId,
@@ -293,9 +298,52 @@ pub(crate) struct PendingJoin {
     conn: Arc<Conn>,
     snapshot: i64,
     id: Option<u64>,
+    /// Resume: every event after this seq first.
+    since: Option<i64>,
     /// The `joined` reply carries who is in the room.
     presence: bool,
     reply: oneshot::Sender<Result<i64, JoinError>>,
+}
+
+/// What a `joined` reply says.
+pub(crate) struct JoinedReply {
+    seq: i64,
+    presence: Option<PresenceSnapshot>,
+    resume: Option<ResumeOutcome>,
+}
+
+impl JoinedReply {
+    /// Events after `seq` follow.
+    fn at(seq: i64) -> Self {
+        Self {
+            seq,
+            presence: None,
+            resume: None,
+        }
+    }
+
+    /// A resume: every event after `since` follows.
+    fn resumed(since: i64) -> Self {
+        Self {
+            resume: Some(ResumeOutcome {
+                complete: true,
+                history_from_seq: None,
+            }),
+            ..Self::at(since)
+        }
+    }
+
+    /// A resume that is not streamed: events after `delivered` follow, the
+    /// client pages `since + 1 ..= delivered` from the history.
+    fn too_far(delivered: i64, since: i64) -> Self {
+        Self {
+            resume: Some(ResumeOutcome {
+                complete: false,
+                history_from_seq: Some(since + 1),
+            }),
+            ..Self::at(delivered)
+        }
+    }
 }
 
 enum Phase {
@@ -327,6 +375,13 @@ struct RoomState {
     /// read reaches the joiner, however the two raced.
     snapshot_reads: usize,
     recent_presence: Vec<(i64, UserId, Bytes)>,
+    /// Resuming joins being read. While any is, the room stays and keeps
+    /// the events it delivers in `recent_events` for them.
+    backlog_reads: usize,
+    recent_events: Vec<(i64, Bytes)>,
+    /// Members that resumed ahead of this node: events up to this seq are
+    /// not sent to them (they have them).
+    skip_until: HashMap<ConnId, i64>,
 }
 
 pub(crate) struct Shard {
@@ -346,31 +401,46 @@ pub(crate) struct Shard {
     /// Where delivery markers go (coalesced, written in batches).
     markers: store::MarkerWriter,
     presence: PresenceDeps,
+    /// Past events, for resuming joins and gap fills.
+    backlog: Arc<BacklogReader>,
+    /// Longest backlog streamed to a resuming join.
+    resume_limit: i64,
+}
+
+/// What every shard of a node shares.
+#[derive(Clone)]
+pub(crate) struct ShardDeps {
+    pub store: Store,
+    pub write_coalesce: Duration,
+    pub typing_interval: Duration,
+    pub markers: store::MarkerWriter,
+    pub presence: PresenceDeps,
+    pub backlog: Arc<BacklogReader>,
+    pub resume_limit: i64,
 }
 
 impl Shard {
     pub(crate) fn new(
         index: usize,
-        store: Store,
         subscriptions: mpsc::UnboundedSender<SubCmd>,
         me: mpsc::Sender<ShardCmd>,
-        (write_coalesce, typing_interval): (Duration, Duration),
-        markers: store::MarkerWriter,
-        presence: PresenceDeps,
+        deps: ShardDeps,
     ) -> Self {
         Self {
             index,
-            store,
+            store: deps.store,
             subscriptions,
             me,
             rooms: HashMap::new(),
             conn_rooms: HashMap::new(),
             dirty: Vec::new(),
             deferred: Vec::new(),
-            write_coalesce,
-            typing_interval,
-            markers,
-            presence,
+            write_coalesce: deps.write_coalesce,
+            typing_interval: deps.typing_interval,
+            markers: deps.markers,
+            presence: deps.presence,
+            backlog: deps.backlog,
+            resume_limit: deps.resume_limit,
         }
     }
 
@@ -436,6 +506,7 @@ impl Shard {
                 conn,
                 snapshot,
                 id,
+                since,
                 presence,
                 reply,
             } => self.join(
@@ -444,15 +515,18 @@ impl Shard {
                     conn,
                     snapshot,
                     id,
+                    since,
                     presence,
                     reply,
                 },
             ),
-            ShardCmd::Snapshot {
+            ShardCmd::Deferred {
                 room,
                 join,
+                reply,
+                events,
                 presence,
-            } => self.snapshot_read(room, join, presence),
+            } => self.deferred_read(room, join, reply, events, presence),
             ShardCmd::Leave { room, conn, reply } => {
                 // An explicit leave: presence lets go at once.
                 let _ = reply.send(self.remove_member(room, conn, None, true));
@@ -643,93 +717,192 @@ impl Shard {
                 typists: HashMap::new(),
                 snapshot_reads: 0,
                 recent_presence: Vec::new(),
+                backlog_reads: 0,
+                recent_events: Vec::new(),
+                skip_until: HashMap::new(),
             }
         });
         match &mut state.phase {
             Phase::Subscribing { joins, .. } => joins.push(join),
-            Phase::Active { .. } if join.presence => self.read_snapshot(room, join),
-            Phase::Active { seq } => {
-                let delivered = seq.delivered();
-                admit(
-                    state,
-                    &mut self.conn_rooms,
-                    &self.presence.handle,
-                    room,
-                    join,
-                    delivered,
-                    None,
-                );
-            }
+            Phase::Active { .. } => self.join_active(room, join),
         }
     }
 
-    /// Reads who is in the room for a joiner that asked, then admits it
-    /// (in [`Self::snapshot_read`]). The room is subscribed by now, so every
-    /// presence event published after the read reaches this shard.
-    fn read_snapshot(&mut self, room: RoomId, join: PendingJoin) {
+    /// Admits a join to an active room: at once, or once what it asked for
+    /// is read (a backlog to resume from, a presence snapshot) in
+    /// [`Self::deferred_read`]. The room is subscribed by now, so whatever
+    /// happens in it during the read reaches this shard and is kept for the
+    /// joiner (`recent_events`, `recent_presence`): nothing is lost or
+    /// doubled at the seam between what was read and what is live.
+    fn join_active(&mut self, room: RoomId, mut join: PendingJoin) {
+        let limit = self.resume_limit;
         let Some(state) = self.rooms.get_mut(&room) else {
             let _ = join.reply.send(Err(JoinError::Unavailable));
             return;
         };
-        state.snapshot_reads += 1;
-        let store = self.presence.store.clone();
+        let Phase::Active { seq } = &state.phase else {
+            let _ = join.reply.send(Err(JoinError::Unavailable));
+            return;
+        };
+        let delivered = seq.delivered();
+        let (read, reply) = match join.since {
+            None => (None, JoinedReply::at(delivered)),
+            // Level with this node, or ahead of it by events still on their
+            // way here: nothing to read, and those events are not sent twice.
+            Some(since) if since >= delivered => (None, JoinedReply::resumed(since)),
+            Some(since) if delivered - since > limit => {
+                metrics::counter!("gateway_resumes_total", "outcome" => "over_limit").increment(1);
+                (None, JoinedReply::too_far(delivered, since))
+            }
+            Some(since) => (Some((since, delivered)), JoinedReply::resumed(since)),
+        };
+        if read.is_none() && reply.resume.as_ref().is_some_and(|r| !r.complete) {
+            // Decided: from here on it is a plain join with that answer.
+            join.since = None;
+        }
+        if join.since.is_none() && !join.presence {
+            let mut reply = reply;
+            reply.seq = delivered;
+            admit(
+                state,
+                &mut self.conn_rooms,
+                &self.presence.handle,
+                room,
+                join,
+                reply,
+            );
+            return;
+        }
+        if join.since.is_some() {
+            state.backlog_reads += 1;
+        }
+        if join.presence {
+            state.snapshot_reads += 1;
+        }
+        let reader = self.backlog.clone();
+        let presence_store = self.presence.store.clone();
         let me = self.me.clone();
+        let want_presence = join.presence;
         tokio::spawn(async move {
-            let presence = store.room(room).await.map_err(|e| {
-                tracing::warn!(%room, error = %e, "reading a presence snapshot failed");
-            });
+            let events = match read {
+                Some((after, to)) => Some((to, reader.read(room, after, to).await)),
+                None => None,
+            };
+            let presence = match want_presence {
+                true => Some(presence_store.room(room).await.map_err(|e| {
+                    tracing::warn!(%room, error = %e, "reading a presence snapshot failed");
+                })),
+                false => None,
+            };
             let _ = me
-                .send(ShardCmd::Snapshot {
+                .send(ShardCmd::Deferred {
                     room,
                     join,
+                    reply,
+                    events,
                     presence,
                 })
                 .await;
         });
     }
 
-    /// Admits a joiner with its snapshot, then gives it the presence events
-    /// that arrived since the read and are newer than the snapshot.
-    fn snapshot_read(&mut self, room: RoomId, join: PendingJoin, read: Result<RoomPresence, ()>) {
+    /// Admits a deferred join: `joined`, then its backlog, then what the
+    /// room delivered while it was read, then the presence changes newer
+    /// than its snapshot.
+    fn deferred_read(
+        &mut self,
+        room: RoomId,
+        join: PendingJoin,
+        mut reply: JoinedReply,
+        events: Option<(i64, Result<Vec<Bytes>, ()>)>,
+        presence: Option<Result<RoomPresence, ()>>,
+    ) {
         let limit = self.presence.snapshot_limit;
         let Some(state) = self.rooms.get_mut(&room) else {
             let _ = join.reply.send(Err(JoinError::Unavailable));
             return;
         };
-        state.snapshot_reads = state.snapshot_reads.saturating_sub(1);
+        if join.since.is_some() {
+            state.backlog_reads = state.backlog_reads.saturating_sub(1);
+        }
+        if presence.is_some() {
+            state.snapshot_reads = state.snapshot_reads.saturating_sub(1);
+        }
         let Phase::Active { seq } = &state.phase else {
             let _ = join.reply.send(Err(JoinError::Unavailable));
             return;
         };
         let delivered = seq.delivered();
-        let conn = join.conn.clone();
         // Without a snapshot (presence unreadable) the join still succeeds;
         // the reply simply has none.
-        let snapshot = read.ok().map(|p| PresenceSnapshot {
+        reply.presence = presence.and_then(Result::ok).map(|p| PresenceSnapshot {
             version: p.version,
             count: p.users.len(),
             user_ids: (p.users.len() <= limit).then_some(p.users),
         });
-        let version = snapshot.as_ref().map(|s| s.version);
+        let mut backlog = Vec::new();
+        let mut floor = join.since;
+        match (join.since, events) {
+            (Some(since), Some((to, Ok(payloads)))) => {
+                metrics::counter!("gateway_resumes_total", "outcome" => "complete").increment(1);
+                backlog = payloads;
+                floor = Some(since.max(to));
+            }
+            (Some(since), Some((_, Err(())))) => {
+                // Neither the window nor the database answered: live from
+                // here, and the client pages the rest.
+                metrics::counter!("gateway_resumes_total", "outcome" => "unavailable").increment(1);
+                reply = JoinedReply {
+                    presence: reply.presence,
+                    ..JoinedReply::too_far(delivered, since)
+                };
+                floor = None;
+            }
+            (Some(_), None) => {
+                metrics::counter!("gateway_resumes_total", "outcome" => "complete").increment(1);
+            }
+            (None, _) => reply.seq = delivered,
+        }
+        let version = reply.presence.as_ref().map(|s| s.version);
+        let conn = join.conn.clone();
         let admitted = admit(
             state,
             &mut self.conn_rooms,
             &self.presence.handle,
             room,
             join,
-            delivered,
-            snapshot,
+            reply,
         );
-        if admitted && let Some(version) = version {
-            for (_, _, json) in state
-                .recent_presence
-                .iter()
-                .filter(|(v, user, _)| *v > version && *user != conn.user_id)
-            {
-                if queue_json(&conn, json) {
-                    self.dirty.push(conn.clone());
+        if admitted {
+            let mut queued = false;
+            for payload in backlog {
+                if let Some((_, incoming)) = Incoming::parse(payload) {
+                    queued |= queue_json(&conn, &incoming.json);
                 }
             }
+            if let Some(floor) = floor {
+                for (_, json) in state.recent_events.iter().filter(|(s, _)| *s > floor) {
+                    queued |= queue_json(&conn, json);
+                }
+                if floor > delivered {
+                    state.skip_until.insert(conn.id, floor);
+                }
+            }
+            if let Some(version) = version {
+                for (_, _, json) in state
+                    .recent_presence
+                    .iter()
+                    .filter(|(v, user, _)| *v > version && *user != conn.user_id)
+                {
+                    queued |= queue_json(&conn, json);
+                }
+            }
+            if queued {
+                self.dirty.push(conn);
+            }
+        }
+        if state.backlog_reads == 0 {
+            state.recent_events.clear();
         }
         if state.snapshot_reads == 0 {
             state.recent_presence.clear();
@@ -762,24 +935,8 @@ impl Shard {
         state.phase = Phase::Active {
             seq: Sequencer::new(start),
         };
-        let mut want_presence = Vec::new();
         for join in joins {
-            if join.presence {
-                want_presence.push(join);
-            } else {
-                admit(
-                    state,
-                    &mut self.conn_rooms,
-                    &self.presence.handle,
-                    room,
-                    join,
-                    start,
-                    None,
-                );
-            }
-        }
-        for join in want_presence {
-            self.read_snapshot(room, join);
+            self.join_active(room, join);
         }
         for payload in early {
             self.deliver(room, payload);
@@ -851,6 +1008,11 @@ impl Shard {
             let mut msgpack: Option<Option<Bytes>> = None;
             let mut delivered = 0u64;
             for conn in &state.members {
+                if !state.skip_until.is_empty()
+                    && state.skip_until.get(&conn.id).is_some_and(|s| seq <= *s)
+                {
+                    continue;
+                }
                 let bytes = match conn.encoding {
                     Encoding::Json => &event.json,
                     Encoding::MsgPack => {
@@ -868,6 +1030,9 @@ impl Shard {
                 }
             }
             metrics::counter!("gateway_deliveries_total").increment(delivered);
+            if state.backlog_reads > 0 {
+                state.recent_events.push((seq, event.json.clone()));
+            }
             if let Some(span) = &span {
                 span.record("delivered", delivered as i64);
             }
@@ -936,6 +1101,11 @@ impl Shard {
                 }
                 Effect::None => {}
             }
+        }
+        if let Some(last) = last_delivered
+            && !state.skip_until.is_empty()
+        {
+            state.skip_until.retain(|_, until| *until > last);
         }
         if let Some(last) = last_delivered {
             // Delivery markers: one update per member per pass, coalesced
@@ -1011,17 +1181,15 @@ impl Shard {
         state.filling = true;
         metrics::counter!("gateway_gap_fills_total").increment(1);
         tracing::debug!(%room, from, to, "reading missed events from the store");
-        let store = self.store.clone();
+        let backlog = self.backlog.clone();
         let me = self.me.clone();
         tokio::spawn(async move {
-            let events = store.events_between(room, from, to).await.map_err(|e| {
-                tracing::warn!(%room, error = %e, "reading missed events failed");
-            });
+            let events = backlog.read(room, from - 1, to).await;
             let _ = me.send(ShardCmd::Filled { room, from, events }).await;
         });
     }
 
-    fn filled(&mut self, room: RoomId, from: i64, events: Result<Vec<RoomEvent>, ()>) {
+    fn filled(&mut self, room: RoomId, from: i64, events: Result<Vec<Bytes>, ()>) {
         let Some(state) = self.rooms.get_mut(&room) else {
             return;
         };
@@ -1031,9 +1199,8 @@ impl Shard {
         };
         let mut ready = Vec::new();
         let got_any = events.as_ref().is_ok_and(|e| !e.is_empty());
-        for event in events.unwrap_or_default() {
-            let json = event_frame_json(&event);
-            if let Some((n, incoming)) = Incoming::parse(json)
+        for payload in events.unwrap_or_default() {
+            if let Some((n, incoming)) = Incoming::parse(payload)
                 && let Offer::Deliver(mut r) = seq.offer(n, incoming)
             {
                 ready.append(&mut r);
@@ -1077,12 +1244,12 @@ impl Shard {
         };
         if last > seq.delivered() && seq.gap().is_none() {
             // Events published while disconnected: fetch them like a gap.
-            let store = self.store.clone();
+            let backlog = self.backlog.clone();
             let me = self.me.clone();
             let from = seq.delivered() + 1;
             state.filling = true;
             tokio::spawn(async move {
-                let events = store.events_between(room, from, last).await.map_err(|_| ());
+                let events = backlog.read(room, from - 1, last).await;
                 let _ = me.send(ShardCmd::Filled { room, from, events }).await;
             });
         }
@@ -1116,7 +1283,10 @@ impl Shard {
     /// Forgets a room nobody on this node is in, and unsubscribes from it.
     fn release_if_empty(&mut self, room: RoomId) {
         let empty = self.rooms.get(&room).is_some_and(|s| {
-            s.members.is_empty() && s.snapshot_reads == 0 && matches!(s.phase, Phase::Active { .. })
+            s.members.is_empty()
+                && s.snapshot_reads == 0
+                && s.backlog_reads == 0
+                && matches!(s.phase, Phase::Active { .. })
         });
         if empty {
             self.rooms.remove(&room);
@@ -1143,15 +1313,14 @@ fn admit(
     presence: &PresenceHandle,
     room: RoomId,
     join: PendingJoin,
-    delivered: i64,
-    presence_snapshot: Option<PresenceSnapshot>,
+    joined: JoinedReply,
 ) -> bool {
     let PendingJoin {
         conn,
         snapshot,
         id,
-        presence: _,
         reply,
+        ..
     } = join;
     let result = if state
         .removed
@@ -1171,10 +1340,11 @@ fn admit(
         conn.send(&ServerFrame::Joined {
             id,
             room_id: room,
-            seq: delivered,
-            presence: presence_snapshot,
+            seq: joined.seq,
+            presence: joined.presence,
+            resume: joined.resume,
         });
-        Ok(delivered)
+        Ok(joined.seq)
     };
     let admitted = result.is_ok();
     let _ = reply.send(result);

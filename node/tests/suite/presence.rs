@@ -357,6 +357,7 @@ async fn the_joined_snapshot_lists_who_is_in_the_room_up_to_the_limit(mode: Mode
         .send(&ClientFrame::Join {
             id: Some(9),
             room_id: room,
+            since_seq: None,
             presence: false,
         })
         .await;

@@ -254,6 +254,7 @@ async fn bad_tokens_are_refused_with_documented_close_codes(mode: Mode) {
         .send(&ClientFrame::Join {
             id: None,
             room_id: shared::RoomId(1),
+            since_seq: None,
             presence: false,
         })
         .await;

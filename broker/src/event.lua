@@ -1,0 +1,18 @@
+-- Publishes a room event and keeps it in the room's recent window: a
+-- stream of the room's latest events, entry id <seq>-0, capped in length
+-- and expiring when the room has been quiet for the window's age.
+--
+-- KEYS[1] the room's stream
+-- ARGV[1] the room's channel, ARGV[2] the event's seq, ARGV[3] the payload,
+-- ARGV[4] most entries kept (0: no window), ARGV[5] the window's age, ms
+--
+-- Returns the number of subscribers that received the event.
+if tonumber(ARGV[4]) > 0 then
+  -- An id at or below the stream's newest is refused (two api nodes
+  -- published a room's events out of order): that event is then missing
+  -- from the window, and a reader of a range with a hole goes to the
+  -- database instead. pcall: the publish happens either way.
+  redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], ARGV[2] .. '-0', 'e', ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+return redis.call('PUBLISH', ARGV[1], ARGV[3])
