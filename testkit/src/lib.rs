@@ -370,6 +370,17 @@ impl TestApp {
         }
     }
 
+    /// The public key (SPKI PEM) that verifies the deployment's access
+    /// tokens: for a gateway process started beside the harness's own.
+    pub fn jwt_public_key_pem(&self) -> &str {
+        &self.keys.public_pem
+    }
+
+    /// The Redis the cluster uses (its keys are under `redis_prefix`).
+    pub fn redis_url(&self) -> &str {
+        &self.redis_url
+    }
+
     /// How many gateway nodes there are (1 for a single node).
     pub fn gateway_count(&self) -> usize {
         self.gateways.len()
