@@ -101,6 +101,9 @@ pub struct PresenceKillReport {
     pub observers_dropped: Reasons,
     /// The wait ended at `--leave-timeout` with leaves missing.
     pub timed_out: bool,
+    /// The wait ended because every connection had closed (the surviving
+    /// gateways went away too: nothing more could arrive).
+    pub all_connections_ended: bool,
     /// From the kill to the end of the wait (the tail after the last
     /// expected leave included).
     pub waited_s: f64,
@@ -185,7 +188,9 @@ impl PresenceKillReport {
             self.waited_s,
             self.leave_timeout_s,
             self.tail_s,
-            if self.timed_out {
+            if self.all_connections_ended {
+                " — ENDED EARLY: every connection closed (did the other gateways stop too?)"
+            } else if self.timed_out {
                 " — TIMED OUT with leaves missing"
             } else {
                 ""
@@ -538,7 +543,10 @@ async fn observe(
             _ = tokio::time::sleep_until(until) => break,
             _ = cancel.cancelled() => break,
         };
-        let Some(msg) = msg else { break };
+        let Some(msg) = msg else {
+            pk.all_connections_ended = true;
+            break;
+        };
         match msg {
             Msg::Presence {
                 conn,
@@ -576,7 +584,7 @@ async fn observe(
         }
     }
     pk.waited_s = killed_at.elapsed().as_secs_f64();
-    pk.timed_out = received < expected.len() && !cancel.is_cancelled();
+    pk.timed_out = received < expected.len() && !cancel.is_cancelled() && !pk.all_connections_ended;
     pk.received_leaves = received as u64;
     unexpected.sort_unstable();
     pk.unexpected_users = unexpected;

@@ -1,5 +1,7 @@
 //! `reads`: what read receipts cost the database. C connections join R
-//! rooms, receive M messages in each, then send `read` frames at a total
+//! rooms, receive M messages in each (posted by one more member of each
+//! room who has no connection: posting moves the poster's own read
+//! marker), then send `read` frames at a total
 //! rate for a while, each for the next seq the connection has received
 //! (increasing, so every frame moves a marker: a repeated or lower seq is
 //! ignored by the gateway, and a seq it has not delivered is refused with
@@ -132,7 +134,7 @@ impl ReadsReport {
     pub fn write_text(&self, o: &mut String) {
         let _ = writeln!(
             o,
-            "\nreads: {} of {} connections joined {} rooms of {}; {} messages per room ({} acknowledged), delivered to every connection: {} in {:.1} s",
+            "\nreads: {} of {} connections joined {} rooms ({} connections and a poster each); {} messages per room ({} acknowledged), delivered to every connection: {} in {:.1} s",
             self.connected,
             self.connections,
             self.rooms,
@@ -255,9 +257,12 @@ pub async fn run(args: &ReadsArgs, cancel: CancellationToken) -> anyhow::Result<
         serde_json::to_value(args)?,
         target,
         &ProvisionPlan {
-            users,
+            // One more member per room: the poster, who has no connection
+            // (posting moves the poster's own read marker, which would
+            // make a connected poster's reads change nothing).
+            users: (size + 1) * args.rooms,
             rooms: args.rooms,
-            room_size: size,
+            room_size: size + 1,
             token_ttl_secs: token_ttl(planned),
         },
     )
@@ -292,7 +297,7 @@ pub async fn run(args: &ReadsArgs, cancel: CancellationToken) -> anyhow::Result<
     let mut conns = Vec::with_capacity(users as usize);
     let start = Instant::now();
     for (r, room) in roster.rooms.iter().enumerate() {
-        for &u in &room.members {
+        for &u in room.members.iter().take(size as usize) {
             let i = conns.len();
             let newest = Arc::new(AtomicI64::new(0));
             conns.push(Conn {
@@ -309,7 +314,7 @@ pub async fn run(args: &ReadsArgs, cancel: CancellationToken) -> anyhow::Result<
                 room_id: room.id,
                 token: roster.users[u as usize].token.clone(),
                 target: targets.clone(),
-                gateway: u as usize % targets.len(),
+                gateway: i % targets.len(),
                 source,
                 encoding,
                 limits,
@@ -404,10 +409,11 @@ async fn measure(
             post_room(
                 http.clone(),
                 format!("{api}/v1/rooms/{}/messages", room.id),
+                // The poster is the last member (see `run`).
                 room.members
-                    .iter()
-                    .map(|&m| roster.users[m as usize].token.clone())
-                    .collect(),
+                    .last()
+                    .map(|&m| vec![roster.users[m as usize].token.clone()])
+                    .unwrap_or_default(),
                 rr.messages_per_room,
                 args.target.timeout,
             )
@@ -554,7 +560,7 @@ fn marker_window(
     rr.round_trips_per_s = 4.0 * rr.batches_per_s;
 }
 
-/// Posts `messages` into one room, in order, as its members in turn;
+/// Posts `messages` into one room, in order, as its poster(s) in turn;
 /// returns the newest acknowledged seq, the count, and the failures.
 async fn post_room(
     http: reqwest::Client,
@@ -566,8 +572,12 @@ async fn post_room(
     let mut last = 0i64;
     let mut acked = 0u64;
     let mut failures = Reasons::new();
+    if tokens.is_empty() {
+        *failures.entry("no poster in the room".into()).or_default() += messages;
+        return (last, acked, failures);
+    }
     for k in 0..messages {
-        let token = &tokens[k as usize % tokens.len().max(1)];
+        let token = &tokens[k as usize % tokens.len()];
         match post(&http, &url, token, k, timeout).await {
             Ok(seq) => {
                 last = last.max(seq);
