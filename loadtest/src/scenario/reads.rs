@@ -53,6 +53,9 @@ use tokio_util::task::TaskTracker;
 /// and a slow commit's worth of margin).
 const MARKER_FLUSH_TAIL: Duration = Duration::from_millis(500);
 
+/// Most scrapes while waiting for the marker counters to stop moving.
+const SETTLE_SCRAPES: usize = 10;
+
 /// How often the delivery wait checks every connection's newest seq.
 const DELIVERY_POLL: Duration = Duration::from_millis(20);
 
@@ -101,8 +104,11 @@ pub struct ReadsReport {
     pub duration_s: f64,
     pub reads_sent: u64,
     pub reads_per_s: f64,
-    /// Sent more than 10 ms after their scheduled time.
+    /// Sent more than 10 ms after their scheduled time, and the most late
+    /// (a connection's reads are C/rate apart: one later than that can
+    /// share a batch with the next and move its marker once for both).
     pub reads_late: u64,
+    pub max_lag_ms: f64,
     /// Sent for the newest seq received because the next one had not
     /// arrived (the gateway ignores them: the marker is already there).
     pub reads_repeated: u64,
@@ -149,17 +155,18 @@ impl ReadsReport {
         }
         let _ = writeln!(
             o,
-            "  read frames: {} sent in {:.1} s = {:.1}/s (target {:.1}/s); {} late by >10 ms, {} repeated a seq (next not yet received)",
+            "  read frames: {} sent in {:.1} s = {:.1}/s (target {:.1}/s); {} late by >10 ms (max {:.0} ms), {} repeated a seq (next not yet received)",
             self.reads_sent,
             self.duration_s,
             self.reads_per_s,
             self.target_rate,
             self.reads_late,
+            self.max_lag_ms,
             self.reads_repeated
         );
         let _ = writeln!(
             o,
-            "  answers: error frames {:?}; {} receipt frames, {} read_marker frames received",
+            "  answers: error frames {:?}; {} receipt frames, {} read_marker frames (one per marker moved) received",
             self.error_frames, self.receipts_received, self.read_markers_received
         );
         for (reason, n) in &self.drops {
@@ -208,6 +215,7 @@ impl ReadsReport {
 struct Counters {
     reads_sent: AtomicU64,
     reads_late: AtomicU64,
+    max_lag_us: AtomicU64,
     reads_repeated: AtomicU64,
     receipts: AtomicU64,
     read_markers: AtomicU64,
@@ -349,6 +357,7 @@ pub async fn run(args: &ReadsArgs, cancel: CancellationToken) -> anyhow::Result<
     rr.reads_sent = counters.reads_sent.load(Ordering::Relaxed);
     rr.reads_per_s = rr.reads_sent as f64 / args.duration.as_secs_f64();
     rr.reads_late = counters.reads_late.load(Ordering::Relaxed);
+    rr.max_lag_ms = counters.max_lag_us.load(Ordering::Relaxed) as f64 / 1000.0;
     rr.reads_repeated = counters.reads_repeated.load(Ordering::Relaxed);
     rr.receipts_received = counters.receipts.load(Ordering::Relaxed);
     rr.read_markers_received = counters.read_markers.load(Ordering::Relaxed);
@@ -482,7 +491,7 @@ async fn measure(
         _ = tokio::time::sleep_until(end + MARKER_FLUSH_TAIL) => {}
         _ = cancel.cancelled() => {}
     }
-    let metrics_after = scrape_all(&scrape, &args.metrics_urls).await;
+    let metrics_after = settled_scrape(&scrape, &args.metrics_urls).await;
     marker_window(args, &metrics_before, &metrics_after, rr);
     if let (Some(db), Some(before)) = (db.as_mut(), db_before) {
         tokio::select! {
@@ -502,6 +511,21 @@ async fn measure(
 
 /// The gateways' marker counters: (batches, rows, dropped, failed) per URL.
 type MarkerSample = Result<[u64; 4], String>;
+
+/// Scrapes until two scrapes [`MARKER_FLUSH_TAIL`] apart agree (the last
+/// batch of the window is written), at most [`SETTLE_SCRAPES`] times.
+async fn settled_scrape(http: &reqwest::Client, urls: &[String]) -> Vec<MarkerSample> {
+    let mut last = scrape_all(http, urls).await;
+    for _ in 1..SETTLE_SCRAPES {
+        tokio::time::sleep(MARKER_FLUSH_TAIL).await;
+        let next = scrape_all(http, urls).await;
+        if next == last {
+            break;
+        }
+        last = next;
+    }
+    last
+}
 
 async fn scrape_all(http: &reqwest::Client, urls: &[String]) -> Vec<MarkerSample> {
     let mut out = Vec::with_capacity(urls.len());
@@ -787,9 +811,13 @@ async fn writer(
             }
             _ = tokio::time::sleep_until(at) => {}
         }
-        if Instant::now().saturating_duration_since(at) > LATE_SEND {
+        let lag = Instant::now().saturating_duration_since(at);
+        if lag > LATE_SEND {
             s.counters.reads_late.fetch_add(1, Ordering::Relaxed);
         }
+        s.counters
+            .max_lag_us
+            .fetch_max(lag.as_micros() as u64, Ordering::Relaxed);
         let want = base + 1 + j as i64;
         let newest = s.newest.load(Ordering::Relaxed);
         if newest <= base {
