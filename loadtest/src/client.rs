@@ -562,6 +562,11 @@ pub async fn close_gracefully(ws: &mut Ws, timeout: Duration) -> bool {
             match ws.read_frame().await {
                 Ok(frame) if frame.opcode == OpCode::Close => return true,
                 Ok(_) => {}
+                // Once our close is written, fastwebsockets reports every
+                // other frame that was already on its way (an event, a
+                // presence change) as this error, after consuming it: the
+                // gateway's close can still follow.
+                Err(WebSocketError::ConnectionClosed) => {}
                 Err(_) => return false,
             }
         }
@@ -723,6 +728,30 @@ mod tests {
             (&*v.kind, v.seq, v.body.as_deref()),
             ("event", Some(42), Some("plt1 1 2 3 x"))
         );
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_crosses_our_close_does_not_spoil_the_close_handshake() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut ws = WebSocket::after_handshake(stream, Role::Server);
+            ws.set_auto_close(false);
+            // A presence event already on its way when the client closes.
+            let frame = ws.read_frame().await.unwrap();
+            assert_eq!(frame.opcode, OpCode::Close);
+            ws.write_frame(Frame::text(Payload::Borrowed(br#"{"type":"presence"}"#)))
+                .await
+                .unwrap();
+            ws.write_frame(Frame::close(close::NORMAL, b""))
+                .await
+                .unwrap();
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut ws = FragmentCollector::new(WebSocket::after_handshake(stream, Role::Client));
+        assert!(close_gracefully(&mut ws, Duration::from_secs(5)).await);
+        server.await.unwrap();
     }
 
     #[test]
