@@ -42,7 +42,7 @@ async fn gateway_process(app: &TestApp, grace: Duration) -> Binary {
             ("PARLEY_DATABASE_URL", app.database_url()),
             ("PARLEY_REDIS_URL", app.redis_url().to_owned()),
             ("PARLEY_REDIS_PREFIX", app.redis_prefix.clone()),
-            ("PARLEY_JWT_PUBLIC_KEY", app.public_key_pem()),
+            ("PARLEY_JWT_PUBLIC_KEY", app.jwt_public_key_pem().to_owned()),
             (
                 "PARLEY_PRESENCE_HEARTBEAT",
                 format!("{}s", HEARTBEAT.as_secs()),

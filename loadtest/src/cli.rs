@@ -53,6 +53,14 @@ pub enum Command {
     /// Fanout at rising rates until p99 latency passes a bound or anything
     /// is lost; reports each step and the highest rate held.
     Ramp(RampArgs),
+    /// Users in rooms over the gateways, presence settled, then SIGKILL one
+    /// gateway process: time from the kill until the other gateways'
+    /// members see each of its users leave (in this process only).
+    PresenceKill(PresenceKillArgs),
+    /// C connections in R rooms receive messages, then send `read` frames
+    /// at a total rate: what reaches the database (marker batches,
+    /// statements, commits) per read frame (in this process only).
+    Reads(ReadsArgs),
     /// Run as an agent for a distributed coordinator.
     Agent(AgentArgs),
     /// Measure this machine's floor without Parley: CPU per small TCP
@@ -237,6 +245,119 @@ pub struct IdleArgs {
     /// and gateway_connections before and while holding.
     #[arg(long = "metrics-url")]
     pub metrics_urls: Vec<String>,
+    /// The deployment's Redis (redis://[:password@]host:port): `INFO
+    /// commandstats` is read when the hold starts and when it ends, and
+    /// the report gives Redis commands/s while the connections were held
+    /// (commands run inside Lua scripts included), per gateway and by
+    /// command. Use a Redis only this deployment uses: every client's
+    /// commands are counted.
+    #[arg(long)]
+    #[serde(skip)]
+    pub redis_url: Option<String>,
+}
+
+/// Rooms bigger than the presence snapshot limit get a count instead of
+/// the list of users, which the settle check needs.
+pub const MAX_PRESENCE_ROOM: u32 = shared::protocol::DEFAULT_PRESENCE_SNAPSHOT_LIMIT as u32;
+
+fn parse_presence_room(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(1..=MAX_PRESENCE_ROOM).contains(&n) {
+        return Err(format!("must be 1 to {MAX_PRESENCE_ROOM}"));
+    }
+    Ok(n)
+}
+
+#[derive(Args, Clone, Serialize)]
+pub struct PresenceKillArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Users (rounded down to whole rooms); user i connects to gateway i mod G.
+    #[arg(long, short = 'n', default_value = "300", value_parser = parse_connections)]
+    pub users: u32,
+    /// Users per room (at most the presence snapshot limit, 100).
+    #[arg(long, default_value = "10", value_parser = parse_presence_room)]
+    pub room_size: u32,
+    /// Every Nth user also connects a second device to the next gateway
+    /// (0: none). Those on the killed gateway must not be seen leaving.
+    #[arg(long, default_value = "5")]
+    pub second_device_every: u32,
+    /// Opening rate (connections per second).
+    #[arg(long, default_value = "500", value_parser = parse_rate)]
+    pub connect_rate: f64,
+    /// Process id of the gateway to SIGKILL (it must be the process behind
+    /// the --gateways URL at --kill-gateway).
+    #[arg(long)]
+    pub kill_pid: u32,
+    /// Which --gateways URL (0-based) the killed process serves.
+    #[arg(long)]
+    pub kill_gateway: usize,
+    /// Longest wait for every connection to see every connected user of
+    /// its room before the kill (the run fails without killing after it).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub settle_timeout: Duration,
+    /// Longest wait after the kill for the expected leaves.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub leave_timeout: Duration,
+    /// After the last expected leave, keep listening this long for
+    /// unexpected ones (within --leave-timeout).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub tail: Duration,
+}
+
+#[derive(Args, Clone, Serialize)]
+pub struct ReadsArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Connections (one user each), rounded down to a multiple of --rooms.
+    #[arg(long, short = 'c', default_value = "1000", value_parser = parse_connections)]
+    pub connections: u32,
+    /// Rooms; each has connections/rooms members over all gateways.
+    #[arg(long, short = 'r', default_value = "100", value_parser = parse_rooms)]
+    pub rooms: u32,
+    /// Read frames per second, all connections together.
+    #[arg(long, default_value = "1000", value_parser = parse_rate)]
+    pub rate: f64,
+    /// How long to send read frames.
+    #[arg(long, short = 'd', default_value = "30s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub duration: Duration,
+    /// Messages posted into each room first (default: one more than the
+    /// reads each connection sends, so every read moves its marker).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub messages: Option<u32>,
+    /// Opening rate of the connections (per second).
+    #[arg(long, default_value = "500", value_parser = parse_rate)]
+    pub connect_rate: f64,
+    /// Rooms posted into at the same time (each room's posts in order).
+    #[arg(long, default_value = "16", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub post_concurrency: u16,
+    /// Longest wait for every connection to receive every message.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub delivery_timeout: Duration,
+    /// A gateway's Prometheus endpoint (repeatable, one per gateway):
+    /// store_marker_batches_total and store_marker_rows_written_total
+    /// before and after the read window.
+    #[arg(long = "metrics-url")]
+    pub metrics_urls: Vec<String>,
+    /// The deployment's PostgreSQL database (postgres://...): its
+    /// pg_stat_database row before and after the window (commits, rows
+    /// updated). Adds 11 s of quiet on each side for PostgreSQL's
+    /// statistics to flush (--stats-settle). Never printed.
+    #[arg(long, env = "PARLEY_LOADTEST_DATABASE_URL", hide_env_values = true)]
+    #[serde(skip)]
+    pub database_url: Option<String>,
+    /// With --database-url: quiet before the first and after the window
+    /// before the second pg_stat_database sample. PostgreSQL's backends
+    /// flush their statistics at most once a second, idle ones after up to
+    /// 10 s; shorter undercounts.
+    #[arg(long, default_value = "11s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub stats_settle: Duration,
 }
 
 /// The shape of a publishing run (fanout and ramp).

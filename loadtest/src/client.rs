@@ -10,19 +10,30 @@
 use crate::net::{connect_tcp, describe_io_error};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload, Role, WebSocket, WebSocketError};
+use fastwebsockets::{
+    FragmentCollector, FragmentCollectorRead, Frame, OpCode, Payload, Role, WebSocket,
+    WebSocketError, WebSocketWrite,
+};
 use serde::Deserialize;
 use sha1::{Digest, Sha1};
 use shared::RoomId;
-use shared::protocol::{ClientFrame, Encoding, close};
+use shared::protocol::{ClientFrame, Encoding, PresenceSnapshot, close};
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// A client WebSocket over a plain TCP stream.
 pub type Ws = FragmentCollector<TcpStream>;
+
+/// The read half of a split client WebSocket (for connections that send
+/// while they read: one task reads, another writes).
+pub type WsRead = FragmentCollectorRead<OwnedReadHalf>;
+
+/// The write half of a split client WebSocket.
+pub type WsWrite = WebSocketWrite<OwnedWriteHalf>;
 
 /// Largest server frame accepted: events carry bodies of at most 4000
 /// characters; anything near this is a broken server.
@@ -260,6 +271,35 @@ pub async fn open(
     encoding: Encoding,
     timeouts: &Timeouts,
 ) -> Result<(Ws, OpenTimings), ConnError> {
+    let (ws, timings) = open_socket(target, source, token, encoding, timeouts).await?;
+    Ok((FragmentCollector::new(ws), timings))
+}
+
+/// Opens and authenticates a connection that will be split into a read
+/// and a write half ([`split`]): nothing the gateway sent is lost in the
+/// split, because the read half keeps the socket's read buffer.
+pub async fn open_split(
+    target: &GatewayTarget,
+    source: Option<IpAddr>,
+    token: &str,
+    encoding: Encoding,
+    timeouts: &Timeouts,
+) -> Result<(WsRead, WsWrite, OpenTimings), ConnError> {
+    let (ws, timings) = open_socket(target, source, token, encoding, timeouts).await?;
+    let (read, write) = ws.split(TcpStream::into_split);
+    Ok((FragmentCollectorRead::new(read), write, timings))
+}
+
+/// TCP, upgrade, `auth` and `ready` on an unwrapped socket. The gateway
+/// sends nothing but `ready` (or a close) before the client's next frame,
+/// so reading it without collecting fragments is enough.
+async fn open_socket(
+    target: &GatewayTarget,
+    source: Option<IpAddr>,
+    token: &str,
+    encoding: Encoding,
+    timeouts: &Timeouts,
+) -> Result<(WebSocket<TcpStream>, OpenTimings), ConnError> {
     let started = Instant::now();
     let mut stream = tokio::time::timeout(timeouts.connect, connect_tcp(target.addr, source))
         .await
@@ -274,16 +314,15 @@ pub async fn open(
     ws.set_max_message_size(MAX_SERVER_FRAME);
     ws.set_auto_pong(true);
     ws.set_auto_close(true);
-    let mut ws = FragmentCollector::new(ws);
-    send(
-        &mut ws,
+    ws.write_frame(client_frame(
         encoding,
         &ClientFrame::Auth {
             id: None,
             token: token.to_owned(),
         },
-    )
-    .await?;
+    ))
+    .await
+    .map_err(|e| ConnError::ws("send", e))?;
     tokio::time::timeout(timeouts.ready, async {
         loop {
             let frame = ws
@@ -336,46 +375,39 @@ pub async fn join(
     id: u64,
     timeout: Duration,
 ) -> Result<i64, ConnError> {
-    send(
-        ws,
-        encoding,
-        &ClientFrame::Join {
-            id: Some(id),
-            room_id: RoomId(room),
-            since_seq: None,
-            presence: false,
-        },
-    )
-    .await?;
+    join_room(ws, encoding, room, id, false, timeout)
+        .await
+        .map(|j| j.seq)
+}
+
+/// What a `joined` reply says.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Joined {
+    /// Events after this one are delivered.
+    pub seq: i64,
+    /// Who was in the room (when the join asked for presence).
+    #[serde(default)]
+    pub presence: Option<PresenceSnapshot>,
+}
+
+/// Joins a room, asking for the presence snapshot when `presence`.
+pub async fn join_room(
+    ws: &mut Ws,
+    encoding: Encoding,
+    room: i64,
+    id: u64,
+    presence: bool,
+    timeout: Duration,
+) -> Result<Joined, ConnError> {
+    send(ws, encoding, &join_frame(room, id, presence)).await?;
     tokio::time::timeout(timeout, async {
         loop {
             let frame = ws
                 .read_frame()
                 .await
                 .map_err(|e| ConnError::ws("join", e))?;
-            match frame.opcode {
-                OpCode::Close => return Err(closed(&frame.payload)),
-                OpCode::Text | OpCode::Binary => {
-                    let Some(view) = parse_frame(encoding, &frame.payload) else {
-                        return Err(ConnError::Protocol("undecodable frame".into()));
-                    };
-                    match (&*view.kind, view.id) {
-                        ("joined", Some(i)) if i == id => {
-                            return view
-                                .seq
-                                .ok_or_else(|| ConnError::Protocol("joined without seq".into()));
-                        }
-                        ("error", Some(i)) if i == id => {
-                            return Err(ConnError::JoinRefused(
-                                view.code.as_deref().unwrap_or("?").to_owned(),
-                            ));
-                        }
-                        // Joins happen before any publishing: other frames
-                        // (room notices) are not part of the measurement.
-                        _ => {}
-                    }
-                }
-                _ => {}
+            if let Some(answer) = join_answer(encoding, &frame, id) {
+                return answer;
             }
         }
     })
@@ -383,17 +415,121 @@ pub async fn join(
     .map_err(|_| ConnError::Timeout("waiting for joined"))?
 }
 
+/// Joins a room over a split connection. Pings that arrive meanwhile are
+/// answered from the write half once the read returns.
+pub async fn join_split(
+    read: &mut WsRead,
+    write: &mut WsWrite,
+    encoding: Encoding,
+    room: i64,
+    id: u64,
+    timeout: Duration,
+) -> Result<Joined, ConnError> {
+    send_split(write, encoding, &join_frame(room, id, false)).await?;
+    tokio::time::timeout(timeout, async {
+        loop {
+            let mut owed: Vec<Frame<'static>> = Vec::new();
+            let frame = read
+                .read_frame(&mut |f: Frame<'_>| {
+                    owed.push(owned_frame(&f));
+                    std::future::ready(Ok::<(), std::convert::Infallible>(()))
+                })
+                .await
+                .map_err(|e| ConnError::ws("join", e))?;
+            let answer = join_answer(encoding, &frame, id);
+            for f in owed {
+                write
+                    .write_frame(f)
+                    .await
+                    .map_err(|e| ConnError::ws("join", e))?;
+            }
+            if let Some(answer) = answer {
+                return answer;
+            }
+        }
+    })
+    .await
+    .map_err(|_| ConnError::Timeout("waiting for joined"))?
+}
+
+/// An owned copy of a frame fastwebsockets owes the peer (a pong or a
+/// close echo), to be written from the write half.
+pub fn owned_frame(f: &Frame<'_>) -> Frame<'static> {
+    Frame::new(true, f.opcode, None, Payload::Owned(f.payload.to_vec()))
+}
+
+fn join_frame(room: i64, id: u64, presence: bool) -> ClientFrame {
+    ClientFrame::Join {
+        id: Some(id),
+        room_id: RoomId(room),
+        since_seq: None,
+        presence,
+    }
+}
+
+/// The outcome of a join if `frame` answers request `id`; None for any
+/// other frame (joins happen before any publishing: other frames, such as
+/// room notices, are not part of a measurement).
+fn join_answer(
+    encoding: Encoding,
+    frame: &Frame<'_>,
+    id: u64,
+) -> Option<Result<Joined, ConnError>> {
+    match frame.opcode {
+        OpCode::Close => Some(Err(closed(&frame.payload))),
+        OpCode::Text | OpCode::Binary => {
+            let Some(view) = parse_frame(encoding, &frame.payload) else {
+                return Some(Err(ConnError::Protocol("undecodable frame".into())));
+            };
+            match (&*view.kind, view.id) {
+                ("joined", Some(i)) if i == id => Some(
+                    decode::<Joined>(encoding, &frame.payload)
+                        .ok_or_else(|| ConnError::Protocol("joined without seq".into())),
+                ),
+                ("error", Some(i)) if i == id => Some(Err(ConnError::JoinRefused(
+                    view.code.as_deref().unwrap_or("?").to_owned(),
+                ))),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 /// Sends a client frame in the connection's encoding.
 pub async fn send(ws: &mut Ws, encoding: Encoding, frame: &ClientFrame) -> Result<(), ConnError> {
-    let bytes = encoding.encode(frame);
-    let payload = Payload::Owned(bytes.to_vec());
-    let frame = match encoding {
-        Encoding::Json => Frame::text(payload),
-        Encoding::MsgPack => Frame::binary(payload),
-    };
-    ws.write_frame(frame)
+    ws.write_frame(client_frame(encoding, frame))
         .await
         .map_err(|e| ConnError::ws("send", e))
+}
+
+/// Sends a client frame on the write half of a split connection.
+pub async fn send_split(
+    ws: &mut WsWrite,
+    encoding: Encoding,
+    frame: &ClientFrame,
+) -> Result<(), ConnError> {
+    ws.write_frame(client_frame(encoding, frame))
+        .await
+        .map_err(|e| ConnError::ws("send", e))
+}
+
+/// A client frame as a WebSocket frame (text for JSON, binary for MessagePack).
+fn client_frame(encoding: Encoding, frame: &ClientFrame) -> Frame<'static> {
+    let payload = Payload::Owned(encoding.encode(frame).to_vec());
+    match encoding {
+        Encoding::Json => Frame::text(payload),
+        Encoding::MsgPack => Frame::binary(payload),
+    }
+}
+
+/// Decodes a whole server frame into `T` (a view of the fields a scenario
+/// needs), in the connection's encoding.
+pub fn decode<'a, T: Deserialize<'a>>(encoding: Encoding, payload: &'a [u8]) -> Option<T> {
+    match encoding {
+        Encoding::Json => serde_json::from_slice(payload).ok(),
+        Encoding::MsgPack => rmp_serde::from_slice(payload).ok(),
+    }
 }
 
 /// The error for a close frame from the gateway.
@@ -427,6 +563,11 @@ pub async fn close_gracefully(ws: &mut Ws, timeout: Duration) -> bool {
             match ws.read_frame().await {
                 Ok(frame) if frame.opcode == OpCode::Close => return true,
                 Ok(_) => {}
+                // Once our close is written, fastwebsockets reports every
+                // other frame that was already on its way (an event, a
+                // presence change) as this error, after consuming it: the
+                // gateway's close can still follow.
+                Err(WebSocketError::ConnectionClosed) => {}
                 Err(_) => return false,
             }
         }
@@ -588,6 +729,30 @@ mod tests {
             (&*v.kind, v.seq, v.body.as_deref()),
             ("event", Some(42), Some("plt1 1 2 3 x"))
         );
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_crosses_our_close_does_not_spoil_the_close_handshake() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut ws = WebSocket::after_handshake(stream, Role::Server);
+            ws.set_auto_close(false);
+            // A presence event already on its way when the client closes.
+            let frame = ws.read_frame().await.unwrap();
+            assert_eq!(frame.opcode, OpCode::Close);
+            ws.write_frame(Frame::text(Payload::Borrowed(br#"{"type":"presence"}"#)))
+                .await
+                .unwrap();
+            ws.write_frame(Frame::close(close::NORMAL, b""))
+                .await
+                .unwrap();
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut ws = FragmentCollector::new(WebSocket::after_handshake(stream, Role::Client));
+        assert!(close_gracefully(&mut ws, Duration::from_secs(5)).await);
+        server.await.unwrap();
     }
 
     #[test]

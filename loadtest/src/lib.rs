@@ -7,7 +7,8 @@
 //! Users and rooms come from the admin provisioning endpoint.
 //!
 //! Layers:
-//! - [`cli`]: the command line; [`scenario`]: connect, idle, fanout, ramp;
+//! - [`cli`]: the command line; [`scenario`]: connect, idle, fanout, ramp,
+//!   presence-kill, reads;
 //! - [`coordinator`] drives [`fleet`]s, in process or in [`agent`]s over
 //!   [`wire`]; [`plan`] splits a run between them; [`work`] is what they
 //!   are asked and what they answer;
@@ -15,6 +16,7 @@
 //!   [`accounting`] (order and loss), [`metrics`] (histograms);
 //! - [`report`], [`chart`], [`progress`]: what a person reads;
 //! - [`net`], [`clock`], [`memory`], [`provision`], [`body`]: the edges;
+//! - [`redis_stats`], [`db_stats`]: what Redis and PostgreSQL did in a window;
 //! - [`loopback`]: the machine's own floor (CPU per TCP segment), no Parley.
 
 pub mod accounting;
@@ -25,6 +27,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod coordinator;
+pub mod db_stats;
 pub mod fleet;
 pub mod loopback;
 pub mod memory;
@@ -34,6 +37,7 @@ pub mod plan;
 pub mod progress;
 pub mod provision;
 pub mod publish;
+pub mod redis_stats;
 pub mod report;
 pub mod scenario;
 pub mod wire;
@@ -51,6 +55,8 @@ pub async fn run_scenario(command: &Command, cancel: CancellationToken) -> anyho
         Command::Idle(a) => (scenario::idle::run(a, cancel).await?, &a.target),
         Command::Fanout(a) => (scenario::fanout::run(a, cancel).await?, &a.target),
         Command::Ramp(a) => (scenario::ramp::run(a, cancel).await?, &a.target),
+        Command::PresenceKill(a) => (scenario::presence_kill::run(a, cancel).await?, &a.target),
+        Command::Reads(a) => (scenario::reads::run(a, cancel).await?, &a.target),
         Command::Agent(_) | Command::Loopback(_) => anyhow::bail!("not a scenario"),
     };
     if let Some(path) = &target.json {

@@ -58,7 +58,7 @@ fn parse_vmrss(status: &str) -> Option<u64> {
 }
 
 /// Sums the samples of a metric over all its label sets.
-fn metric(text: &str, name: &str) -> Option<f64> {
+pub(crate) fn metric(text: &str, name: &str) -> Option<f64> {
     let mut found = None;
     for line in text.lines() {
         if line.starts_with('#') {

@@ -7,6 +7,9 @@ use crate::chart::{fmt_ms, histogram_svg, percentile_svg};
 use crate::memory::GatewayMemory;
 use crate::metrics::{LatencySummary, Reasons, total};
 use crate::net::{CpuUsage, FileLimit};
+use crate::redis_stats::RedisReport;
+use crate::scenario::presence_kill::PresenceKillReport;
+use crate::scenario::reads::ReadsReport;
 use crate::work::{CloseReport, ConnectReport, HoldReport, StepReport};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -95,6 +98,15 @@ pub struct Report {
     pub steps: Vec<StepReport>,
     pub ramp: Option<RampOutcome>,
     pub close: Option<CloseReport>,
+    /// Redis commands during the hold (`idle --redis-url`).
+    #[serde(default)]
+    pub redis: Option<RedisReport>,
+    /// `presence-kill`'s figures.
+    #[serde(default)]
+    pub presence_kill: Option<PresenceKillReport>,
+    /// `reads`' figures.
+    #[serde(default)]
+    pub reads: Option<ReadsReport>,
     /// Problems that ended the run early or made a figure unavailable.
     pub errors: Vec<String>,
     pub summary: Summary,
@@ -305,6 +317,20 @@ impl Report {
             );
             reasons(&mut o, "dropped while held", &h.drops);
         }
+        if let Some(r) = &self.redis {
+            let _ = writeln!(
+                o,
+                "\nredis {}: {} commands in {:.1} s while held = {:.2} commands/s ({:.2} per gateway over {} gateways)",
+                r.addr,
+                r.commands,
+                r.window_s,
+                r.commands_per_s,
+                r.commands_per_s_per_gateway,
+                r.gateways
+            );
+            let top: Vec<String> = r.top.iter().map(|(n, c)| format!("{n} {c}")).collect();
+            let _ = writeln!(o, "  busiest: {}", top.join(", "));
+        }
         if let Some(m) = &self.memory {
             let _ = writeln!(o, "\ngateway memory:");
             for g in &m.gateways {
@@ -415,6 +441,12 @@ impl Report {
                 fmt_ms(r.p99_bound_ms),
                 r.stopped_because
             );
+        }
+        if let Some(p) = &self.presence_kill {
+            p.write_text(&mut o);
+        }
+        if let Some(r) = &self.reads {
+            r.write_text(&mut o);
         }
         if let Some(c) = &self.close {
             let _ = writeln!(

@@ -7,16 +7,32 @@ use clap::Parser as _;
 use loadtest::cli::{Cli, Command};
 use loadtest::metrics::total;
 use loadtest::report::Report;
+use std::time::Duration;
 use testkit::{Mode, Options, TestApp};
+use tokio::io::AsyncBufReadExt as _;
 use tokio_util::sync::CancellationToken;
 
 const ADMIN: &str = "a-load-test-admin-token-0123456789abcdef";
 
+/// Presence timing of the presence tests' gateways: a dead gateway's users
+/// are reaped within about lease + heartbeat (1.3 s) instead of 17 s.
+const TEST_PRESENCE_HEARTBEAT: &str = "300ms";
+const TEST_PRESENCE_LEASE: &str = "1s";
+
+/// Set in the environment of a child gateway process (see
+/// [`child_gateway_process`]); its value is the line prefix of its address.
+const CHILD_GATEWAY: &str = "PARLEY_LOADTEST_CHILD_GATEWAY";
+const CHILD_READY: &str = "child gateway listening on";
+
 async fn cluster() -> TestApp {
-    let mut options = Options {
+    cluster_with(Options {
         gateways: 3,
         ..Options::default()
-    };
+    })
+    .await
+}
+
+async fn cluster_with(mut options: Options) -> TestApp {
     options.policy.admin_token = Some(ADMIN.to_owned().into());
     TestApp::spawn_with(Mode::Cluster, options).await
 }
@@ -26,8 +42,13 @@ async fn cluster() -> TestApp {
 fn command(app: &TestApp, scenario: &str, extra: &[&str]) -> Command {
     let gateways = (0..app.gateway_count())
         .map(|i| app.ws_url(i).to_owned())
-        .collect::<Vec<_>>()
-        .join(",");
+        .collect::<Vec<_>>();
+    command_on(app, &gateways, scenario, extra)
+}
+
+/// The same, with the gateway URLs given.
+fn command_on(app: &TestApp, gateways: &[String], scenario: &str, extra: &[&str]) -> Command {
+    let gateways = gateways.join(",");
     let mut args = vec![
         "parley-loadtest".to_owned(),
         scenario.to_owned(),
@@ -399,5 +420,267 @@ async fn cancelling_a_run_ends_it_early_with_a_partial_report() {
         );
     }
     assert!(report.text().contains("INTERRUPTED"), "{}", report.text());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_counts_the_redis_commands_of_held_connections() {
+    // A Redis of the test's own: only this cluster's commands are counted.
+    let redis = testkit::PrivateRedis::start()
+        .await
+        .expect("a redis-server");
+    let mut options = Options {
+        gateways: 3,
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    };
+    options.ws.presence_heartbeat =
+        humantime::parse_duration(TEST_PRESENCE_HEARTBEAT).expect("a duration");
+    options.ws.presence_lease = humantime::parse_duration(TEST_PRESENCE_LEASE).expect("a duration");
+    let app = cluster_with(options).await;
+    let report = run(&command(
+        &app,
+        "idle",
+        &[
+            "-n",
+            "30",
+            "--rooms",
+            "3",
+            "--duration",
+            "2s",
+            "--redis-url",
+            &redis.url(),
+        ],
+    ))
+    .await;
+    assert_eq!(report.hold.as_ref().map(|h| h.held), Some(30));
+    let r = report.redis.as_ref().expect("a redis report");
+    assert!(r.window_s >= 2.0, "{}", report.text());
+    // Each gateway renews its lease every 300 ms (one EVALSHA running a
+    // ZRANGEBYSCORE and a ZADD): about 3 x 6 x 3 commands in 2 s.
+    assert!(r.commands > 0, "{}", report.text());
+    assert_eq!(r.gateways, 3);
+    assert!(
+        r.top.iter().any(|(name, _)| name == "evalsha"),
+        "{}",
+        report.text()
+    );
+    assert!(
+        r.top.iter().all(|(name, _)| name != "info"),
+        "the tool's own INFO is not counted"
+    );
+    assert!(report.text().contains("commands/s"), "{}", report.text());
+    app.stop().await;
+}
+
+/// Not a test of its own: the body of the gateway process that
+/// `presence_kill_times_the_leaves_of_a_killed_gateways_users` starts (this
+/// test binary again, configured by `PARLEY_*` variables like the real
+/// binary) and kills with SIGKILL. Without the variable it does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by the presence-kill test"]
+async fn child_gateway_process() {
+    if std::env::var_os(CHILD_GATEWAY).is_none() {
+        return;
+    }
+    #[derive(clap::Parser)]
+    struct ChildCli {
+        #[command(flatten)]
+        config: gateway::GatewayConfig,
+    }
+    let cli = ChildCli::parse_from(["child-gateway"]);
+    let app = gateway::Application::build(&cli.config)
+        .await
+        .expect("building the child gateway");
+    println!("{CHILD_READY} {}", app.local_addr().expect("its address"));
+    // Runs until killed (the test's SIGKILL) or the parent's harness ends.
+    let _ = app.run(CancellationToken::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_kill_times_the_leaves_of_a_killed_gateways_users() {
+    let mut options = Options {
+        gateways: 2,
+        ..Options::default()
+    };
+    options.ws.presence_heartbeat =
+        humantime::parse_duration(TEST_PRESENCE_HEARTBEAT).expect("a duration");
+    options.ws.presence_lease = humantime::parse_duration(TEST_PRESENCE_LEASE).expect("a duration");
+    let app = cluster_with(options).await;
+    // A third gateway as a real process of its own, which can be killed.
+    let data_dir = std::env::temp_dir().join(format!("parley-child-gw-{}", std::process::id()));
+    let mut child =
+        tokio::process::Command::new(std::env::current_exe().expect("this test binary"))
+            .args([
+                "child_gateway_process",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(CHILD_GATEWAY, "1")
+            .env("PARLEY_LISTEN", "127.0.0.1:0")
+            .env("PARLEY_DATA_DIR", &data_dir)
+            .env("PARLEY_DATABASE_URL", app.database_url())
+            .env("PARLEY_DATABASE_MAX_CONNECTIONS", "3")
+            .env("PARLEY_REDIS_URL", app.redis_url())
+            .env("PARLEY_REDIS_PREFIX", &app.redis_prefix)
+            .env("PARLEY_JWT_PUBLIC_KEY", app.jwt_public_key_pem())
+            .env("PARLEY_PRESENCE_HEARTBEAT", TEST_PRESENCE_HEARTBEAT)
+            .env("PARLEY_PRESENCE_LEASE", TEST_PRESENCE_LEASE)
+            .env("PARLEY_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting the child gateway");
+    let pid = child.id().expect("a running child");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(addr) = line.strip_prefix(CHILD_READY) {
+                return Some(addr.trim().to_owned());
+            }
+        }
+        None
+    })
+    .await
+    .expect("the child gateway starts within 60 s")
+    .expect("the child gateway prints its address");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let gateways = vec![
+        app.ws_url(0).to_owned(),
+        app.ws_url(1).to_owned(),
+        format!("ws://{addr}/ws"),
+    ];
+    let pid_s = pid.to_string();
+    let report = run(&command_on(
+        &app,
+        &gateways,
+        "presence-kill",
+        &[
+            "-n",
+            "60",
+            "--room-size",
+            "10",
+            "--second-device-every",
+            "4",
+            "--kill-pid",
+            &pid_s,
+            "--kill-gateway",
+            "2",
+            "--settle-timeout",
+            "20s",
+            "--leave-timeout",
+            "20s",
+            "--tail",
+            "1s",
+        ],
+    ))
+    .await;
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the child ends")
+        .expect("its status");
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the gateway was killed with SIGKILL"
+    );
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let p = report
+        .presence_kill
+        .as_ref()
+        .expect("a presence-kill report");
+    let text = report.text();
+    // 60 users, users 0, 4, 8... (15) with a second device on the next gateway.
+    assert_eq!((p.users, p.second_device_users), (60, 15), "{text}");
+    assert_eq!((p.connections, p.connected), (75, 75), "{text}");
+    assert!(p.settled, "{text}");
+    assert_eq!(p.per_gateway.iter().sum::<u64>(), 75);
+    assert_eq!(p.killed_connections, p.per_gateway[2]);
+    assert_eq!(p.killed_connections_ended, p.killed_connections, "{text}");
+    // Users 2, 5, 8... are on the killed gateway; those of them with a second
+    // device (8, 20, ...) are still on gateway 0 and must not leave.
+    assert!(
+        p.users_only_on_killed > 0 && p.users_only_on_killed < 20,
+        "{text}"
+    );
+    assert!(p.expected_leaves > 0, "{text}");
+    assert_eq!(p.received_leaves, p.expected_leaves, "{text}");
+    assert_eq!(p.users_fully_reported, p.users_only_on_killed, "{text}");
+    assert_eq!(p.leave_latency.len(), p.expected_leaves);
+    assert_eq!(
+        (p.unexpected_leaves, p.duplicate_leaves, p.online_after_kill),
+        (0, 0, 0),
+        "{text}"
+    );
+    assert!(p.observers_dropped.is_empty(), "{text}");
+    assert!(!p.timed_out);
+    // Lease 1 s + heartbeat 0.3 s, with room for a slow machine.
+    assert!(p.leave_summary.max_ms < 5_000.0, "{text}");
+    assert!(text.contains("kill -> leave seen"), "{text}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_sends_read_frames_at_the_rate_and_counts_what_reached_the_database() {
+    let app = cluster().await;
+    let database = app.database_url();
+    let report = run(&command(
+        &app,
+        "reads",
+        &[
+            "-c",
+            "30",
+            "-r",
+            "3",
+            "--rate",
+            "30",
+            "-d",
+            "3s",
+            "--database-url",
+            &database,
+            "--stats-settle",
+            "1s",
+        ],
+    ))
+    .await;
+    let text = report.text();
+    let r = report.reads.as_ref().expect("a reads report");
+    assert_eq!((r.connections, r.connected), (30, 30), "{text}");
+    // 30 reads/s for 3 s: 3 per connection, so 4 messages per room.
+    assert_eq!((r.messages_per_room, r.posts_acked), (4, 12), "{text}");
+    assert!(r.delivered, "{text}");
+    assert_eq!(r.reads_sent, 90, "{text}");
+    assert_eq!(r.reads_repeated, 0, "{text}");
+    assert!(r.error_frames.is_empty(), "no invalid_seq: {text}");
+    assert!(r.drops.is_empty(), "{text}");
+    assert!(
+        r.read_markers_received > 0 && r.receipts_received > 0,
+        "{text}"
+    );
+    let db = r.database.as_ref().expect("pg_stat_database figures");
+    assert!(
+        db.delta.xact_commit > 0 && db.delta.tup_updated > 0,
+        "{text}"
+    );
+    // What the database holds: every connected member read the first three
+    // of its room's four messages; the poster (a member without a
+    // connection) is at its own last post.
+    let pool = sqlx::PgPool::connect(&database)
+        .await
+        .expect("the test database");
+    let (moved, at_three): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE m.read_seq > 0 AND m.read_seq < r.last_seq), \
+                count(*) FILTER (WHERE m.read_seq = r.last_seq - 1) \
+         FROM room_members m JOIN rooms r ON r.id = m.room_id",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the markers");
+    pool.close().await;
+    assert_eq!((moved, at_three), (30, 30), "{text}");
     app.stop().await;
 }

@@ -377,6 +377,17 @@ impl TestApp {
         }
     }
 
+    /// The public key (SPKI PEM) that verifies the deployment's access
+    /// tokens: for a gateway process started beside the harness's own.
+    pub fn jwt_public_key_pem(&self) -> &str {
+        &self.keys.public_pem
+    }
+
+    /// The Redis the cluster uses (its keys are under `redis_prefix`).
+    pub fn redis_url(&self) -> &str {
+        &self.redis_url
+    }
+
     /// How many gateway nodes there are (1 for a single node).
     pub fn gateway_count(&self) -> usize {
         self.gateways.len()
@@ -550,17 +561,6 @@ impl TestApp {
         let deleted: i64 = client.del(key).await.expect("DEL");
         assert_eq!(deleted, 1, "{key} was not there to delete");
         let _ = client.quit().await;
-    }
-
-    /// The PEM public key gateways verify this deployment's tokens with
-    /// (to start more gateways, e.g. as processes).
-    pub fn public_key_pem(&self) -> String {
-        self.keys.public_pem.clone()
-    }
-
-    /// The Redis the cluster uses.
-    pub fn redis_url(&self) -> &str {
-        &self.redis_url
     }
 
     /// Cluster mode: the node ids holding a presence lease, and the node

@@ -1,11 +1,12 @@
 //! `idle`: hold N connections for a while (they answer the gateways'
 //! heartbeats), optionally joined to rooms, and measure what that costs the
-//! gateways in memory.
+//! gateways in memory and, with `--redis-url`, in Redis commands.
 
 use super::{Start, room_size, start, token_ttl};
 use crate::cli::IdleArgs;
 use crate::memory::{self, Probe};
 use crate::provision::ProvisionPlan;
+use crate::redis_stats::{self, RedisTarget};
 use crate::report::{MemoryReport, Report};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,12 @@ pub async fn run(args: &IdleArgs, cancel: CancellationToken) -> anyhow::Result<R
         .map(|&p| Probe::Pid(p))
         .chain(args.metrics_urls.iter().cloned().map(Probe::Metrics))
         .collect();
+    let redis = args
+        .redis_url
+        .as_deref()
+        .map(RedisTarget::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let http = reqwest::Client::builder().no_proxy().build()?;
     // Before anything connects: the gateways' baseline.
     let before = memory::sample_all(&http, &probes).await;
@@ -46,7 +53,29 @@ pub async fn run(args: &IdleArgs, cancel: CancellationToken) -> anyhow::Result<R
     )
     .await?;
     session.report.connect = session.connect(args.connect_rate).await;
-    if let Some(hold) = session.hold(args.duration).await {
+    // Redis is read at the edges of the hold: once everything is connected
+    // (and joined), and before anything closes.
+    let redis_before = match &redis {
+        Some(target) => Some((redis_stats::sample(target).await, std::time::Instant::now())),
+        None => None,
+    };
+    let hold = session.hold(args.duration).await;
+    if let (Some(target), Some((before, started))) = (&redis, redis_before) {
+        let after = redis_stats::sample(target).await;
+        match (before, after) {
+            (Ok(before), Ok(after)) => {
+                session.report.redis = Some(redis_stats::window_report(
+                    target,
+                    &before,
+                    &after,
+                    started.elapsed(),
+                    args.target.gateways.len(),
+                ));
+            }
+            (Err(e), _) | (_, Err(e)) => session.report.errors.push(e),
+        }
+    }
+    if let Some(hold) = hold {
         if !probes.is_empty() {
             // Still holding: the close is a separate operation.
             let during = memory::sample_all(&http, &probes).await;

@@ -7,7 +7,9 @@
 pub mod connect;
 pub mod fanout;
 pub mod idle;
+pub mod presence_kill;
 pub mod ramp;
+pub mod reads;
 
 use crate::cli::TargetArgs;
 use crate::client::Timeouts;
@@ -54,55 +56,13 @@ pub(crate) fn token_ttl(planned: Duration) -> u64 {
 /// Provisions, starts the workers and the progress line.
 pub(crate) async fn start(s: Start<'_>, cancel: CancellationToken) -> anyhow::Result<Session> {
     let files = crate::net::raise_nofile_limit().context("raising the open-file limit")?;
-    let mut report = Report {
-        tool: format!("parley-loadtest {}", env!("CARGO_PKG_VERSION")),
-        scenario: s.scenario.to_owned(),
-        started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        config: s.config,
-        api: s.target.api.clone(),
-        gateways: s.target.gateways.clone(),
-        ..Report::default()
-    };
-    anyhow::ensure!(
-        !s.target.gateways.is_empty(),
-        "give at least one gateway URL"
-    );
-    let admin: SecretString = s
-        .target
-        .admin_token
-        .clone()
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "an admin token is needed to provision users: --admin-token or PARLEY_ADMIN_TOKEN"
-            )
-        })?
-        .into();
-    let http = reqwest::Client::builder().no_proxy().build()?;
-    let roster: Roster = provision::provision(&http, &s.target.api, &admin, &s.plan).await?;
-    report.provision = Some(ProvisionSummary {
-        prefix: roster.prefix.clone(),
-        users: roster.users.len() as u64,
-        rooms: roster.rooms.len() as u64,
-        room_size: u64::from(s.plan.room_size),
-        requests: roster.requests,
-        elapsed_s: roster.elapsed.as_secs_f64(),
-    });
-    let t = s.target.timeout;
+    let (mut report, roster) = provision_run(s.scenario, s.config, s.target, &s.plan).await?;
     let common = Common {
         api: s.target.api.clone(),
         gateways: s.target.gateways.clone(),
         source_addrs: s.target.source_addrs.0.clone(),
         encoding: s.target.encoding,
-        timeouts: Timeouts {
-            connect: t,
-            handshake: t,
-            // A little beyond the stage limit, so that with the default the
-            // gateway's own auth timeout (10 s, close 4003) names the failure.
-            ready: t + Duration::from_secs(2),
-            join: t,
-            close: Timeouts::default().close,
-        },
+        timeouts: timeouts(s.target),
         post_timeout: s.post_timeout,
     };
     let agents = &s.target.agents;
@@ -129,6 +89,61 @@ pub(crate) async fn start(s: Start<'_>, cancel: CancellationToken) -> anyhow::Re
         report,
         cancel,
     })
+}
+
+/// The stage limits of opening a connection, from `--timeout`.
+pub(crate) fn timeouts(target: &TargetArgs) -> Timeouts {
+    let t = target.timeout;
+    Timeouts {
+        connect: t,
+        handshake: t,
+        // A little beyond the stage limit, so that with the default the
+        // gateway's own auth timeout (10 s, close 4003) names the failure.
+        ready: t + Duration::from_secs(2),
+        join: t,
+        close: Timeouts::default().close,
+    }
+}
+
+/// The report's header and the run's users and rooms: what every scenario
+/// starts with, whether it drives workers or its own connections.
+pub(crate) async fn provision_run(
+    scenario: &str,
+    config: serde_json::Value,
+    target: &TargetArgs,
+    plan: &ProvisionPlan,
+) -> anyhow::Result<(Report, Roster)> {
+    let mut report = Report {
+        tool: format!("parley-loadtest {}", env!("CARGO_PKG_VERSION")),
+        scenario: scenario.to_owned(),
+        started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        config,
+        api: target.api.clone(),
+        gateways: target.gateways.clone(),
+        ..Report::default()
+    };
+    anyhow::ensure!(!target.gateways.is_empty(), "give at least one gateway URL");
+    let admin: SecretString = target
+        .admin_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "an admin token is needed to provision users: --admin-token or PARLEY_ADMIN_TOKEN"
+            )
+        })?
+        .into();
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let roster: Roster = provision::provision(&http, &target.api, &admin, plan).await?;
+    report.provision = Some(ProvisionSummary {
+        prefix: roster.prefix.clone(),
+        users: roster.users.len() as u64,
+        rooms: roster.rooms.len() as u64,
+        room_size: u64::from(plan.room_size),
+        requests: roster.requests,
+        elapsed_s: roster.elapsed.as_secs_f64(),
+    });
+    Ok((report, roster))
 }
 
 impl Session {
