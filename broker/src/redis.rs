@@ -22,6 +22,7 @@ use fred::prelude::*;
 use fred::types::Message;
 use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
 use fred::types::scripts::Script;
+use fred::types::{ClusterHash, CustomCommand};
 use shared::{RoomId, UserId};
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,6 +131,42 @@ pub(crate) fn fail_fast(timeout: Duration) -> Options {
     }
 }
 
+/// Runs a script by its hash, loading it first when Redis does not know it
+/// (a restarted or flushed Redis).
+///
+/// Sent as a plain command, not with fred's `evalsha`: fred never pipelines
+/// EVALSHA (it waits for each reply before the connection sends anything
+/// else), which would cap a publishing connection at one event per round
+/// trip. Our scripts are loaded on NOSCRIPT and retried, so pipelining
+/// them is safe.
+pub(crate) async fn evalsha<C: ClientLike, R: FromValue>(
+    client: &C,
+    script: &Script,
+    keys: Vec<Value>,
+    args: Vec<Value>,
+) -> Result<R, Error> {
+    let command = || {
+        let mut all = Vec::with_capacity(2 + keys.len() + args.len());
+        all.push(Value::from(script.sha1().clone()));
+        all.push(Value::from(keys.len() as i64));
+        all.extend(keys.iter().cloned());
+        all.extend(args.iter().cloned());
+        all
+    };
+    let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
+    match client.custom::<R, Value>(evalsha.clone(), command()).await {
+        Err(e) if e.details().starts_with("NOSCRIPT") => {
+            let lua = script.lua().cloned().unwrap_or_default();
+            let load = CustomCommand::new_static("SCRIPT", ClusterHash::FirstKey, false);
+            let _: String = client
+                .custom(load, vec![Value::from("LOAD"), Value::from(lua)])
+                .await?;
+            client.custom(evalsha, command()).await
+        }
+        other => other,
+    }
+}
+
 pub(crate) fn unavailable(e: Error) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
@@ -175,28 +212,20 @@ impl Broker for RedisBroker {
             .publisher
             .next()
             .with_options(&fail_fast(PUBLISH_TIMEOUT));
-        let keys = vec![self.window_key(room)];
-        let args: Vec<Value> = vec![
-            self.channel(Topic::Room(room)).into(),
-            seq.into(),
-            payload.into(),
-            (self.window.events as i64).into(),
-            (self.window.age.as_millis() as i64).into(),
-        ];
-        let sha = self.publish_event.sha1().clone();
-        let published: Result<i64, Error> = client
-            .evalsha(sha.clone(), keys.clone(), args.clone())
-            .await;
-        match published {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                let lua = self.publish_event.lua().cloned().unwrap_or_default();
-                let _: String = client.script_load(lua).await.map_err(unavailable)?;
-                let _: i64 = client.evalsha(sha, keys, args).await.map_err(unavailable)?;
-            }
-            other => {
-                other.map_err(unavailable)?;
-            }
-        }
+        let _: i64 = evalsha(
+            &client,
+            &self.publish_event,
+            vec![self.window_key(room).into()],
+            vec![
+                self.channel(Topic::Room(room)).into(),
+                seq.into(),
+                payload.into(),
+                (self.window.events as i64).into(),
+                (self.window.age.as_millis() as i64).into(),
+            ],
+        )
+        .await
+        .map_err(unavailable)?;
         Ok(())
     }
 

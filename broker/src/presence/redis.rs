@@ -4,7 +4,7 @@
 
 use super::{Change, Entry, Lease, Presence, PresenceError, RoomPresence};
 use crate::BrokerError;
-use crate::redis::{fail_fast, unavailable};
+use crate::redis::{evalsha, fail_fast, unavailable};
 use async_trait::async_trait;
 use fred::clients::Pool;
 use fred::prelude::*;
@@ -84,20 +84,14 @@ impl RedisPresence {
         args: Vec<String>,
     ) -> Result<R, BrokerError> {
         let client = self.pool.next().with_options(&fail_fast(TIMEOUT));
-        match client
-            .evalsha(script.sha1().clone(), keys.clone(), args.clone())
-            .await
-        {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                let lua = script.lua().cloned().unwrap_or_default();
-                let _: String = client.script_load(lua).await.map_err(unavailable)?;
-                client
-                    .evalsha(script.sha1().clone(), keys, args)
-                    .await
-                    .map_err(unavailable)
-            }
-            other => other.map_err(unavailable),
-        }
+        evalsha(
+            &client,
+            script,
+            keys.into_iter().map(Value::from).collect(),
+            args.into_iter().map(Value::from).collect(),
+        )
+        .await
+        .map_err(unavailable)
     }
 
     /// Runs apply.lua for `node` in `mode` ("live" or "reap").
