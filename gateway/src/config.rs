@@ -32,6 +32,25 @@ pub struct GatewayConfig {
 /// per three seconds on every node.
 pub const DEFAULT_TYPING_INTERVAL: Duration = Duration::from_secs(3);
 
+/// HAProxy (deploy/haproxy) checks `/readyz` every 2 s and takes a server
+/// out after two failures: 4 s, plus a second of slack. Kubernetes removes
+/// a terminating pod's endpoints on its own; the delay then covers the
+/// ingress controller catching up.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
+
+/// A full gateway (19,000 connections) drained over 10 s asks the others to
+/// take 1,900 connections/s, under half of what one node accepts (4,000/s
+/// measured in docs/benchmarks.md), while a rolling restart of a pod still
+/// takes well under a minute.
+pub const DEFAULT_DRAIN_PERIOD: Duration = Duration::from_secs(10);
+
+/// Clients refresh their access token shortly before it expires; the grace
+/// covers the refresh round trip to the api, clock skew between client and
+/// server, and an app that was suspended (a phone screen off) through the
+/// moment, without letting a stolen, expired token ride an open socket for
+/// long.
+pub const DEFAULT_TOKEN_EXPIRY_GRACE: Duration = Duration::from_secs(30);
+
 #[derive(Clone, Debug, Args)]
 pub struct WsSettings {
     /// WebSocket connections this node accepts; more get HTTP 503.
@@ -55,10 +74,26 @@ pub struct WsSettings {
     pub client_frames_per_second: u32,
     #[arg(long, env = "PARLEY_CLIENT_FRAME_BURST", default_value_t = 100)]
     pub client_frame_burst: u32,
-    /// How long shutdown waits for connections to take their close frame
-    /// (size terminationGracePeriod and `docker stop -t` above it).
+    /// After the drain's last close, how long shutdown waits for
+    /// connections to take their close frames. Shutdown takes at most
+    /// PARLEY_DRAIN_DELAY + PARLEY_DRAIN_PERIOD + this: size
+    /// terminationGracePeriodSeconds and `docker stop -t` above the sum.
     #[arg(long, env = "PARLEY_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// On SIGTERM, how long the node reports not-ready (`/readyz` 503)
+    /// while still serving, before it starts closing connections: time for
+    /// the load balancer to take it out of rotation.
+    #[arg(long, env = "PARLEY_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+    /// After the delay, the node's connections are closed (`reconnect`,
+    /// then 1001) spread evenly over this period, so the other nodes see
+    /// them come back at (connections / period) per second, not at once.
+    #[arg(long, env = "PARLEY_DRAIN_PERIOD", default_value = "10s", value_parser = parse_duration)]
+    pub drain_period: Duration,
+    /// How long past its access token's expiry a connection may stay open
+    /// without a `refresh`; then it is closed with 4002.
+    #[arg(long, env = "PARLEY_TOKEN_EXPIRY_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub token_expiry_grace: Duration,
     /// Room shards (tasks that own rooms' state); 0 means one per CPU.
     #[arg(long, env = "PARLEY_SHARDS", default_value_t = 0)]
     pub shards: usize,
@@ -134,6 +169,9 @@ impl Default for WsSettings {
             client_frames_per_second: 20,
             client_frame_burst: 100,
             shutdown_grace: Duration::from_secs(10),
+            drain_delay: DEFAULT_DRAIN_DELAY,
+            drain_period: DEFAULT_DRAIN_PERIOD,
+            token_expiry_grace: DEFAULT_TOKEN_EXPIRY_GRACE,
             shards: 0,
             write_coalesce: Duration::ZERO,
             typing_interval: DEFAULT_TYPING_INTERVAL,

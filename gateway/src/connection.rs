@@ -7,6 +7,11 @@
 //! connection costs one parked task. The code is generic over the byte
 //! streams so tests can run it without sockets.
 //!
+//! The connection lives as long as its access token plus a grace
+//! (`PARLEY_TOKEN_EXPIRY_GRACE`): a `refresh` with a newer token of the same
+//! user and session moves that deadline, which is one timer in the read
+//! loop's `select!`, owned by the connection's task (no task of its own).
+//!
 //! A connection the gateway closes keeps its read half a little longer:
 //! what the client still sends is read and discarded until the client
 //! answers the close (bounded in time and bytes), because a socket dropped
@@ -19,7 +24,7 @@ use broker::Topic;
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
 use shared::RoomId;
-use shared::auth::TokenError;
+use shared::auth::{Identity, TokenError};
 use shared::model::now_millis;
 use shared::protocol::{
     ClientFrame, Encoding, ErrorCode, LeftReason, MAX_CLIENT_FRAME_BYTES, MAX_ROOMS_PER_CONNECTION,
@@ -83,8 +88,8 @@ where
     let out = Outbox::new(write, node.settings.outbound_queue);
     let mut assembler = Assembler::default();
 
-    let conn = match authenticate(&node, &mut reader, &out, &mut assembler).await {
-        Ok(conn) => conn,
+    let (conn, expires_at_ms) = match authenticate(&node, &mut reader, &out, &mut assembler).await {
+        Ok(authenticated) => authenticated,
         Err(reason) => {
             metrics::counter!("gateway_connections_total", "outcome" => close::name(reason.code))
                 .increment(1);
@@ -102,11 +107,17 @@ where
         }
     };
     metrics::counter!("gateway_connections_total", "outcome" => "ready").increment(1);
+    if node.slots.is_closed() {
+        // Authenticated while the node began to drain, after its list of
+        // connections to close was taken: drained like the others.
+        crate::drain::close_one(&conn);
+    }
 
     let mut session = Session {
         node: node.clone(),
         conn: conn.clone(),
         limiter: FrameLimiter::new(&node),
+        expires_at_ms,
     };
     let reason = session.read_loop(&mut reader, &mut assembler).await;
     drop(reader);
@@ -185,13 +196,14 @@ impl Discard {
 }
 
 /// Reads the first frame, which must be a valid `auth`, and registers the
-/// connection. On failure, the close to send.
+/// connection: the connection and its token's expiry (ms since the epoch).
+/// On failure, the close to send.
 async fn authenticate<R>(
     node: &Arc<Inner>,
     reader: &mut WebSocketRead<R>,
     out: &Arc<Outbox>,
     assembler: &mut Assembler,
-) -> Result<Arc<Conn>, CloseReason>
+) -> Result<(Arc<Conn>, u64), CloseReason>
 where
     R: AsyncRead + Unpin,
 {
@@ -226,10 +238,7 @@ where
         }
     };
     let identity = node.verifier.verify(&token).map_err(|e| match e {
-        TokenError::Expired => CloseReason {
-            code: close::TOKEN_EXPIRED,
-            reason: "access token expired",
-        },
+        TokenError::Expired => TOKEN_EXPIRED,
         TokenError::Invalid => {
             tracing::warn!(target: "security", "WebSocket auth with an invalid token");
             CloseReason {
@@ -295,15 +304,38 @@ where
         heartbeat_ms: u64::try_from(node.settings.heartbeat_interval.as_millis())
             .unwrap_or(u64::MAX),
         max_frame_bytes: MAX_CLIENT_FRAME_BYTES,
+        expires_at_ms: expiry_ms(&identity),
     });
-    Ok(conn)
+    Ok((conn, expiry_ms(&identity)))
 }
+
+/// A token's expiry in milliseconds since the Unix epoch.
+fn expiry_ms(identity: &Identity) -> u64 {
+    identity.expires_at.saturating_mul(1000)
+}
+
+/// When a connection whose token expires at `expires_at_ms` is closed:
+/// its expiry plus the grace, on the runtime's clock.
+fn expiry_deadline(expires_at_ms: u64, grace: Duration) -> tokio::time::Instant {
+    let now_ms = u64::try_from(now_millis()).unwrap_or(0);
+    tokio::time::Instant::now()
+        + Duration::from_millis(expires_at_ms.saturating_sub(now_ms))
+        + grace
+}
+
+/// The close for a connection whose token expired and was not refreshed.
+const TOKEN_EXPIRED: CloseReason = CloseReason {
+    code: close::TOKEN_EXPIRED,
+    reason: "access token expired",
+};
 
 /// The authenticated part of a connection.
 struct Session {
     node: Arc<Inner>,
     conn: Arc<Conn>,
     limiter: FrameLimiter,
+    /// The connection's token expiry (ms since the epoch), moved by `refresh`.
+    expires_at_ms: u64,
 }
 
 impl Session {
@@ -317,12 +349,21 @@ impl Session {
         let idle = heartbeat * 2 + heartbeat.min(HEARTBEAT_GRACE);
         let conn = self.conn.clone();
         let mut on_ping = |payload: Bytes| conn.out.pong(&payload);
+        let grace = self.node.settings.token_expiry_grace;
+        let mut armed_for = self.expires_at_ms;
+        let expiry = tokio::time::sleep_until(expiry_deadline(armed_for, grace));
+        tokio::pin!(expiry);
         loop {
+            if armed_for != self.expires_at_ms {
+                armed_for = self.expires_at_ms;
+                expiry.as_mut().reset(expiry_deadline(armed_for, grace));
+            }
             let next = tokio::select! {
                 next = tokio::time::timeout(idle, next_message(reader, assembler, &mut on_ping)) => next,
                 // Closed from elsewhere (revoked, slow, shutdown): the close
                 // frame is already queued; an unfinished read is abandoned with the socket.
                 _ = conn.out.closed() => return CloseReason { code: close::GOING_AWAY, reason: "closed by the gateway" },
+                () = &mut expiry => return TOKEN_EXPIRED,
             };
             let (encoding, bytes) = match next {
                 Err(_) => {
@@ -346,7 +387,9 @@ impl Session {
             match encoding.decode_client(&bytes) {
                 Ok(frame) => {
                     metrics::counter!("gateway_client_frames_total").increment(1);
-                    self.handle(frame).await;
+                    if let Some(reason) = self.handle(frame).await {
+                        return reason;
+                    }
                 }
                 // The frame's id, when it had one, is echoed: a client
                 // waiting on it gets its answer.
@@ -355,8 +398,10 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, frame: ClientFrame) {
+    /// Answers one frame; the close to send if it ends the connection.
+    async fn handle(&mut self, frame: ClientFrame) -> Option<CloseReason> {
         match frame {
+            ClientFrame::Refresh { id, token } => return self.refresh(id, &token).await,
             ClientFrame::Auth { id, .. } => {
                 self.error(
                     id,
@@ -395,6 +440,75 @@ impl Session {
                 }
             }
         }
+        None
+    }
+
+    /// Extends the connection with a newer token of the same user and
+    /// session, whose session is still active. A token of someone else, or
+    /// of another session, ends the connection (4001): one socket is one
+    /// session, and a client that mixes them up (or is trying tokens) must
+    /// authenticate afresh. A revoked session ends it too (4004). A token
+    /// that does not verify is answered `invalid_token` and changes
+    /// nothing: the connection lasts until its current deadline.
+    async fn refresh(&mut self, id: Option<u64>, token: &str) -> Option<CloseReason> {
+        let conn = &self.conn;
+        let identity = match self.node.verifier.verify(token) {
+            Ok(identity) => identity,
+            Err(e) => {
+                if e == TokenError::Invalid {
+                    tracing::warn!(target: "security", user_id = %conn.user_id, session_id = %conn.session_id,
+                        "WebSocket refresh with an invalid token");
+                }
+                self.error(id, ErrorCode::InvalidToken, e.to_string(), None);
+                return None;
+            }
+        };
+        if identity.user_id != conn.user_id || identity.session_id != conn.session_id {
+            let other_user = identity.user_id != conn.user_id;
+            tracing::warn!(target: "security", user_id = %conn.user_id, session_id = %conn.session_id,
+                token_user_id = %identity.user_id, token_session_id = %identity.session_id,
+                "WebSocket refresh with a token of another {}", if other_user { "user" } else { "session" });
+            return Some(CloseReason {
+                code: close::UNAUTHORIZED,
+                reason: if other_user {
+                    "refresh with a token of another user"
+                } else {
+                    "refresh with a token of another session"
+                },
+            });
+        }
+        match self
+            .node
+            .store
+            .session_active(identity.session_id, now_millis())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(target: "security", user_id = %identity.user_id, session_id = %identity.session_id,
+                    "WebSocket refresh with a token of a revoked session");
+                // A logout: presence lets go at once, as for a revocation notice.
+                conn.logged_out.store(true, Ordering::Relaxed);
+                return Some(CloseReason {
+                    code: close::SESSION_REVOKED,
+                    reason: "session revoked",
+                });
+            }
+            Err(e) => {
+                // Nothing changes: the client may try again before its
+                // current deadline.
+                tracing::warn!(error = %e, "cannot check the session of a refresh");
+                self.error(id, ErrorCode::Unavailable, "try again shortly".into(), None);
+                return None;
+            }
+        }
+        // Never shortened: an older token sent late changes nothing.
+        self.expires_at_ms = self.expires_at_ms.max(expiry_ms(&identity));
+        conn.send(&ServerFrame::Refreshed {
+            id,
+            expires_at_ms: self.expires_at_ms,
+        });
+        None
     }
 
     /// Joins a room the user is a member of. The store is asked first, so a

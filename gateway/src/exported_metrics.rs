@@ -14,7 +14,7 @@ use shared::protocol::close;
 
 /// Outcomes of `gateway_connections_total` besides the close codes of a
 /// refused connection.
-const CONNECTION_OUTCOMES: &[&str] = &["ready", "over_capacity"];
+const CONNECTION_OUTCOMES: &[&str] = &["ready", "over_capacity", "shutting_down"];
 
 /// Describes and registers the gateway's metrics (and the broker's, which it
 /// subscribes through).
@@ -25,7 +25,7 @@ pub fn register() {
     );
     describe_counter!(
         "gateway_connections_total",
-        "WebSocket connections by outcome: ready, over_capacity, or the close code that refused them"
+        "WebSocket connections by outcome: ready, over_capacity, shutting_down, or the close code that refused them"
     );
     describe_counter!(
         "gateway_disconnects_total",

@@ -8,12 +8,14 @@
 //! Layers, outside in: [`server`] (HTTP listener and the `/ws` upgrade),
 //! [`connection`] (one client's frames), [`hub`] (the node's connections,
 //! rooms and subscriptions), [`sequencer`] (per-room ordering and gap
-//! recovery), [`outbox`] and [`frames`] (the way out to one socket);
+//! recovery), [`outbox`] and [`frames`] (the way out to one socket),
+//! [`drain`] (closing a stopping node's connections, spread over time);
 //! [`exported_metrics`] registers what the node exports.
 
 pub mod backlog;
 pub mod config;
 pub(crate) mod connection;
+pub mod drain;
 pub mod exported_metrics;
 pub mod frames;
 pub mod hub;
@@ -48,6 +50,8 @@ pub(crate) struct Inner {
     pub(crate) next_conn_id: AtomicU64,
     /// Connection tasks, awaited on shutdown.
     pub(crate) connections: TaskTracker,
+    /// Set when shutdown begins: `/readyz` answers 503 from then on.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
     /// Hub tasks (shards, router, subscriptions).
     pub(crate) background: TaskTracker,
     pub(crate) shutdown: CancellationToken,

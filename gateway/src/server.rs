@@ -3,7 +3,6 @@
 
 use crate::config::{GatewayConfig, WsSettings};
 use crate::hub::{Hub, HubSettings};
-use crate::outbox::CloseReason;
 use crate::{Inner, connection};
 use anyhow::Context;
 use axum::Router;
@@ -18,11 +17,10 @@ use hyper_util::rt::TokioIo;
 use shared::RoomId;
 use shared::auth::TokenVerifier;
 use shared::health::UNAVAILABLE_RETRY_AFTER_SECS;
-use shared::protocol::close;
 use shared::rest::{ErrorBody, ErrorDetail};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use store::Store;
 use tokio::io::AsyncReadExt;
@@ -102,6 +100,7 @@ impl Gateway {
                 settings,
                 next_conn_id: AtomicU64::new(1),
                 connections: TaskTracker::new(),
+                draining: AtomicBool::new(false),
                 background,
                 shutdown: stop,
                 markers,
@@ -170,22 +169,56 @@ impl Gateway {
         self.inner.hub.local_rooms().await
     }
 
-    /// Stops taking connections, closes the open ones with 1001 (going
-    /// away, so clients reconnect elsewhere), waits for them, then stops the
-    /// node's tasks and its broker subscription.
+    /// Whether the node is shutting down (its readiness is then red).
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Relaxed)
+    }
+
+    /// Drains the node (docs/operations.md, "Rolling restarts"):
+    ///
+    /// 1. `/readyz` answers 503 at once, so the load balancer stops sending
+    ///    new connections; for `drain_delay` the node still accepts
+    ///    upgrades (the balancer may not have noticed yet), and those
+    ///    connections are drained with the rest;
+    /// 2. then new upgrades are refused (503 `unavailable`) and the open
+    ///    connections get `reconnect` and a 1001 close, spread evenly over
+    ///    `drain_period` (see [`crate::drain`]);
+    /// 3. presence reporting stops only then, and what the node holds stays
+    ///    in Redis for the presence grace, so the users of its last
+    ///    connections, too, have that long to reconnect elsewhere unseen;
+    /// 4. it waits up to `shutdown_grace` for the connections to end, then
+    ///    stops its tasks and its broker subscription.
+    ///
+    /// The whole takes at most `drain_delay + drain_period + shutdown_grace`
+    /// (plus writing pending read markers). Calling it again does nothing.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
+        if inner.draining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let settings = &inner.settings;
+        tracing::info!(
+            connections = inner.hub.connection_count(),
+            delay = ?settings.drain_delay,
+            period = ?settings.drain_period,
+            "draining: not ready; closing connections after the delay"
+        );
+        tokio::time::sleep(settings.drain_delay).await;
+        // From here on, an upgrade is refused and a connection that still
+        // registers (it was being authenticated) is closed as it does.
         inner.slots.close();
-        // Presence first: the connections closed below reconnect elsewhere,
+        let conns = inner.hub.connections();
+        tracing::info!(connections = conns.len(), "draining: closing connections");
+        crate::drain::spread(&conns, settings.drain_period).await;
+        for conn in inner.hub.connections() {
+            crate::drain::close_one(&conn);
+        }
+        // Presence last: the connections closed above reconnect elsewhere,
         // and nobody should see their users leave and come back. What this
         // node holds stays for the grace, then the other nodes reap it.
-        inner.presence.stop(inner.settings.presence_grace).await;
-        inner.hub.close_all(CloseReason {
-            code: close::GOING_AWAY,
-            reason: "gateway shutting down",
-        });
+        inner.presence.stop(settings.presence_grace).await;
         inner.connections.close();
-        if tokio::time::timeout(inner.settings.shutdown_grace, inner.connections.wait())
+        if tokio::time::timeout(settings.shutdown_grace, inner.connections.wait())
             .await
             .is_err()
         {
@@ -196,6 +229,7 @@ impl Gateway {
         inner.shutdown.cancel();
         inner.background.close();
         inner.background.wait().await;
+        tracing::info!("drained");
     }
 }
 
@@ -211,14 +245,10 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 /// `503 unavailable` with `Retry-After`: the node cannot check sessions
-/// because its database is down. The same answer (and header) as the
-/// api's for a dependency that is down.
-fn unavailable() -> Response {
-    let mut response = json_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        "the database is unavailable; retry shortly",
-    );
+/// because its database is down, or it is shutting down. The same answer
+/// (and header) as the api's for a dependency that is down.
+fn unavailable(message: &str) -> Response {
+    let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
     response.headers_mut().insert(
         axum::http::header::RETRY_AFTER,
         axum::http::HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
@@ -247,9 +277,16 @@ async fn upgrade(State(gateway): State<Gateway>, request: Request) -> Response {
         // seems down, one bounded ping per upgrade, which also notices
         // that it is back.
         metrics::counter!("gateway_connections_total", "outcome" => "unavailable").increment(1);
-        return unavailable();
+        return unavailable("the database is unavailable; retry shortly");
     }
     let Ok(permit) = gateway.inner.slots.clone().try_acquire_owned() else {
+        if gateway.inner.slots.is_closed() {
+            // Draining: the client's retry goes through the load balancer,
+            // which by now sends it to another node.
+            metrics::counter!("gateway_connections_total", "outcome" => "shutting_down")
+                .increment(1);
+            return unavailable("this gateway is shutting down; connect again");
+        }
         metrics::counter!("gateway_connections_total", "outcome" => "over_capacity").increment(1);
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -301,7 +338,11 @@ async fn upgrade(State(gateway): State<Gateway>, request: Request) -> Response {
 /// [`shared::health::PROBE_TIMEOUT`] each) and the node has room for
 /// another connection: a full node drops out of the load balancer's
 /// rotation (its open connections stay) instead of refusing upgrades.
+/// A draining node is never ready.
 async fn ready(State(gateway): State<Gateway>) -> Response {
+    if gateway.is_draining() {
+        return draining();
+    }
     let (db, broker) = tokio::join!(
         shared::health::probe(gateway.inner.store.ping()),
         shared::health::probe(gateway.inner.broker.ping())
@@ -322,6 +363,12 @@ async fn ready(State(gateway): State<Gateway>) -> Response {
         "full": full,
     });
     (status, axum::Json(body)).into_response()
+}
+
+/// `/readyz` of a node that is shutting down.
+pub fn draining() -> Response {
+    let body = serde_json::json!({"status": "draining"});
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
 /// The verifying key: configured, or the public half of a pair generated
@@ -383,12 +430,24 @@ impl Application {
         &self.gateway
     }
 
-    /// Serves until `shutdown` is cancelled, then drains connections and
-    /// closes the store and the broker.
+    /// Serves until `shutdown` is cancelled, then drains connections
+    /// (still serving `/readyz` meanwhile, which says 503) and closes the
+    /// store and the broker.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "gateway listening");
-        let served = serve(self.listener, self.gateway.router(), shutdown).await;
+        let stop_serving = CancellationToken::new();
+        let served = serve(self.listener, self.gateway.router(), stop_serving.clone());
+        tokio::pin!(served);
+        let early = tokio::select! {
+            result = &mut served => Some(result),
+            () = shutdown.cancelled() => None,
+        };
         self.gateway.shutdown().await;
+        stop_serving.cancel();
+        let served = match early {
+            Some(result) => result,
+            None => served.await,
+        };
         self.gateway.inner.broker.close().await;
         self.gateway.inner.store.close().await;
         served

@@ -34,8 +34,9 @@ fn options() -> Options {
     options
 }
 
-/// A `parley-gateway` process in `app`'s cluster, with presence grace `grace`.
-async fn gateway_process(app: &TestApp, grace: Duration) -> Binary {
+/// A `parley-gateway` process in `app`'s cluster, with presence grace
+/// `grace`; on SIGTERM it closes its connections spread over `drain_period`.
+async fn gateway_process(app: &TestApp, grace: Duration, drain_period: Duration) -> Binary {
     Binary::start(
         Path::new(env!("CARGO_BIN_EXE_parley-gateway")),
         &[
@@ -49,6 +50,10 @@ async fn gateway_process(app: &TestApp, grace: Duration) -> Binary {
             ),
             ("PARLEY_PRESENCE_LEASE", format!("{}s", LEASE.as_secs())),
             ("PARLEY_PRESENCE_GRACE", format!("{}s", grace.as_secs())),
+            (
+                "PARLEY_DRAIN_PERIOD",
+                format!("{}ms", drain_period.as_millis()),
+            ),
         ],
         "gateway listening",
     )
@@ -100,13 +105,13 @@ struct Scene {
 }
 
 async fn scene() -> Scene {
-    scene_with_grace(GRACE).await
+    scene_with(GRACE, Duration::ZERO).await
 }
 
-/// [`scene`] with the gateway process's presence grace set to `grace`.
-async fn scene_with_grace(grace: Duration) -> Scene {
+/// [`scene`] with the gateway process's presence grace and drain period.
+async fn scene_with(grace: Duration, drain_period: Duration) -> Scene {
     let app = TestApp::spawn_with(Mode::Cluster, options()).await;
-    let process = gateway_process(&app, grace).await;
+    let process = gateway_process(&app, grace, drain_period).await;
     let url = format!("ws://{}/ws", process.listen_addr);
     let (alice, bob, carol, dave) = (
         app.user("alice").await,
@@ -256,14 +261,28 @@ async fn a_frozen_gateway_converges_without_ghosts_or_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_is_not_seen_as_leaves_and_joins() {
-    let mut s = scene_with_grace(Duration::from_secs(2)).await;
+    // The drain (3 s) outlasts the presence grace (2 s): the last client is
+    // closed after the grace has run out for the first one.
+    let mut s = scene_with(Duration::from_secs(2), Duration::from_secs(3)).await;
     s.process.signal("TERM");
-    // Its clients are told to go (1001) and reconnect to the other gateway
-    // within the stopping one's grace.
+    // Its clients are told to reconnect, closed (1001) one after another
+    // over the drain period, and reconnect to the other gateway within the
+    // stopping one's grace.
     let users = [&s.alice, &s.carol, &s.dave];
     let mut back = Vec::new();
     for (ws, user) in std::mem::take(&mut s.on_process).into_iter().zip(users) {
         let mut ws = ws;
+        // (Presence frames from the scene's set-up may come first.)
+        let hint = loop {
+            match ws.frame().await {
+                ServerFrame::Presence { .. } => continue,
+                other => break other,
+            }
+        };
+        assert!(
+            matches!(hint, ServerFrame::Reconnect { .. }),
+            "a reconnect hint first, not {hint:?}"
+        );
         assert_eq!(ws.closed().await, Some(1001));
         back.push(joined_at(s.app.ws_url(0), user, s.room).await);
     }

@@ -52,6 +52,19 @@ impl NodeConfig {
     }
 }
 
+/// `/readyz` answers 503 while the node's gateway drains (the api's own
+/// check knows nothing of it), so a load balancer stops sending clients.
+async fn not_ready_while_draining(
+    axum::extract::State(gateway): axum::extract::State<Gateway>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if gateway.is_draining() && request.uri().path() == "/readyz" {
+        return gateway::server::draining();
+    }
+    next.run(request).await
+}
+
 /// A running single node.
 pub struct Node {
     listener: tokio::net::TcpListener,
@@ -80,8 +93,12 @@ impl Node {
             Gateway::start(store.clone(), broker.clone(), verifier, config.ws.clone()).await?;
         // The listener's address decides the default CORS policy: on loopback
         // (the default) pages from loopback origins may call the api.
-        let router =
-            api::router(api.clone(), &config.policy, config.listen.ip()).merge(gateway.ws_router());
+        let router = api::router(api.clone(), &config.policy, config.listen.ip())
+            .merge(gateway.ws_router())
+            .layer(axum::middleware::from_fn_with_state(
+                gateway.clone(),
+                not_ready_while_draining,
+            ));
         let listener = shared::system::listen(config.listen)
             .with_context(|| format!("binding {}", config.listen))?;
         let description = format!(
@@ -115,14 +132,26 @@ impl Node {
         &self.description
     }
 
-    /// Serves until `shutdown`, then closes WebSockets, the message appender
-    /// (committing what it holds), the broker and the store.
+    /// Serves until `shutdown`, then drains WebSockets (the api keeps
+    /// serving meanwhile, its `/readyz` saying 503), and closes the message
+    /// appender (committing what it holds), the broker and the store.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let upkeep = api::maintenance(self.api.clone(), shutdown.clone());
         tracing::info!(addr = %self.listener.local_addr()?, "node listening");
-        let served = gateway::server::serve(self.listener, self.router, shutdown.clone()).await;
+        let stop_serving = CancellationToken::new();
+        let served = gateway::server::serve(self.listener, self.router, stop_serving.clone());
+        tokio::pin!(served);
+        let early = tokio::select! {
+            result = &mut served => Some(result),
+            () = shutdown.cancelled() => None,
+        };
         shutdown.cancel();
         self.gateway.shutdown().await;
+        stop_serving.cancel();
+        let served = match early {
+            Some(result) => result,
+            None => served.await,
+        };
         let _ = upkeep.await;
         self.api.appender.close().await;
         self.api.broker.close().await;

@@ -137,6 +137,13 @@ pub enum ClientFrame {
         id: Option<u64>,
         token: String,
     },
+    /// A newer access token of the same user and session: extends the
+    /// connection past its current token's expiry (answered `refreshed`).
+    Refresh {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        token: String,
+    },
     /// Start receiving a room's events (members only). With `since_seq`,
     /// every event after it comes first (resume); with `presence`, the
     /// `joined` reply carries who is in the room now.
@@ -222,11 +229,13 @@ pub struct PresenceSnapshot {
 }
 
 impl ClientFrame {
-    pub const TYPES: &'static [&'static str] = &["auth", "join", "leave", "ping", "typing", "read"];
+    pub const TYPES: &'static [&'static str] =
+        &["auth", "refresh", "join", "leave", "ping", "typing", "read"];
 
     pub fn id(&self) -> Option<u64> {
         match self {
             ClientFrame::Auth { id, .. }
+            | ClientFrame::Refresh { id, .. }
             | ClientFrame::Join { id, .. }
             | ClientFrame::Leave { id, .. }
             | ClientFrame::Ping { id }
@@ -260,7 +269,23 @@ pub enum ServerFrame {
         /// for twice as long should reconnect.
         heartbeat_ms: u64,
         max_frame_bytes: usize,
+        /// When the access token expires (its `exp`, milliseconds since the
+        /// Unix epoch). Send `refresh` with a newer token before this plus
+        /// the gateway's grace, or the connection is closed with 4002.
+        expires_at_ms: u64,
     },
+    /// The answer to a valid `refresh`: the connection now lasts until
+    /// this (the later of the old and the new token's expiry).
+    Refreshed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        expires_at_ms: u64,
+    },
+    /// The gateway is shutting down: it closes this connection (1001) right
+    /// after this frame. Reconnect after `after_ms` (a random part of a
+    /// spread, so a node's clients do not all come back at once); the load
+    /// balancer sends the new connection to another node.
+    Reconnect { after_ms: u64 },
     /// The connection now receives every event of `room_id` with a `seq`
     /// greater than `seq`; older ones are in the history endpoint.
     Joined {
@@ -359,6 +384,9 @@ pub enum ErrorCode {
     TooManyRooms,
     /// The gateway could not reach its database or broker; retry later.
     Unavailable,
+    /// `refresh` with a token that is malformed, badly signed or already
+    /// expired. The connection stays, until its current token's grace ends.
+    InvalidToken,
 }
 
 /// The JSON text frame that delivers `event`: exactly what
@@ -669,7 +697,13 @@ mod tests {
                     session_id: SessionId::new(),
                     heartbeat_ms: 25_000,
                     max_frame_bytes: MAX_CLIENT_FRAME_BYTES,
+                    expires_at_ms: 1_764_489_601_000,
                 },
+                ServerFrame::Refreshed {
+                    id: Some(2),
+                    expires_at_ms: 1_764_489_901_000,
+                },
+                ServerFrame::Reconnect { after_ms: 734 },
                 ServerFrame::Error {
                     id: None,
                     code: ErrorCode::RoomNotFound,

@@ -41,6 +41,9 @@ impl Binary {
             .env("PARLEY_DATA_DIR", &data_dir)
             .env("PARLEY_LOG", "info")
             .env("PARLEY_LOG_FORMAT", "json")
+            // Stopped at once unless a test asks for a drain (`env` below).
+            .env("PARLEY_DRAIN_DELAY", "0s")
+            .env("PARLEY_DRAIN_PERIOD", "0s")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);

@@ -107,7 +107,13 @@ impl Default for Options {
                 messages_burst: 1_000_000,
                 ..PolicyArgs::default()
             },
-            ws: WsSettings::default(),
+            // No drain on stop (the drain has tests of its own): a test's
+            // services stop at once, whatever connections are still open.
+            ws: WsSettings {
+                drain_delay: Duration::ZERO,
+                drain_period: Duration::ZERO,
+                ..WsSettings::default()
+            },
             access_token_ttl: Duration::from_secs(900),
             data_dir: None,
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -327,17 +333,27 @@ impl TestApp {
     /// An access token for `user`'s session, signed with the deployment's
     /// key, that expired `ago` ago (beyond any clock-skew leeway).
     pub fn expired_token(&self, user: &TestUser, ago: Duration) -> String {
+        let now = unix_now();
+        self.sign(user, now - ago.as_secs() - 60, now - ago.as_secs())
+    }
+
+    /// An access token for `user`'s session, signed with the deployment's
+    /// key, that expires `ttl` from now (rounded down to whole seconds, as
+    /// `exp` is), and that expiry in milliseconds since the epoch.
+    pub fn token_expiring_in(&self, user: &TestUser, ttl: Duration) -> (String, u64) {
+        let now = unix_now();
+        let exp = now + ttl.as_secs();
+        (self.sign(user, now, exp), exp * 1000)
+    }
+
+    fn sign(&self, user: &TestUser, iat: u64, exp: u64) -> String {
         use jsonwebtoken::{Algorithm, EncodingKey, Header};
         use secrecy::ExposeSecret;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("after 1970")
-            .as_secs();
         let claims = shared::auth::AccessClaims {
             sub: user.id.to_string(),
             sid: user.session_id,
-            iat: now - ago.as_secs() - 60,
-            exp: now - ago.as_secs(),
+            iat,
+            exp,
             jti: uuid::Uuid::new_v4().to_string(),
             iss: "parley".into(),
         };
@@ -627,6 +643,13 @@ impl TestApp {
         let _ = client.quit().await;
         Some(counts.first().map(|(_, n)| *n).unwrap_or(0))
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
 }
 
 /// Polls `check` until it holds or `within` passes. For conditions that

@@ -387,11 +387,12 @@ impl Hub {
         rooms
     }
 
-    /// Closes every connection (shutdown).
-    pub fn close_all(&self, reason: CloseReason) {
-        for conn in self.conns.iter() {
-            conn.out.close(reason.clone());
-        }
+    /// Every registered connection, in the order they connected (a copy:
+    /// no map shard stays locked while the caller works through it).
+    pub fn connections(&self) -> Vec<Arc<Conn>> {
+        let mut conns: Vec<Arc<Conn>> = self.conns.iter().map(|c| c.value().clone()).collect();
+        conns.sort_by_key(|c| c.id);
+        conns
     }
 
     fn user_notice(&self, user: UserId, payload: &[u8]) {

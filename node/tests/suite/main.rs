@@ -17,6 +17,7 @@ mod presence;
 mod protocol_edges;
 mod realtime;
 mod receipts;
+mod refresh;
 mod resume;
 mod rooms;
 mod schema;
