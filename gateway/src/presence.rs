@@ -44,6 +44,12 @@ pub struct PresenceTiming {
 }
 
 /// Reports what this node's connections do to presence. Cheap to clone.
+///
+/// The channel is unbounded on purpose: a connection or a shard must never
+/// wait on Redis to open, join or close. What it holds is small (an entry
+/// and a flag per change) and drained in batches of [`BATCH`], one round
+/// trip each, by a task that does nothing else that waits long (reaps run
+/// beside it).
 #[derive(Clone)]
 pub(crate) struct PresenceHandle {
     tx: mpsc::UnboundedSender<Op>,
@@ -283,8 +289,12 @@ impl Tracker {
         }
         match self.store.renew(&self.node, self.timing.lease).await {
             Ok(Lease::Held { expired }) => {
+                // Reaped beside this task, so a big dead node does not hold
+                // up this node's own reports; the lock keeps two reapers
+                // (another node's, or this one's next heartbeat) apart.
                 for dead in expired {
-                    self.reap(&dead).await;
+                    let (store, me) = (self.store.clone(), self.node.clone());
+                    tokio::spawn(async move { reap(&*store, &dead, &me).await });
                 }
                 self.retire_old().await;
             }
@@ -333,21 +343,8 @@ impl Tracker {
         }
     }
 
-    /// Removes a dead node's entries; true if done (or another node is on it).
     async fn reap(&self, dead: &str) -> bool {
-        match self.store.reap(dead, &self.node).await {
-            Ok(removed) => {
-                if removed > 0 {
-                    metrics::counter!("gateway_presence_reaped_total").increment(removed as u64);
-                    tracing::info!(node = %dead, removed, "reaped the presence of an expired node");
-                }
-                true
-            }
-            Err(e) => {
-                tracing::warn!(node = %dead, error = %e, "reaping an expired node failed");
-                false
-            }
-        }
+        reap(&*self.store, dead, &self.node).await
     }
 
     /// Shutdown: nothing more is reported; the lease ends after the grace.
@@ -356,6 +353,23 @@ impl Tracker {
             && let Err(e) = self.store.retire(&self.node, retire_after).await
         {
             tracing::warn!(error = %e, "presence goodbye failed; the lease will expire");
+        }
+    }
+}
+
+/// Removes a dead node's entries; true if done (or another node is on it).
+async fn reap(store: &dyn broker::presence::Presence, dead: &str, reaper: &str) -> bool {
+    match store.reap(dead, reaper).await {
+        Ok(removed) => {
+            if removed > 0 {
+                metrics::counter!("gateway_presence_reaped_total").increment(removed as u64);
+                tracing::info!(node = %dead, removed, "reaped the presence of an expired node");
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(node = %dead, error = %e, "reaping an expired node failed");
+            false
         }
     }
 }

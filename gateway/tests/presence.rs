@@ -25,7 +25,7 @@ fn leave_bound() -> Duration {
 
 fn options() -> Options {
     let mut options = Options {
-        gateways: 1,
+        gateways: 2,
         ..Options::default()
     };
     options.ws.presence_heartbeat = HEARTBEAT;
@@ -88,9 +88,10 @@ fn set(items: &[(UserId, bool)]) -> BTreeSet<(UserId, bool)> {
     items.iter().copied().collect()
 }
 
-/// A cluster of an api, one in-process gateway (where bob watches) and a
-/// gateway process (where alice and carol are). Dave has a connection on
-/// each. Returns once bob has seen all three come in.
+/// A cluster of an api and three gateways: two in process (bob watches on
+/// the first) and one process (where alice and carol are). Dave has a
+/// connection on the process and on the second gateway. Returns once bob
+/// has seen all three come in.
 struct Scene {
     app: TestApp,
     process: Binary,
@@ -129,7 +130,7 @@ async fn scene_with(grace: Duration, drain_period: Duration) -> Scene {
         joined_at(&url, &carol, room).await,
         joined_at(&url, &dave, room).await,
     ];
-    let dave_here = joined_at(app.ws_url(0), &dave, room).await;
+    let dave_here = joined_at(app.ws_url(1), &dave, room).await;
     let expected = set(&[(alice.id, true), (carol.id, true), (dave.id, true)]);
     let seen = presences_until(&mut bob_ws, |s| s.len() >= 3).await;
     assert_eq!(set(&seen), expected, "{seen:?}");
@@ -164,7 +165,7 @@ async fn room_users(app: &TestApp, user: &TestUser, room: RoomId) -> Vec<UserId>
 async fn a_killed_gateway_leaves_no_ghosts() {
     let mut s = scene().await;
     let (live_leases, _) = s.app.presence_nodes().await;
-    assert_eq!(live_leases.len(), 2, "two gateways hold leases");
+    assert_eq!(live_leases.len(), 3, "three gateways hold leases");
 
     let killed = Instant::now();
     s.process.kill().await;
@@ -187,7 +188,7 @@ async fn a_killed_gateway_leaves_no_ghosts() {
     assert!(
         eventually(Duration::from_secs(10), || async {
             let (leases, holders) = s.app.presence_nodes().await;
-            leases.len() == 1 && holders.len() == 1 && leases == holders
+            leases.len() == 2 && holders.len() == 2 && leases == holders
         })
         .await,
         "Redis still holds the dead node: {:?}",
@@ -245,7 +246,7 @@ async fn a_frozen_gateway_converges_without_ghosts_or_duplicates() {
     assert!(
         eventually(Duration::from_secs(10), || async {
             let (leases, holders) = s.app.presence_nodes().await;
-            leases.len() == 2 && leases == holders
+            leases.len() == 3 && leases == holders
         })
         .await,
         "the frozen node's old id is gone: {:?}",
@@ -291,7 +292,7 @@ async fn a_rolling_restart_is_not_seen_as_leaves_and_joins() {
     assert!(
         eventually(Duration::from_secs(20), || async {
             let (leases, holders) = s.app.presence_nodes().await;
-            leases.len() == 1 && leases == holders
+            leases.len() == 2 && leases == holders
         })
         .await,
         "the stopped gateway is reaped: {:?}",

@@ -63,6 +63,15 @@ impl WsClient {
         }
     }
 
+    /// Whether a message is passed on: anything but an unwatched `presence`.
+    fn wanted(&self, bytes: &[u8]) -> bool {
+        self.presence
+            || !matches!(
+                self.encoding.decode::<ServerFrame>(bytes, &[]),
+                Ok(ServerFrame::Presence { .. })
+            )
+    }
+
     /// From now on, [`Self::recv`] and the rest pass `presence` frames on.
     pub fn watch_presence(&mut self) {
         self.presence = true;
@@ -121,8 +130,11 @@ impl WsClient {
                 .await
                 .expect("no frame from the gateway in time");
             match next {
-                Some(Ok(Message::Text(t))) => return t.as_bytes().to_vec(),
-                Some(Ok(Message::Binary(b))) => return b.to_vec(),
+                Some(Ok(Message::Text(t))) if self.wanted(t.as_bytes()) => {
+                    return t.as_bytes().to_vec();
+                }
+                Some(Ok(Message::Binary(b))) if self.wanted(&b) => return b.to_vec(),
+                Some(Ok(Message::Text(_) | Message::Binary(_))) => continue,
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 other => panic!("connection closed ({other:?}) while a frame was expected"),
             }

@@ -27,7 +27,9 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT'
 for _, id in ipairs(expired) do
   if id == ARGV[1] then return {0} end
 end
--- CH: 1 when the score moved, 0 when the node is not there any more.
+-- CH: 1 when the score moved, 0 when the node is not there any more. (The
+-- score also stays put for a renewal in the same millisecond as the last
+-- one with the same length; renewals are a heartbeat apart, never that.)
 if redis.call('ZADD', KEYS[1], 'XX', 'CH', expiry, ARGV[1]) == 0 then return {0} end
 local answer = {1}
 for _, id in ipairs(expired) do answer[#answer + 1] = id end
