@@ -24,6 +24,8 @@ use broker::presence::{Change, DynPresence, Entry, Lease, PresenceError};
 use shared::{RoomId, UserId};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -53,6 +55,8 @@ pub struct PresenceTiming {
 #[derive(Clone)]
 pub(crate) struct PresenceHandle {
     tx: mpsc::UnboundedSender<Op>,
+    /// Changes the store has applied (for tests and introspection).
+    applied: Arc<AtomicU64>,
 }
 
 enum Op {
@@ -67,6 +71,11 @@ enum Op {
 }
 
 impl PresenceHandle {
+    /// Changes this node has reported and the store applied.
+    pub(crate) fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn hold(&self, entry: Entry) {
         let _ = self.tx.send(Op::Hold(entry));
     }
@@ -124,6 +133,7 @@ struct Tracker {
     held: HashMap<Entry, Held>,
     lingering: BinaryHeap<Reverse<(Instant, Entry)>>,
     pending: Vec<Change>,
+    applied: Arc<AtomicU64>,
 }
 
 /// Starts the node's presence task.
@@ -134,7 +144,9 @@ pub(crate) fn start(
     stop: CancellationToken,
 ) -> PresenceHandle {
     let (tx, rx) = mpsc::unbounded_channel();
+    let applied = Arc::new(AtomicU64::new(0));
     let task = Tracker {
+        applied: applied.clone(),
         store,
         timing,
         node: new_node_id(),
@@ -146,7 +158,7 @@ pub(crate) fn start(
         pending: Vec::new(),
     };
     tracker.spawn(task.run(rx, stop));
-    PresenceHandle { tx }
+    PresenceHandle { tx, applied }
 }
 
 fn new_node_id() -> String {
@@ -260,6 +272,8 @@ impl Tracker {
         let changes = std::mem::take(&mut self.pending);
         match self.store.apply(&self.node, &changes).await {
             Ok(()) => {
+                self.applied
+                    .fetch_add(changes.len() as u64, Ordering::Relaxed);
                 metrics::counter!("gateway_presence_changes_total").increment(changes.len() as u64);
             }
             Err(PresenceError::LeaseLost) => {

@@ -155,6 +155,11 @@ impl Gateway {
         )
     }
 
+    /// Presence changes this node reported that the store applied.
+    pub fn presence_changes_applied(&self) -> u64 {
+        self.inner.presence.applied()
+    }
+
     /// Batches of read and delivery markers this node has written.
     pub fn marker_batches(&self) -> u64 {
         self.inner
