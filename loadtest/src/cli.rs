@@ -61,6 +61,12 @@ pub enum Command {
     /// at a total rate: what reaches the database (marker batches,
     /// statements, commits) per read frame (in this process only).
     Reads(ReadsArgs),
+    /// C clients in R rooms receive messages posted at a steady rate, then
+    /// all drop their sockets at once, reconnect and resume with
+    /// `since_seq` while posting goes on: time to resume, gaps and
+    /// duplicates across the drop, database reads and Redis commands per
+    /// resumed client (in this process only).
+    Storm(StormArgs),
     /// Run as an agent for a distributed coordinator.
     Agent(AgentArgs),
     /// Measure this machine's floor without Parley: CPU per small TCP
@@ -358,6 +364,97 @@ pub struct ReadsArgs {
     #[arg(long, default_value = "11s", value_parser = parse_duration)]
     #[serde(serialize_with = "ser_duration")]
     pub stats_settle: Duration,
+}
+
+/// Where a client of the `storm` scenario reconnects.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReconnectTo {
+    /// The gateway it was on (a network drop).
+    Same,
+    /// The next one in --gateways (its gateway went away).
+    Next,
+}
+
+#[derive(Args, Clone, Serialize)]
+pub struct StormArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Clients (one user and one connection each), rounded down to a
+    /// multiple of --rooms; client i starts on gateway i mod G.
+    #[arg(long, short = 'c', default_value = "300", value_parser = parse_connections)]
+    pub connections: u32,
+    /// Rooms; each has connections/rooms clients and one poster without a
+    /// connection.
+    #[arg(long, short = 'r', default_value = "30", value_parser = parse_rooms)]
+    pub rooms: u32,
+    /// Messages per second, all rooms together (in turn), from after every
+    /// client joined until the last sample after the storm.
+    #[arg(long, default_value = "50", value_parser = parse_rate)]
+    pub rate: f64,
+    /// Posting before the drop (the first second of it is left out of the
+    /// baseline window).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub before: Duration,
+    /// How long every client stays away after the drop.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub offline: Duration,
+    /// Reconnects spread evenly over this after --offline (0: all at once).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub reconnect_spread: Duration,
+    /// Which gateway a client reconnects to.
+    #[arg(long, value_enum, default_value_t = ReconnectTo::Next)]
+    pub reconnect_to: ReconnectTo,
+    /// Attempts to reconnect and resume per client (backing off 0.5 s more
+    /// after each failure).
+    #[arg(long, default_value = "3", value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub reconnect_attempts: u32,
+    /// Longest wait from the drop for every client to resume.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub resume_timeout: Duration,
+    /// Posting goes on this long after the last resume (live events after
+    /// the seam, for the gap and duplicate count).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub after: Duration,
+    /// Opening rate of the first connections (per second).
+    #[arg(long, default_value = "500", value_parser = parse_rate)]
+    pub connect_rate: f64,
+    /// Posts in flight at most.
+    #[arg(long, default_value = "64", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub post_concurrency: u16,
+    /// After posting stops, longest wait for every client to receive its
+    /// room's last acknowledged message.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub delivery_timeout: Duration,
+    /// A gateway's Prometheus endpoint (repeatable, one per gateway):
+    /// gateway_backlog_reads_total by source and gateway_resumes_total by
+    /// outcome at the drop and after the last resume.
+    #[arg(long = "metrics-url")]
+    pub metrics_urls: Vec<String>,
+    /// The deployment's PostgreSQL database (postgres://...): commits from
+    /// pg_stat_database without reconnects (baseline) and over the storm.
+    /// Never printed.
+    #[arg(long, env = "PARLEY_LOADTEST_DATABASE_URL", hide_env_values = true)]
+    #[serde(skip)]
+    pub database_url: Option<String>,
+    /// With --database-url: how long after the last resume the second
+    /// sample is taken (posting goes on), for PostgreSQL's statistics to
+    /// catch up.
+    #[arg(long, default_value = "11s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub stats_settle: Duration,
+    /// The deployment's Redis (redis://...): INFO commandstats without
+    /// reconnects (baseline) and over the storm. Use a Redis only this
+    /// deployment uses.
+    #[arg(long)]
+    #[serde(skip)]
+    pub redis_url: Option<String>,
 }
 
 /// The shape of a publishing run (fanout and ramp).

@@ -8,7 +8,7 @@
 //!
 //! Layers:
 //! - [`cli`]: the command line; [`scenario`]: connect, idle, fanout, ramp,
-//!   presence-kill, reads;
+//!   presence-kill, reads, storm;
 //! - [`coordinator`] drives [`fleet`]s, in process or in [`agent`]s over
 //!   [`wire`]; [`plan`] splits a run between them; [`work`] is what they
 //!   are asked and what they answer;
@@ -57,6 +57,7 @@ pub async fn run_scenario(command: &Command, cancel: CancellationToken) -> anyho
         Command::Ramp(a) => (scenario::ramp::run(a, cancel).await?, &a.target),
         Command::PresenceKill(a) => (scenario::presence_kill::run(a, cancel).await?, &a.target),
         Command::Reads(a) => (scenario::reads::run(a, cancel).await?, &a.target),
+        Command::Storm(a) => (scenario::storm::run(a, cancel).await?, &a.target),
         Command::Agent(_) | Command::Loopback(_) => anyhow::bail!("not a scenario"),
     };
     if let Some(path) = &target.json {

@@ -10,6 +10,7 @@ use crate::net::{CpuUsage, FileLimit};
 use crate::redis_stats::RedisReport;
 use crate::scenario::presence_kill::PresenceKillReport;
 use crate::scenario::reads::ReadsReport;
+use crate::scenario::storm::StormReport;
 use crate::work::{CloseReport, ConnectReport, HoldReport, StepReport};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -107,6 +108,9 @@ pub struct Report {
     /// `reads`' figures.
     #[serde(default)]
     pub reads: Option<ReadsReport>,
+    /// `storm`'s figures.
+    #[serde(default)]
+    pub storm: Option<StormReport>,
     /// Problems that ended the run early or made a figure unavailable.
     pub errors: Vec<String>,
     pub summary: Summary,
@@ -447,6 +451,9 @@ impl Report {
         }
         if let Some(r) = &self.reads {
             r.write_text(&mut o);
+        }
+        if let Some(s) = &self.storm {
+            s.write_text(&mut o);
         }
         if let Some(c) = &self.close {
             let _ = writeln!(

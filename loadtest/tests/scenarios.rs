@@ -684,3 +684,119 @@ async fn reads_sends_read_frames_at_the_rate_and_counts_what_reached_the_databas
     assert_eq!((moved, at_three), (30, 30), "{text}");
     app.stop().await;
 }
+
+/// Serves this process's Prometheus metrics (every in-process gateway's
+/// counters, summed: the test harness has one recorder) at
+/// `http://{addr}/metrics`, as a real gateway's metrics listener would.
+async fn serve_process_metrics() -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let _ = shared::telemetry::prometheus();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a metrics port");
+    let url = format!(
+        "http://{}/metrics",
+        listener.local_addr().expect("its address")
+    );
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body = shared::telemetry::render_metrics();
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_resumes_every_client_with_every_event_exactly_once() {
+    let (metrics_url, metrics) = serve_process_metrics().await;
+    let redis = testkit::PrivateRedis::start()
+        .await
+        .expect("a redis-server");
+    let app = cluster_with(Options {
+        gateways: 3,
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    let database = app.database_url();
+    let report = run(&command(
+        &app,
+        "storm",
+        &[
+            "-c",
+            "30",
+            "-r",
+            "3",
+            "--rate",
+            "20",
+            "--before",
+            "3s",
+            "--offline",
+            "1s",
+            "--after",
+            "1s",
+            "--metrics-url",
+            &metrics_url,
+            "--redis-url",
+            &redis.url(),
+            "--database-url",
+            &database,
+            "--stats-settle",
+            "1s",
+        ],
+    ))
+    .await;
+    let text = report.text();
+    let s = report.storm.as_ref().expect("a storm report");
+    assert_eq!((s.connections, s.connected), (30, 30), "{text}");
+    assert!(
+        s.failures.is_empty() && s.post_failures.is_empty(),
+        "{text}"
+    );
+    // Every client resumed, completely, and missed something to resume:
+    // 20 msg/s over 3 rooms while it was away for a second.
+    assert_eq!(
+        (s.resumed_complete, s.resumed_incomplete, s.resume_failed),
+        (30, 0, 0),
+        "{text}"
+    );
+    assert!(s.backlog_events >= 30, "{text}");
+    assert_eq!(s.resume_latency.len(), 30, "{text}");
+    assert!(s.resume_summary.min_ms >= 1000.0, "away for 1 s: {text}");
+    // Every event of every room, once and in order, across the drop.
+    assert!(s.delivered, "{text}");
+    assert_eq!(
+        (s.gaps, s.duplicates, s.left_to_history, s.resume_anomalies),
+        (0, 0, 0, 0),
+        "{text}"
+    );
+    assert!(s.drops.is_empty(), "{text}");
+    // The gateways counted the 30 resumes, and read the backlogs.
+    assert!(s.metrics_errors.is_empty(), "{text}");
+    let b = &s.backlog_reads;
+    assert_eq!(b.complete, 30, "{text}");
+    assert!(b.window + b.database + b.shared > 0, "{text}");
+    assert!(s.database_reads_per_client.is_some(), "{text}");
+    assert!(
+        s.redis_storm.as_ref().is_some_and(|r| r.commands > 0),
+        "{text}"
+    );
+    assert!(s.redis_commands_per_client.is_some(), "{text}");
+    assert!(s.database_storm.is_some() && s.database_commits_per_client.is_some());
+    assert!(text.contains("to resumed"), "{text}");
+    app.stop().await;
+    metrics.abort();
+}

@@ -10,6 +10,7 @@ pub mod idle;
 pub mod presence_kill;
 pub mod ramp;
 pub mod reads;
+pub mod storm;
 
 use crate::cli::TargetArgs;
 use crate::client::Timeouts;
