@@ -8,8 +8,9 @@
 --
 -- Returns the number of subscribers that received the event.
 if tonumber(ARGV[4]) > 0 then
-  -- An id at or below the stream's newest is refused (two api nodes
-  -- published a room's events out of order): that event is then missing
+  -- An id at or below the stream's newest is refused (a room's events
+  -- published out of order: posts of one commit batch are published by
+  -- their own requests, and two api nodes race): that event is then missing
   -- from the window, and a reader of a range with a hole goes to the
   -- database instead. pcall: the publish happens either way.
   redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], ARGV[2] .. '-0', 'e', ARGV[3])

@@ -564,8 +564,8 @@ impl TestApp {
     }
 
     /// Redis channel of a room (cluster mode).
-    /// Cluster mode: deletes a Redis key (to lose a room's window, say).
-    pub async fn delete_redis_key(&self, key: &str) {
+    /// A connected client of the cluster's Redis (quit it when done).
+    async fn redis_client(&self) -> fred::clients::Client {
         use fred::prelude::*;
         let client = Client::new(
             Config::from_url(&self.redis_url).expect("redis url"),
@@ -574,6 +574,22 @@ impl TestApp {
             None,
         );
         client.init().await.expect("connecting to Redis");
+        client
+    }
+
+    /// The room's newest `seq`, as `user` (a member) reads it from the api.
+    pub async fn last_seq(&self, user: &TestUser, room: RoomId) -> i64 {
+        let (status, body) = self
+            .get(&format!("/v1/rooms/{room}"), Some(&user.token))
+            .await;
+        assert!(status.is_success(), "{body}");
+        body["last_seq"].as_i64().expect("last_seq")
+    }
+
+    /// Cluster mode: deletes a Redis key (to lose a room's window, say).
+    pub async fn delete_redis_key(&self, key: &str) {
+        use fred::prelude::*;
+        let client = self.redis_client().await;
         let deleted: i64 = client.del(key).await.expect("DEL");
         assert_eq!(deleted, 1, "{key} was not there to delete");
         let _ = client.quit().await;
@@ -584,13 +600,7 @@ impl TestApp {
     /// Redis"), each sorted.
     pub async fn presence_nodes(&self) -> (Vec<String>, Vec<String>) {
         use fred::prelude::*;
-        let client = Client::new(
-            Config::from_url(&self.redis_url).expect("redis url"),
-            None,
-            None,
-            None,
-        );
-        client.init().await.expect("connecting to Redis");
+        let client = self.redis_client().await;
         let mut leases: Vec<String> = client
             .zrange(
                 format!("{}presence:nodes", self.redis_prefix),
@@ -629,13 +639,7 @@ impl TestApp {
         if self.mode != Mode::Cluster {
             return None;
         }
-        let client = Client::new(
-            Config::from_url(&self.redis_url).expect("redis url"),
-            None,
-            None,
-            None,
-        );
-        client.init().await.expect("connecting to Redis");
+        let client = self.redis_client().await;
         let counts: Vec<(String, i64)> = client
             .pubsub_numsub(self.room_channel(room))
             .await

@@ -2,11 +2,10 @@
 //! live ones, with nothing lost or doubled at the seam.
 
 use futures::future::join_all;
-use shared::RoomId;
 use shared::model::RoomEvent;
 use shared::protocol::{ClientFrame, ErrorCode, ResumeOutcome, ServerFrame};
 use std::sync::Arc;
-use testkit::{Mode, Options, TestApp, TestUser, WsClient, both_modes};
+use testkit::{Mode, Options, TestApp, WsClient, both_modes};
 
 both_modes!(
     clients_that_drop_and_resume_get_every_event_once_in_order,
@@ -17,14 +16,6 @@ both_modes!(
 
 /// Messages posted while the readers drop and resume.
 const MESSAGES: i64 = 120;
-
-async fn last_seq(app: &TestApp, user: &TestUser, room: RoomId) -> i64 {
-    let (status, body) = app
-        .get(&format!("/v1/rooms/{room}"), Some(&user.token))
-        .await;
-    assert!(status.is_success(), "{body}");
-    body["last_seq"].as_i64().expect("last_seq")
-}
 
 /// The next event frame's seq.
 async fn next_event(ws: &mut WsClient) -> i64 {
@@ -63,7 +54,7 @@ async fn clients_that_drop_and_resume_get_every_event_once_in_order(mode: Mode) 
         app.add_member(&poster, room, &reader).await;
         readers.push(reader);
     }
-    let start = last_seq(&app, &poster, room).await;
+    let start = app.last_seq(&poster, room).await;
     let end = start + MESSAGES;
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -124,7 +115,7 @@ async fn a_backlog_over_the_limit_points_at_the_history(mode: Mode) {
     let app = TestApp::spawn_with(mode, options).await;
     let alice = app.user("alice").await;
     let room = app.create_room(&alice, "long").await;
-    let start = last_seq(&app, &alice, room).await;
+    let start = app.last_seq(&alice, room).await;
     for i in 0..6 {
         app.send_message(&alice, room, &format!("m{i}")).await;
     }
@@ -157,7 +148,7 @@ async fn since_seq_outside_the_room_is_refused(mode: Mode) {
     let app = TestApp::spawn(mode).await;
     let alice = app.user("alice").await;
     let room = app.create_room(&alice, "r").await;
-    let last = last_seq(&app, &alice, room).await;
+    let last = app.last_seq(&alice, room).await;
     let mut ws = app.ws(0, &alice).await;
     for since in [last + 1, -1] {
         assert_eq!(
@@ -192,7 +183,7 @@ async fn resumes_are_served_from_the_window(mode: Mode) {
     let app = TestApp::spawn(mode).await;
     let alice = app.user("alice").await;
     let room = app.create_room(&alice, "w").await;
-    let start = last_seq(&app, &alice, room).await;
+    let start = app.last_seq(&alice, room).await;
     for i in 0..5 {
         app.send_message(&alice, room, &format!("m{i}")).await;
     }
@@ -222,7 +213,7 @@ mod cluster {
         let app = TestApp::spawn(Mode::Cluster).await;
         let alice = app.user("alice").await;
         let room = app.create_room(&alice, "lost").await;
-        let start = last_seq(&app, &alice, room).await;
+        let start = app.last_seq(&alice, room).await;
         for i in 0..5 {
             app.send_message(&alice, room, &format!("m{i}")).await;
         }
@@ -247,7 +238,7 @@ mod cluster {
         let app = TestApp::spawn_with(Mode::Cluster, options).await;
         let alice = app.user("alice").await;
         let room = app.create_room(&alice, "storm").await;
-        let start = last_seq(&app, &alice, room).await;
+        let start = app.last_seq(&alice, room).await;
         for i in 0..20 {
             app.send_message(&alice, room, &format!("m{i}")).await;
         }

@@ -69,14 +69,6 @@ fn is_typing_stop(user: &TestUser) -> impl Fn(&ServerFrame) -> bool + '_ {
     move |f| matches!(f, ServerFrame::Typing { user_id, active: false, .. } if *user_id == user.id)
 }
 
-async fn last_seq(app: &TestApp, user: &TestUser, room: RoomId) -> i64 {
-    let (status, body) = app
-        .get(&format!("/v1/rooms/{room}"), Some(&user.token))
-        .await;
-    assert!(status.is_success(), "{body}");
-    body["last_seq"].as_i64().expect("last_seq")
-}
-
 async fn a_typing_flood_forwards_one_event_per_interval_and_stores_nothing(mode: Mode) {
     let app = spawn(mode).await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
@@ -89,7 +81,7 @@ async fn a_typing_flood_forwards_one_event_per_interval_and_stores_nothing(mode:
     for ws in [&mut typist, &mut alice_elsewhere, &mut bob_ws] {
         ws.join(room).await.expect("a member may join");
     }
-    let before = last_seq(&app, &alice, room).await;
+    let before = app.last_seq(&alice, room).await;
 
     for _ in 0..40 {
         typist.send(&typing(room, true)).await;
@@ -110,7 +102,7 @@ async fn a_typing_flood_forwards_one_event_per_interval_and_stores_nothing(mode:
         "one start per interval, then the stop"
     );
     assert_eq!(
-        last_seq(&app, &alice, room).await,
+        app.last_seq(&alice, room).await,
         before,
         "typing is never numbered nor stored"
     );
