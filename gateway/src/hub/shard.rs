@@ -941,6 +941,11 @@ impl Shard {
         for payload in early {
             self.deliver(room, payload);
         }
+        // An event committed after the joiners' snapshots and published
+        // before the subscription took effect reached neither: it would
+        // wait for the room's next event to be noticed as a gap. In a room
+        // that goes quiet there may be none, so the store is asked now.
+        self.check_tail(room);
         self.release_if_empty(room);
     }
 
@@ -1223,13 +1228,19 @@ impl Shard {
     /// After a broker reconnect: ask the store how far each room got.
     fn resync(&mut self) {
         for &room in self.rooms.keys() {
-            let store = self.store.clone();
-            let me = self.me.clone();
-            tokio::spawn(async move {
-                let last_seq = store.last_seq(room).await.ok().flatten();
-                let _ = me.send(ShardCmd::Tail { room, last_seq }).await;
-            });
+            self.check_tail(room);
         }
+    }
+
+    /// Asks the store how far `room` got; what this node has not delivered
+    /// of it is then read like a gap (see [`Self::tail`]).
+    fn check_tail(&self, room: RoomId) {
+        let store = self.store.clone();
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let last_seq = store.last_seq(room).await.ok().flatten();
+            let _ = me.send(ShardCmd::Tail { room, last_seq }).await;
+        });
     }
 
     fn tail(&mut self, room: RoomId, last_seq: Option<i64>) {

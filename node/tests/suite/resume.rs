@@ -17,6 +17,10 @@ both_modes!(
 /// Messages posted while the readers drop and resume.
 const MESSAGES: i64 = 120;
 
+/// How long a reader waits for its next event before it reports what it has
+/// (within the test client's own frame timeout).
+const WAIT: std::time::Duration = std::time::Duration::from_secs(8);
+
 /// The next event frame's seq.
 async fn next_event(ws: &mut WsClient) -> i64 {
     loop {
@@ -85,7 +89,15 @@ async fn clients_that_drop_and_resume_get_every_event_once_in_order(mode: Mode) 
                     if last == end {
                         break;
                     }
-                    last = next_event(&mut ws).await;
+                    last = match tokio::time::timeout(WAIT, next_event(&mut ws)).await {
+                        Ok(seq) => seq,
+                        Err(_) => panic!(
+                            "reader {i} (seed {seed}) waited {WAIT:?} after seq {last} of {end}; \
+                             the room is at {}, seen {:?}",
+                            app.last_seq(reader, room).await,
+                            seen
+                        ),
+                    };
                     seen.push(last);
                 }
                 drop(ws);
@@ -97,8 +109,21 @@ async fn clients_that_drop_and_resume_get_every_event_once_in_order(mode: Mode) 
             (seen, resumes)
         }
     });
-    let results = join_all(reading).await;
-    posting.await.expect("posting");
+    // A failed post would leave the readers waiting for events that never
+    // come: it is reported as itself.
+    let mut posting = posting;
+    let readers = join_all(reading);
+    tokio::pin!(readers);
+    let results = tokio::select! {
+        results = &mut readers => {
+            posting.await.expect("posting");
+            results
+        }
+        posted = &mut posting => {
+            posted.expect("posting");
+            readers.await
+        }
+    };
     for (i, (seen, resumes)) in results.into_iter().enumerate() {
         assert_eq!(
             seen,
