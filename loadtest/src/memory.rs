@@ -9,6 +9,18 @@ use std::time::Duration;
 /// Time limit of one metrics scrape.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The body of a Prometheus `/metrics` URL (a gateway's, an api's), or why not.
+pub(crate) async fn scrape_text(http: &reqwest::Client, url: &str) -> Result<String, String> {
+    http.get(url)
+        .timeout(SCRAPE_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?
+        .text()
+        .await
+        .map_err(|e| format!("{url}: {e}"))
+}
+
 /// Where to read a gateway's memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Probe {
@@ -102,15 +114,7 @@ pub async fn sample(http: &reqwest::Client, probe: &Probe) -> Result<Sample, Str
             connections: None,
         }),
         Probe::Metrics(url) => {
-            let text = http
-                .get(url)
-                .timeout(SCRAPE_TIMEOUT)
-                .send()
-                .await
-                .map_err(|e| format!("{url}: {e}"))?
-                .text()
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
+            let text = scrape_text(http, url).await?;
             parse_metrics(&text).map_err(|e| format!("{url}: {e}"))
         }
     }

@@ -73,9 +73,6 @@ const OWED_FRAMES: usize = 16;
 /// every connection may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// Time limit of one metrics scrape.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// One gateway's marker counters over the window.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GatewayMarkers {
@@ -536,15 +533,7 @@ async fn scrape_all(http: &reqwest::Client, urls: &[String]) -> Vec<MarkerSample
 }
 
 async fn scrape(http: &reqwest::Client, url: &str) -> MarkerSample {
-    let text = http
-        .get(url)
-        .timeout(SCRAPE_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?
-        .text()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
+    let text = crate::memory::scrape_text(http, url).await?;
     let get = |name: &str| {
         metric(&text, name)
             .map(|v| v as u64)

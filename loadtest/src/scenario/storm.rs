@@ -81,9 +81,6 @@ const DELIVERY_POLL: Duration = Duration::from_millis(20);
 /// every connection may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// Time limit of one metrics scrape.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// How the resumes went, per outcome, and what they cost.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StormReport {
@@ -937,15 +934,7 @@ async fn post_one(p: &Poster, room: usize, k: u64) -> Result<i64, String> {
 
 /// Reads one gateway's backlog and resume counters.
 async fn scrape(http: &reqwest::Client, url: &str) -> Result<BacklogReads, String> {
-    let text = http
-        .get(url)
-        .timeout(SCRAPE_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?
-        .text()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
+    let text = crate::memory::scrape_text(http, url).await?;
     let get = |name: &str, label: &str| {
         labelled(&text, name, label)
             .ok_or_else(|| format!("{url}: no {name}{{{label}}} in the metrics"))
