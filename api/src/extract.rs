@@ -157,6 +157,8 @@ impl From<QueryRejection> for ApiError {
 pub struct AuthUser {
     pub user_id: UserId,
     pub session_id: SessionId,
+    /// When the access token expires (seconds since the Unix epoch).
+    pub token_expires_at: u64,
 }
 
 impl FromRequestParts<AppState> for AuthUser {
@@ -198,6 +200,7 @@ impl FromRequestParts<AppState> for AuthUser {
         Ok(AuthUser {
             user_id: identity.user_id,
             session_id: identity.session_id,
+            token_expires_at: identity.expires_at,
         })
     }
 }

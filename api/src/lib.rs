@@ -23,6 +23,7 @@ pub mod messages;
 pub mod openapi;
 pub mod presence;
 pub mod rooms;
+pub mod sse;
 pub mod startup;
 pub mod state;
 pub mod text;

@@ -23,8 +23,15 @@ pub enum LoginKey {
     Unknown(String),
 }
 
+/// SSE tickets one user may take: a page opens a stream or two, and
+/// reconnects after a cut; more than this is a loop or abuse, and every
+/// ticket is a row until it expires.
+const TICKETS_PER_MINUTE: u32 = 60;
+const TICKET_BURST: u32 = 10;
+
 pub struct Limits {
     messages: DefaultKeyedRateLimiter<UserId>,
+    tickets: DefaultKeyedRateLimiter<UserId>,
     login_failures: DashMap<LoginKey, (u32, Instant)>,
     max_login_failures: u32,
 }
@@ -35,6 +42,10 @@ impl Limits {
         let burst = NonZeroU32::new(args.messages_burst).unwrap_or(per_second);
         Self {
             messages: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+            tickets: RateLimiter::keyed(
+                Quota::per_minute(NonZeroU32::new(TICKETS_PER_MINUTE).unwrap_or(NonZeroU32::MIN))
+                    .allow_burst(NonZeroU32::new(TICKET_BURST).unwrap_or(NonZeroU32::MIN)),
+            ),
             login_failures: DashMap::new(),
             max_login_failures: args.login_failures_per_15min.max(1),
         }
@@ -42,15 +53,12 @@ impl Limits {
 
     /// Takes one message from `user`'s allowance.
     pub fn check_message(&self, user: UserId) -> Result<(), ApiError> {
-        self.messages.check_key(&user).map_err(|not_until| {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            tracing::warn!(target: "security", %user, "message rate limit hit");
-            ApiError::RateLimited {
-                retry_after_secs: wait.as_secs().max(1),
-            }
-        })
+        check(&self.messages, user, "message")
+    }
+
+    /// Takes one SSE ticket from `user`'s allowance.
+    pub fn check_ticket(&self, user: UserId) -> Result<(), ApiError> {
+        check(&self.tickets, user, "SSE ticket")
     }
 
     /// Takes one attempt from `key`'s login budget before the password is
@@ -84,9 +92,27 @@ impl Limits {
     /// Forgets state that no longer limits anyone (called periodically).
     pub fn evict_stale(&self) {
         self.messages.retain_recent();
+        self.tickets.retain_recent();
         self.login_failures
             .retain(|_, (_, since)| since.elapsed() < LOGIN_FAILURE_WINDOW);
     }
+}
+
+/// Takes one from `user`'s allowance in `limiter`, or answers 429.
+fn check(
+    limiter: &DefaultKeyedRateLimiter<UserId>,
+    user: UserId,
+    what: &str,
+) -> Result<(), ApiError> {
+    limiter.check_key(&user).map_err(|not_until| {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        tracing::warn!(target: "security", %user, "{what} rate limit hit");
+        ApiError::RateLimited {
+            retry_after_secs: wait.as_secs().max(1),
+        }
+    })
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ use utoipa::{Modify, OpenApi, PartialSchema};
         (name = "messages", description = "Posting and history"),
         (name = "users", description = "Accounts as others see them"),
         (name = "presence", description = "Who is online and who is in a room"),
+        (name = "sse", description = "Tickets for the gateways' Server-Sent Events streams"),
         (name = "health", description = "Probes"),
         (name = "admin", description = "Operator endpoints, enabled by PARLEY_ADMIN_TOKEN"),
     )

@@ -5,7 +5,7 @@ use crate::cors::CorsPolicy;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, Tokens};
-use crate::{admin, auth, health, messages, presence, rooms, users};
+use crate::{admin, auth, health, messages, presence, rooms, sse, users};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -71,6 +71,7 @@ pub fn router(state: AppState, policy: &PolicyArgs, listen: IpAddr) -> Router {
                 .merge(messages::router())
                 .merge(users::router())
                 .merge(presence::router())
+                .merge(sse::router())
                 .merge(admin_router),
         )
         .merge(health::router())
@@ -160,6 +161,11 @@ pub fn maintenance(state: AppState, shutdown: CancellationToken) -> tokio::task:
                     state.sessions.evict_stale();
                     state.tokens.evict_expired();
                     state.limits.evict_stale();
+                    match state.store.delete_expired_sse_tickets(shared::model::now_millis()).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(tickets = n, "deleted expired SSE tickets"),
+                        Err(e) => tracing::warn!(error = %e, "deleting expired SSE tickets failed"),
+                    }
                 }
             }
         }

@@ -42,7 +42,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 const HEARTBEAT_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a closing connection may take to write its last frames.
-const WRITER_DRAIN: Duration = Duration::from_secs(5);
+pub(crate) const WRITER_DRAIN: Duration = Duration::from_secs(5);
 
 /// After the close frame is written, how long the gateway keeps reading
 /// (and discarding) what the client still sends, waiting for its end of
@@ -310,13 +310,13 @@ where
 }
 
 /// A token's expiry in milliseconds since the Unix epoch.
-fn expiry_ms(identity: &Identity) -> u64 {
+pub(crate) fn expiry_ms(identity: &Identity) -> u64 {
     identity.expires_at.saturating_mul(1000)
 }
 
 /// When a connection whose token expires at `expires_at_ms` is closed:
 /// its expiry plus the grace, on the runtime's clock.
-fn expiry_deadline(expires_at_ms: u64, grace: Duration) -> tokio::time::Instant {
+pub(crate) fn expiry_deadline(expires_at_ms: u64, grace: Duration) -> tokio::time::Instant {
     let now_ms = u64::try_from(now_millis()).unwrap_or(0);
     tokio::time::Instant::now()
         + Duration::from_millis(expires_at_ms.saturating_sub(now_ms))
@@ -324,7 +324,7 @@ fn expiry_deadline(expires_at_ms: u64, grace: Duration) -> tokio::time::Instant 
 }
 
 /// The close for a connection whose token expired and was not refreshed.
-const TOKEN_EXPIRED: CloseReason = CloseReason {
+pub(crate) const TOKEN_EXPIRED: CloseReason = CloseReason {
     code: close::TOKEN_EXPIRED,
     reason: "access token expired",
 };
@@ -511,10 +511,6 @@ impl Session {
         None
     }
 
-    /// Joins a room the user is a member of. The store is asked first, so a
-    /// stranger's join costs one indexed read and never a subscription. The
-    /// room cap is the shard's to check: only it knows whether this is a
-    /// re-join of a room the connection is already in (answered `joined`).
     async fn join(
         &mut self,
         id: Option<u64>,
@@ -522,55 +518,7 @@ impl Session {
         since_seq: Option<i64>,
         presence: bool,
     ) {
-        let membership = match self.node.store.membership(room_id, self.conn.user_id).await {
-            Ok(Some(m)) => m,
-            Ok(None) => return self.not_found(id, room_id),
-            Err(e) => {
-                tracing::warn!(error = %e, "membership check failed");
-                return self.error(
-                    id,
-                    ErrorCode::Unavailable,
-                    "try again shortly".into(),
-                    Some(room_id),
-                );
-            }
-        };
-        if let Some(since) = since_seq
-            && !(0..=membership.last_seq).contains(&since)
-        {
-            let message = format!(
-                "since_seq must be between 0 and the room's newest seq ({})",
-                membership.last_seq
-            );
-            return self.error(id, ErrorCode::InvalidSeq, message, Some(room_id));
-        }
-        match self
-            .node
-            .hub
-            .join(
-                room_id,
-                self.conn.clone(),
-                membership.last_seq,
-                id,
-                since_seq,
-                presence,
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(JoinError::NotMember) => self.not_found(id, room_id),
-            Err(JoinError::TooManyRooms) => {
-                let message =
-                    format!("a connection may join at most {MAX_ROOMS_PER_CONNECTION} rooms");
-                self.error(id, ErrorCode::TooManyRooms, message, Some(room_id));
-            }
-            Err(JoinError::Unavailable) => self.error(
-                id,
-                ErrorCode::Unavailable,
-                "try again shortly".into(),
-                Some(room_id),
-            ),
-        }
+        join(&self.node, &self.conn, id, room_id, since_seq, presence).await;
     }
 
     /// Forwards a `typing` frame to the room's other members on every node,
@@ -623,24 +571,100 @@ impl Session {
         }
     }
 
-    fn not_found(&self, id: Option<u64>, room_id: RoomId) {
-        tracing::info!(target: "security", user_id = %self.conn.user_id, %room_id, "join refused: not a member");
-        self.error(
-            id,
-            ErrorCode::RoomNotFound,
-            "no such room".into(),
-            Some(room_id),
-        );
-    }
-
     fn error(&self, id: Option<u64>, code: ErrorCode, message: String, room_id: Option<RoomId>) {
-        self.conn.send(&ServerFrame::Error {
-            id,
-            code,
-            message,
-            room_id,
-        });
+        send_error(&self.conn, id, code, message, room_id);
     }
+}
+
+/// Joins `conn` to a room its user is a member of (a WebSocket `join`, or
+/// a room of an SSE stream), answering `joined` or `error` on it. The
+/// store is asked first, so a stranger's join costs one indexed read and
+/// never a subscription. The room cap is the shard's to check: only it
+/// knows whether this is a re-join of a room the connection is already in
+/// (answered `joined`).
+pub(crate) async fn join(
+    node: &Inner,
+    conn: &Arc<Conn>,
+    id: Option<u64>,
+    room_id: RoomId,
+    since_seq: Option<i64>,
+    presence: bool,
+) {
+    let membership = match node.store.membership(room_id, conn.user_id).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return not_found(conn, id, room_id),
+        Err(e) => {
+            tracing::warn!(error = %e, "membership check failed");
+            return send_error(
+                conn,
+                id,
+                ErrorCode::Unavailable,
+                "try again shortly".into(),
+                Some(room_id),
+            );
+        }
+    };
+    if let Some(since) = since_seq
+        && !(0..=membership.last_seq).contains(&since)
+    {
+        let message = format!(
+            "since_seq must be between 0 and the room's newest seq ({})",
+            membership.last_seq
+        );
+        return send_error(conn, id, ErrorCode::InvalidSeq, message, Some(room_id));
+    }
+    match node
+        .hub
+        .join(
+            room_id,
+            conn.clone(),
+            membership.last_seq,
+            id,
+            since_seq,
+            presence,
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(JoinError::NotMember) => not_found(conn, id, room_id),
+        Err(JoinError::TooManyRooms) => {
+            let message = format!("a connection may join at most {MAX_ROOMS_PER_CONNECTION} rooms");
+            send_error(conn, id, ErrorCode::TooManyRooms, message, Some(room_id));
+        }
+        Err(JoinError::Unavailable) => send_error(
+            conn,
+            id,
+            ErrorCode::Unavailable,
+            "try again shortly".into(),
+            Some(room_id),
+        ),
+    }
+}
+
+fn not_found(conn: &Conn, id: Option<u64>, room_id: RoomId) {
+    tracing::info!(target: "security", user_id = %conn.user_id, %room_id, "join refused: not a member");
+    send_error(
+        conn,
+        id,
+        ErrorCode::RoomNotFound,
+        "no such room".into(),
+        Some(room_id),
+    );
+}
+
+fn send_error(
+    conn: &Conn,
+    id: Option<u64>,
+    code: ErrorCode,
+    message: String,
+    room_id: Option<RoomId>,
+) {
+    conn.send(&ServerFrame::Error {
+        id,
+        code,
+        message,
+        room_id,
+    });
 }
 
 /// A whole client message, or a control event the caller cares about.

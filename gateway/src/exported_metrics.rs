@@ -28,6 +28,13 @@ pub fn register() {
         "WebSocket connections by outcome: ready, over_capacity, shutting_down, or the close code that refused them"
     );
     describe_counter!(
+        "gateway_sse_streams_total",
+        "Server-Sent Events streams: open (authenticated and registered) or refused (authentication failed)"
+    );
+    for outcome in ["open", "refused"] {
+        counter!("gateway_sse_streams_total", "outcome" => outcome).increment(0);
+    }
+    describe_counter!(
         "gateway_disconnects_total",
         "Authenticated connections that ended, by close reason"
     );

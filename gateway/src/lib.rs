@@ -9,7 +9,8 @@
 //! [`connection`] (one client's frames), [`hub`] (the node's connections,
 //! rooms and subscriptions), [`sequencer`] (per-room ordering and gap
 //! recovery), [`outbox`] and [`frames`] (the way out to one socket),
-//! [`drain`] (closing a stopping node's connections, spread over time);
+//! [`drain`] (closing a stopping node's connections, spread over time),
+//! [`sse`] (the same frames as a Server-Sent Events stream);
 //! [`exported_metrics`] registers what the node exports.
 
 pub mod backlog;
@@ -24,6 +25,7 @@ pub mod presence;
 pub(crate) mod receipts;
 pub mod sequencer;
 pub mod server;
+pub mod sse;
 
 pub use config::{GatewayConfig, WsSettings};
 pub use server::{Application, Gateway};

@@ -14,6 +14,10 @@
 //! Bounded (a connection with `capacity` frames unsent is closed as a slow
 //! consumer, the node never waits for it) and empty-cheap: an idle
 //! connection holds no buffer and no task of its own.
+//!
+//! The same outbox serves a Server-Sent Events stream: only the framing
+//! differs ([`Framing`]), so an SSE client gets the very frames, in the
+//! same order, through the same fan-out as a WebSocket client.
 
 use crate::frames;
 use std::future::poll_fn;
@@ -43,6 +47,14 @@ const KEEP_BUFFER_BYTES: usize = 4 * 1024;
 #[derive(Debug, PartialEq, Eq)]
 pub struct Full;
 
+/// How frames are put on the wire.
+pub enum Framing {
+    /// WebSocket frames (RFC 6455) on an upgraded connection.
+    WebSocket,
+    /// Messages of a Server-Sent Events stream (JSON only).
+    Sse(crate::sse::Encoder),
+}
+
 /// What [`Outbox::queue`] asks of its caller.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Queued {
@@ -67,6 +79,7 @@ pub enum Flushed {
 struct State {
     /// None once the connection is finished (or before a test gives one).
     io: Option<Sink>,
+    framing: Framing,
     /// Encoded frames; `buf[sent..]` is not written yet.
     buf: Vec<u8>,
     sent: usize,
@@ -94,10 +107,16 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// A WebSocket connection's outbox.
     pub fn new(io: Sink, capacity: usize) -> Arc<Self> {
+        Self::with_framing(io, capacity, Framing::WebSocket)
+    }
+
+    pub fn with_framing(io: Sink, capacity: usize, framing: Framing) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
                 io: Some(io),
+                framing,
                 buf: Vec::new(),
                 sent: 0,
                 frames: 0,
@@ -125,10 +144,11 @@ impl Outbox {
             return Err(Full);
         }
         state.frames += 1;
-        if binary {
-            frames::binary(&mut state.buf, payload);
-        } else {
-            frames::text(&mut state.buf, payload);
+        let State { framing, buf, .. } = &mut *state;
+        match framing {
+            Framing::WebSocket if binary => frames::binary(buf, payload),
+            Framing::WebSocket => frames::text(buf, payload),
+            Framing::Sse(encoder) => encoder.data(buf, payload),
         }
         Ok(promise(&mut state))
     }
@@ -142,24 +162,34 @@ impl Outbox {
         Ok(())
     }
 
-    /// Sends a ping now (heartbeat).
+    /// Sends a ping now (heartbeat): a WebSocket ping, or an SSE comment
+    /// (which also keeps proxies from timing an idle stream out).
     pub fn ping(self: &Arc<Self>) {
-        self.control(frames::ping);
+        self.control(|framing, buf| match framing {
+            Framing::WebSocket => frames::ping(buf),
+            Framing::Sse(_) => crate::sse::Encoder::heartbeat(buf),
+        });
     }
 
     /// Answers a client's ping now. Control frames bypass the data bound: a
     /// client has only a few pings in flight before its frame limit stops it.
     pub fn pong(self: &Arc<Self>, payload: &[u8]) {
-        self.control(|buf| frames::pong(buf, payload));
+        self.control(|framing, buf| {
+            // An SSE client sends nothing, so it never pings.
+            if let Framing::WebSocket = framing {
+                frames::pong(buf, payload);
+            }
+        });
     }
 
-    fn control(self: &Arc<Self>, encode: impl FnOnce(&mut Vec<u8>)) {
+    fn control(self: &Arc<Self>, encode: impl FnOnce(&mut Framing, &mut Vec<u8>)) {
         {
             let mut state = self.lock();
             if state.close.is_some() {
                 return;
             }
-            encode(&mut state.buf);
+            let State { framing, buf, .. } = &mut *state;
+            encode(framing, buf);
         }
         self.flush();
     }
@@ -172,11 +202,20 @@ impl Outbox {
             if state.close.is_some() {
                 return;
             }
-            frames::close(&mut state.buf, reason.code, reason.reason);
+            let State { framing, buf, .. } = &mut *state;
+            match framing {
+                Framing::WebSocket => frames::close(buf, reason.code, reason.reason),
+                Framing::Sse(encoder) => encoder.close(buf, reason.code, reason.reason),
+            }
             state.close = Some(reason);
         }
         self.closing.notify_waiters();
         self.flush();
+    }
+
+    /// Why the connection is closing, once it is.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.lock().close.clone()
     }
 
     pub fn is_closed(&self) -> bool {

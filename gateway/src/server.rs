@@ -7,7 +7,9 @@ use crate::{Inner, connection};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Query, Request, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -25,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use store::Store;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -121,10 +123,12 @@ impl Gateway {
             .merge(self.ws_router())
     }
 
-    /// Only `/ws`, to mount beside another service's routes (the single node).
+    /// Only the client transports, `/ws` and `/sse`, to mount beside
+    /// another service's routes (the single node).
     pub fn ws_router(&self) -> Router {
         Router::new()
             .route("/ws", get(upgrade))
+            .route("/sse", get(sse_stream))
             .with_state(self.clone())
     }
 
@@ -238,7 +242,7 @@ impl Gateway {
     }
 }
 
-fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
     let body = ErrorBody {
         error: ErrorDetail {
             code: code.into(),
@@ -252,13 +256,67 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
 /// `503 unavailable` with `Retry-After`: the node cannot check sessions
 /// because its database is down, or it is shutting down. The same answer
 /// (and header) as the api's for a dependency that is down.
-fn unavailable(message: &str) -> Response {
+pub(crate) fn unavailable(message: &str) -> Response {
     let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
     response.headers_mut().insert(
         axum::http::header::RETRY_AFTER,
         axum::http::HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
     );
     response
+}
+
+/// A slot for a new connection (WebSocket or SSE), or the answer that
+/// refuses it: the database is down, the node is draining, or it is full.
+async fn admit(gateway: &Gateway) -> Result<OwnedSemaphorePermit, Box<Response>> {
+    if gateway.inner.store.seems_down() && !shared::health::probe(gateway.inner.store.ping()).await
+    {
+        // Refused before the upgrade: the session check could not be made.
+        // While the database is up this costs nothing (a flag); while it
+        // seems down, one bounded ping per upgrade, which also notices
+        // that it is back.
+        metrics::counter!("gateway_connections_total", "outcome" => "unavailable").increment(1);
+        return Err(Box::new(unavailable(
+            "the database is unavailable; retry shortly",
+        )));
+    }
+    let Ok(permit) = gateway.inner.slots.clone().try_acquire_owned() else {
+        if gateway.inner.slots.is_closed() {
+            // Draining: the client's retry goes through the load balancer,
+            // which by now sends it to another node.
+            metrics::counter!("gateway_connections_total", "outcome" => "shutting_down")
+                .increment(1);
+            return Err(Box::new(unavailable(
+                "this gateway is shutting down; connect again",
+            )));
+        }
+        metrics::counter!("gateway_connections_total", "outcome" => "over_capacity").increment(1);
+        return Err(Box::new(json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "over_capacity",
+            "this gateway is full; try another",
+        )));
+    };
+    Ok(permit)
+}
+
+/// `GET /sse`: a Server-Sent Events stream (see [`crate::sse`]).
+async fn sse_stream(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    query: Result<Query<crate::sse::SseQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "the query must be rooms=, ticket= and last_event_id= (each at most once)",
+        );
+    };
+    let permit = match admit(&gateway).await {
+        Ok(permit) => permit,
+        Err(response) => return *response,
+    };
+    crate::sse::open(gateway.inner.clone(), permit, &headers, query).await
 }
 
 /// Upgrades `/ws` and hands the socket to a connection task.
@@ -275,29 +333,9 @@ async fn upgrade(State(gateway): State<Gateway>, request: Request) -> Response {
             "this endpoint speaks WebSocket only",
         );
     };
-    if gateway.inner.store.seems_down() && !shared::health::probe(gateway.inner.store.ping()).await
-    {
-        // Refused before the upgrade: the session check could not be made.
-        // While the database is up this costs nothing (a flag); while it
-        // seems down, one bounded ping per upgrade, which also notices
-        // that it is back.
-        metrics::counter!("gateway_connections_total", "outcome" => "unavailable").increment(1);
-        return unavailable("the database is unavailable; retry shortly");
-    }
-    let Ok(permit) = gateway.inner.slots.clone().try_acquire_owned() else {
-        if gateway.inner.slots.is_closed() {
-            // Draining: the client's retry goes through the load balancer,
-            // which by now sends it to another node.
-            metrics::counter!("gateway_connections_total", "outcome" => "shutting_down")
-                .increment(1);
-            return unavailable("this gateway is shutting down; connect again");
-        }
-        metrics::counter!("gateway_connections_total", "outcome" => "over_capacity").increment(1);
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "over_capacity",
-            "this gateway is full; try another",
-        );
+    let permit = match admit(&gateway).await {
+        Ok(permit) => permit,
+        Err(response) => return *response,
     };
     let (response, socket) = match incoming.upgrade() {
         Ok(pair) => pair,

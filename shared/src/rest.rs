@@ -59,6 +59,16 @@ pub struct TokenResponse {
     pub user: User,
 }
 
+/// `POST /v1/sse/tickets`: a single-use ticket for `GET /sse?ticket=`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SseTicket {
+    /// Good for one stream, until `expires_at`; the stream it opens ends
+    /// when the access token that asked for it expires (plus the gateway's
+    /// grace), like a WebSocket connection that is not refreshed.
+    pub ticket: String,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// One of the caller's sessions.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Session {

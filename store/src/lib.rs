@@ -26,6 +26,7 @@ mod markers;
 mod provision;
 mod rooms;
 mod sessions;
+mod tickets;
 mod users;
 
 pub use append::{MAX_BATCH, MessageAppender, QUEUE_CAPACITY};
@@ -35,6 +36,7 @@ pub use markers::{FLUSH_INTERVAL, MarkerChange, MarkerStats, MarkerUpdate, Marke
 pub use provision::{ProvisionError, ProvisionSpec, Provisioned, UNUSABLE_PASSWORD};
 pub use rooms::{AddMemberError, DirectRoom, Membership, RemoveMemberError};
 pub use sessions::{NewSession, RefreshOutcome, SessionRecord};
+pub use tickets::{NewTicket, TicketGrant};
 pub use users::{CreateUserError, NewUser, UserCredentials};
 
 use liveness::Liveness;

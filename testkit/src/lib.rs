@@ -13,10 +13,12 @@
 pub mod binary;
 mod db;
 mod services;
+mod sse;
 mod ws;
 
 pub use db::{TestDatabase, admin_url};
 pub use services::{PrivatePostgres, PrivateRedis, StopMode};
+pub use sse::{SseAuth, SseClient, SseMessage, SseNext};
 pub use ws::{FRAME_TIMEOUT, Received, WsClient};
 
 use api::PolicyArgs;
@@ -427,6 +429,23 @@ impl TestApp {
 
     pub fn gateway(&self, i: usize) -> &Gateway {
         &self.gateways[i % self.gateways.len()]
+    }
+
+    /// A single-use ticket for an SSE stream of `user`'s session.
+    pub async fn sse_ticket(&self, user: &TestUser) -> String {
+        let (status, body) = self
+            .post("/v1/sse/tickets", Some(&user.token), json!({}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "SSE ticket: {body}");
+        body["ticket"].as_str().expect("a ticket").to_owned()
+    }
+
+    /// An SSE stream of `user` from gateway `i`, opened with a new ticket.
+    pub async fn sse(&self, i: usize, user: &TestUser, query: &str) -> SseClient {
+        let ticket = self.sse_ticket(user).await;
+        SseClient::open(&self.gateway_http(i), query, SseAuth::Ticket(&ticket), None)
+            .await
+            .unwrap_or_else(|(status, body)| panic!("SSE stream refused: {status} {body}"))
     }
 
     /// An authenticated JSON WebSocket to gateway `i`.

@@ -22,4 +22,5 @@ mod resume;
 mod rooms;
 mod schema;
 mod single_node;
+mod sse;
 mod typing;
