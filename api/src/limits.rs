@@ -5,7 +5,7 @@ use crate::config::PolicyArgs;
 use crate::error::ApiError;
 use dashmap::DashMap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use shared::UserId;
+use shared::{ApiKeyId, UserId};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,8 @@ pub enum LoginKey {
 
 pub struct Limits {
     messages: DefaultKeyedRateLimiter<UserId>,
+    /// Server publishes per API key (every `/v1/server/...` request).
+    server_publishes: DefaultKeyedRateLimiter<ApiKeyId>,
     login_failures: DashMap<LoginKey, (u32, Instant)>,
     max_login_failures: u32,
 }
@@ -33,8 +35,14 @@ impl Limits {
     pub fn new(args: &PolicyArgs) -> Self {
         let per_second = NonZeroU32::new(args.messages_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(args.messages_burst).unwrap_or(per_second);
+        let publish_rate =
+            NonZeroU32::new(args.server_publish_per_second).unwrap_or(NonZeroU32::MIN);
+        let publish_burst = NonZeroU32::new(args.server_publish_burst).unwrap_or(publish_rate);
         Self {
             messages: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+            server_publishes: RateLimiter::keyed(
+                Quota::per_second(publish_rate).allow_burst(publish_burst),
+            ),
             login_failures: DashMap::new(),
             max_login_failures: args.login_failures_per_15min.max(1),
         }
@@ -47,6 +55,19 @@ impl Limits {
                 &governor::clock::DefaultClock::default(),
             ));
             tracing::warn!(target: "security", %user, "message rate limit hit");
+            ApiError::RateLimited {
+                retry_after_secs: wait.as_secs().max(1),
+            }
+        })
+    }
+
+    /// Takes one publish from API key `key`'s allowance.
+    pub fn check_server_publish(&self, key: ApiKeyId) -> Result<(), ApiError> {
+        self.server_publishes.check_key(&key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            tracing::warn!(target: "security", api_key_id = %key, "server publish rate limit hit");
             ApiError::RateLimited {
                 retry_after_secs: wait.as_secs().max(1),
             }
@@ -84,6 +105,7 @@ impl Limits {
     /// Forgets state that no longer limits anyone (called periodically).
     pub fn evict_stale(&self) {
         self.messages.retain_recent();
+        self.server_publishes.retain_recent();
         self.login_failures
             .retain(|_, (_, since)| since.elapsed() < LOGIN_FAILURE_WINDOW);
     }

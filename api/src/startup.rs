@@ -5,7 +5,7 @@ use crate::cors::CorsPolicy;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, Tokens};
-use crate::{admin, auth, health, messages, presence, rooms, users};
+use crate::{admin, auth, health, messages, presence, rooms, server, users};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -71,6 +71,7 @@ pub fn router(state: AppState, policy: &PolicyArgs, listen: IpAddr) -> Router {
                 .merge(messages::router())
                 .merge(users::router())
                 .merge(presence::router())
+                .merge(server::router())
                 .merge(admin_router),
         )
         .merge(health::router())
@@ -160,6 +161,14 @@ pub fn maintenance(state: AppState, shutdown: CancellationToken) -> tokio::task:
                     state.sessions.evict_stale();
                     state.tokens.evict_expired();
                     state.limits.evict_stale();
+                    // Every api node runs this; the deletes are idempotent
+                    // and cheap (an index range), so no node is singled out.
+                    let cutoff = shared::model::now_millis() - store::IDEMPOTENCY_TTL_MS;
+                    match state.store.delete_idempotency_before(cutoff).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(deleted = n, "expired idempotency records deleted"),
+                        Err(e) => tracing::warn!(error = %e, "deleting expired idempotency records failed"),
+                    }
                 }
             }
         }
