@@ -21,5 +21,6 @@ mod refresh;
 mod resume;
 mod rooms;
 mod schema;
+mod server_api;
 mod single_node;
 mod typing;
