@@ -42,6 +42,13 @@ pub struct PolicyArgs {
     /// Messages one user may post in a burst.
     #[arg(long, env = "PARLEY_RATE_MESSAGES_BURST", default_value_t = 50)]
     pub messages_burst: u32,
+    /// Server publishes (custom events and signals) one API key may make
+    /// per second (sustained), on each api node.
+    #[arg(long, env = "PARLEY_RATE_SERVER_PUBLISH_PER_SECOND", default_value_t = DEFAULT_SERVER_PUBLISH_PER_SECOND)]
+    pub server_publish_per_second: u32,
+    /// Server publishes one API key may make in a burst.
+    #[arg(long, env = "PARLEY_RATE_SERVER_PUBLISH_BURST", default_value_t = DEFAULT_SERVER_PUBLISH_BURST)]
+    pub server_publish_burst: u32,
     /// Take the client IP from `X-Forwarded-For`/`X-Real-IP`/`Forwarded`.
     /// Only set this behind a load balancer that overwrites those headers.
     #[arg(long, env = "PARLEY_TRUST_PROXY_HEADERS", default_value_t = false)]
@@ -83,6 +90,12 @@ fn parse_secret(s: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(s.to_owned()))
 }
 
+/// A backend pushing notifications for many users at once: five times a
+/// person's message rate, a custom event is a database write like a message.
+pub const DEFAULT_SERVER_PUBLISH_PER_SECOND: u32 = 100;
+/// Two seconds' worth, for a backend flushing a queue after a hiccup.
+pub const DEFAULT_SERVER_PUBLISH_BURST: u32 = 200;
+
 /// Shortest admin token accepted: long enough that guessing is hopeless
 /// even without the per-IP limit in front of it.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
@@ -94,6 +107,8 @@ impl Default for PolicyArgs {
             login_failures_per_15min: 10,
             messages_per_second: 20,
             messages_burst: 50,
+            server_publish_per_second: DEFAULT_SERVER_PUBLISH_PER_SECOND,
+            server_publish_burst: DEFAULT_SERVER_PUBLISH_BURST,
             trust_proxy_headers: false,
             cors_allow_origins: Vec::new(),
             migrate_on_start: true,

@@ -181,9 +181,125 @@ impl ClientMsgId {
     }
 }
 
+/// An application's event name (custom events and signals): two or more
+/// dot-separated parts of `a-z`, `0-9` and `_`, each starting with a letter,
+/// 3 to 64 characters in all. The first part is the application's
+/// namespace, so names never collide with Parley's own event kinds: those
+/// namespaces are refused.
+pub struct EventName(String);
+
+pub const MAX_EVENT_NAME_LEN: usize = 64;
+
+/// First parts of names that are, or may become, Parley's own event kinds
+/// and frame types.
+const RESERVED_NAMESPACES: &[&str] = &[
+    "room", "message", "member", "parley", "custom", "presence", "typing", "receipt", "signal",
+    "system",
+];
+
+impl EventName {
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        let part_ok = |p: &str| {
+            p.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        let mut parts = s.split('.');
+        let namespace = parts.next().unwrap_or_default();
+        let rest: Vec<&str> = parts.collect();
+        let ok = (3..=MAX_EVENT_NAME_LEN).contains(&s.len())
+            && part_ok(namespace)
+            && !rest.is_empty()
+            && rest.iter().all(|p| part_ok(p));
+        if !ok {
+            return Err(ApiError::validation(
+                "name",
+                "name must be 3 to 64 characters: a namespace and a name separated by dots \
+                 (acme.order_shipped), each part of a-z, 0-9 and _ starting with a letter",
+            ));
+        }
+        if RESERVED_NAMESPACES.contains(&namespace) {
+            return Err(ApiError::validation(
+                "name",
+                format!("the namespace `{namespace}.` is Parley's own; use your application's"),
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An `Idempotency-Key` header: 1 to 128 of `A-Z a-z 0-9 - _ . :` (a UUID fits).
+pub struct IdempotencyKey(String);
+
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+impl IdempotencyKey {
+    pub fn parse(s: &[u8]) -> Result<Self, ApiError> {
+        let ok = (1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&s.len())
+            && s.iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        match std::str::from_utf8(s) {
+            Ok(key) if ok => Ok(Self(key.to_owned())),
+            _ => Err(ApiError::validation(
+                "Idempotency-Key",
+                "the Idempotency-Key header must be 1 to 128 characters of A-Z, a-z, 0-9, -, _, . and :",
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_names_are_namespaced_dotted_words_outside_parleys_own() {
+        for ok in [
+            "acme.order_shipped",
+            "a.b",
+            "shop2.cart.item_added",
+            &format!("a.{}", "b".repeat(62)),
+        ] {
+            assert!(EventName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "acme",
+            "",
+            ".x",
+            "acme.",
+            "acme..x",
+            "Acme.x",
+            "acme.1x",
+            "acme.order-shipped",
+            "acme. x",
+            "ácme.x",
+            &format!("a.{}", "b".repeat(63)),
+            "room.created",
+            "message.deleted",
+            "member.added",
+            "parley.anything",
+        ] {
+            assert!(EventName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_are_bounded_tokens() {
+        assert!(IdempotencyKey::parse(b"0b8e2c5e-1f7a-4c3e-9d7a-3b2f1e0c9a8b").is_ok());
+        assert!(IdempotencyKey::parse(&[b'k'; 128]).is_ok());
+        assert!(IdempotencyKey::parse(&[b'k'; 129]).is_err());
+        assert!(IdempotencyKey::parse(b"").is_err());
+        assert!(IdempotencyKey::parse(b"has space").is_err());
+        assert!(IdempotencyKey::parse(&[0xff, b'a']).is_err());
+    }
 
     #[test]
     fn usernames_are_short_lowercase_words() {

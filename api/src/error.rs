@@ -72,6 +72,22 @@ pub enum ApiError {
     DirectRoom,
     #[error("users with this prefix exist already")]
     PrefixTaken,
+    #[error("this endpoint needs an `Authorization: Bearer pk_...` header with an API key")]
+    MissingApiKey,
+    #[error("the API key is not valid")]
+    InvalidApiKey,
+    #[error("the API key was revoked")]
+    ApiKeyRevoked,
+    #[error("the API key lacks the `{0}` scope")]
+    MissingScope(&'static str),
+    #[error("the API key may not publish into this room")]
+    RoomNotAllowed,
+    #[error("no such API key")]
+    ApiKeyNotFound,
+    #[error("this Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
+    #[error("the payload is over {max_bytes} bytes of compact JSON")]
+    EventPayloadTooLarge { max_bytes: usize },
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("a backing service is unavailable; retry shortly")]
@@ -106,13 +122,15 @@ impl ApiError {
             InvalidJson(_) | InvalidQuery(_) => StatusCode::BAD_REQUEST,
             Validation { .. } | InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            PayloadTooLarge | EventPayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             MissingToken | InvalidToken | TokenExpired | SessionRevoked | InvalidCredentials
-            | InvalidRefreshToken => StatusCode::UNAUTHORIZED,
-            Forbidden(_) => StatusCode::FORBIDDEN,
-            RoomNotFound | UserNotFound | SessionNotFound | MemberNotFound | NotFound => {
-                StatusCode::NOT_FOUND
+            | InvalidRefreshToken | MissingApiKey | InvalidApiKey | ApiKeyRevoked => {
+                StatusCode::UNAUTHORIZED
             }
+            Forbidden(_) | MissingScope(_) | RoomNotAllowed => StatusCode::FORBIDDEN,
+            RoomNotFound | UserNotFound | SessionNotFound | MemberNotFound | NotFound
+            | ApiKeyNotFound => StatusCode::NOT_FOUND,
+            IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             UsernameTaken | EmailTaken | AlreadyMember | IdempotencyConflict | OwnerCannotLeave
             | DirectRoom | PrefixTaken => StatusCode::CONFLICT,
@@ -150,6 +168,14 @@ impl ApiError {
         "owner_cannot_leave",
         "direct_room",
         "prefix_taken",
+        "missing_api_key",
+        "invalid_api_key",
+        "api_key_revoked",
+        "missing_scope",
+        "room_not_allowed",
+        "api_key_not_found",
+        "idempotency_key_reused",
+        "event_payload_too_large",
         "rate_limited",
         "unavailable",
         "internal",
@@ -185,6 +211,14 @@ impl ApiError {
             OwnerCannotLeave => "owner_cannot_leave",
             DirectRoom => "direct_room",
             PrefixTaken => "prefix_taken",
+            MissingApiKey => "missing_api_key",
+            InvalidApiKey => "invalid_api_key",
+            ApiKeyRevoked => "api_key_revoked",
+            MissingScope(_) => "missing_scope",
+            RoomNotAllowed => "room_not_allowed",
+            ApiKeyNotFound => "api_key_not_found",
+            IdempotencyKeyReused => "idempotency_key_reused",
+            EventPayloadTooLarge { .. } => "event_payload_too_large",
             RateLimited { .. } => "rate_limited",
             Unavailable(_) => "unavailable",
             Internal(_) => "internal",
@@ -257,6 +291,9 @@ mod tests {
             Forbidden(_) | RoomNotFound | UserNotFound | SessionNotFound | MemberNotFound => {}
             NotFound | MethodNotAllowed | UsernameTaken | EmailTaken | AlreadyMember => {}
             IdempotencyConflict | OwnerCannotLeave | DirectRoom | PrefixTaken => {}
+            MissingApiKey | InvalidApiKey | ApiKeyRevoked | MissingScope(_) => {}
+            RoomNotAllowed | ApiKeyNotFound | IdempotencyKeyReused => {}
+            EventPayloadTooLarge { .. } => {}
             RateLimited { .. } | Unavailable(_) | Internal(_) => {}
         }
     }
@@ -291,6 +328,14 @@ mod tests {
             OwnerCannotLeave,
             DirectRoom,
             PrefixTaken,
+            MissingApiKey,
+            InvalidApiKey,
+            ApiKeyRevoked,
+            MissingScope("x"),
+            RoomNotAllowed,
+            ApiKeyNotFound,
+            IdempotencyKeyReused,
+            EventPayloadTooLarge { max_bytes: 1 },
             RateLimited {
                 retry_after_secs: 1,
             },

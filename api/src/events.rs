@@ -10,10 +10,10 @@
 //! published as the bare frame, untouched ([`shared::trace_context`]).
 
 use broker::{DynBroker, Topic};
-use shared::UserId;
 use shared::model::RoomEvent;
-use shared::protocol::{Encoding, UserNotice, event_frame_json};
+use shared::protocol::{Encoding, ServerFrame, UserNotice, event_frame_json};
 use shared::trace_context;
+use shared::{RoomId, UserId};
 use std::time::Instant;
 
 #[derive(Clone)]
@@ -87,6 +87,44 @@ impl Events {
         }
     }
 
+    /// Publishes a backend's ephemeral signal to the connections that
+    /// joined `room` (gateways pass the frame on untouched). Unlike a room
+    /// event it is nowhere else, so a failed publish is the caller's error:
+    /// the backend retries.
+    pub async fn room_signal(
+        &self,
+        room: RoomId,
+        name: &str,
+        payload: &serde_json::Value,
+    ) -> Result<(), broker::BrokerError> {
+        let frame = ServerFrame::Signal {
+            room_id: Some(room),
+            user_id: None,
+            name: name.to_owned(),
+            payload: payload.clone(),
+        };
+        self.broker
+            .publish(Topic::Room(room), Encoding::Json.encode(&frame))
+            .await
+    }
+
+    /// Publishes a backend's ephemeral signal to every connection of
+    /// `user` (a failed publish is the caller's error, as for a room signal).
+    pub async fn user_signal(
+        &self,
+        user: UserId,
+        name: &str,
+        payload: &serde_json::Value,
+    ) -> Result<(), broker::BrokerError> {
+        let notice = UserNotice::Signal {
+            name: name.to_owned(),
+            payload: payload.clone(),
+        };
+        self.broker
+            .publish(Topic::User(user), Encoding::Json.encode(&notice))
+            .await
+    }
+
     /// Publishes a notice to every connection of `user`.
     pub async fn user_notice(&self, user: UserId, notice: &UserNotice) {
         if let Err(e) = self
@@ -104,7 +142,6 @@ impl Events {
 mod tests {
     use super::*;
     use broker::{Delivery, MemoryBroker};
-    use shared::RoomId;
     use shared::model::EventKind;
     use std::sync::Arc;
 

@@ -27,6 +27,14 @@ pub fn register(openapi: &OpenApi) {
         "Refresh tokens presented again after rotation (the session is revoked)"
     );
     describe_counter!("api_messages_posted_total", "Messages committed");
+    describe_counter!(
+        "api_server_events_published_total",
+        "Custom events committed through the server publish api"
+    );
+    describe_counter!(
+        "api_server_signals_published_total",
+        "Signals published through the server publish api, by target (room, user)"
+    );
     describe_histogram!(
         "api_publish_seconds",
         Unit::Seconds,
@@ -51,9 +59,13 @@ pub fn register(openapi: &OpenApi) {
         "api_signups_total",
         "api_refresh_reuse_total",
         "api_messages_posted_total",
+        "api_server_events_published_total",
         "api_publish_failures_total",
     ] {
         counter!(name).increment(0);
+    }
+    for to in ["room", "user"] {
+        counter!("api_server_signals_published_total", "to" => to).increment(0);
     }
     for outcome in ["ok", "failed"] {
         counter!("api_logins_total", "outcome" => outcome).increment(0);

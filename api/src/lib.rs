@@ -1,4 +1,5 @@
-//! Parley's REST api: accounts, sessions, rooms, membership, messages.
+//! Parley's REST api: accounts, sessions, rooms, membership, messages, and
+//! the server publish api for backends (API keys).
 //!
 //! Stateless: every node can serve every request. State lives in the store
 //! (PostgreSQL, or SQLite on a single node); every committed room event is
@@ -23,6 +24,7 @@ pub mod messages;
 pub mod openapi;
 pub mod presence;
 pub mod rooms;
+pub mod server;
 pub mod sse;
 pub mod startup;
 pub mod state;

@@ -5,7 +5,7 @@ use crate::config::PolicyArgs;
 use crate::error::ApiError;
 use dashmap::DashMap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use shared::UserId;
+use shared::{ApiKeyId, UserId};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,8 @@ const TICKET_BURST: u32 = 10;
 pub struct Limits {
     messages: DefaultKeyedRateLimiter<UserId>,
     tickets: DefaultKeyedRateLimiter<UserId>,
+    /// Server publishes per API key (every `/v1/server/...` request).
+    server_publishes: DefaultKeyedRateLimiter<ApiKeyId>,
     login_failures: DashMap<LoginKey, (u32, Instant)>,
     max_login_failures: u32,
 }
@@ -40,11 +42,17 @@ impl Limits {
     pub fn new(args: &PolicyArgs) -> Self {
         let per_second = NonZeroU32::new(args.messages_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(args.messages_burst).unwrap_or(per_second);
+        let publish_rate =
+            NonZeroU32::new(args.server_publish_per_second).unwrap_or(NonZeroU32::MIN);
+        let publish_burst = NonZeroU32::new(args.server_publish_burst).unwrap_or(publish_rate);
         Self {
             messages: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
             tickets: RateLimiter::keyed(
                 Quota::per_minute(NonZeroU32::new(TICKETS_PER_MINUTE).unwrap_or(NonZeroU32::MIN))
                     .allow_burst(NonZeroU32::new(TICKET_BURST).unwrap_or(NonZeroU32::MIN)),
+            ),
+            server_publishes: RateLimiter::keyed(
+                Quota::per_second(publish_rate).allow_burst(publish_burst),
             ),
             login_failures: DashMap::new(),
             max_login_failures: args.login_failures_per_15min.max(1),
@@ -59,6 +67,11 @@ impl Limits {
     /// Takes one SSE ticket from `user`'s allowance.
     pub fn check_ticket(&self, user: UserId) -> Result<(), ApiError> {
         check(&self.tickets, user, "SSE ticket")
+    }
+
+    /// Takes one publish from API key `key`'s allowance.
+    pub fn check_server_publish(&self, key: ApiKeyId) -> Result<(), ApiError> {
+        check(&self.server_publishes, key, "server publish")
     }
 
     /// Takes one attempt from `key`'s login budget before the password is
@@ -93,22 +106,23 @@ impl Limits {
     pub fn evict_stale(&self) {
         self.messages.retain_recent();
         self.tickets.retain_recent();
+        self.server_publishes.retain_recent();
         self.login_failures
             .retain(|_, (_, since)| since.elapsed() < LOGIN_FAILURE_WINDOW);
     }
 }
 
-/// Takes one from `user`'s allowance in `limiter`, or answers 429.
-fn check(
-    limiter: &DefaultKeyedRateLimiter<UserId>,
-    user: UserId,
-    what: &str,
-) -> Result<(), ApiError> {
-    limiter.check_key(&user).map_err(|not_until| {
+/// Takes one from `key`'s allowance in `limiter` (a user's, an API
+/// key's), or answers 429.
+fn check<K>(limiter: &DefaultKeyedRateLimiter<K>, key: K, what: &str) -> Result<(), ApiError>
+where
+    K: std::hash::Hash + Eq + Clone + std::fmt::Display,
+{
+    limiter.check_key(&key).map_err(|not_until| {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
         ));
-        tracing::warn!(target: "security", %user, "{what} rate limit hit");
+        tracing::warn!(target: "security", %key, "{what} rate limit hit");
         ApiError::RateLimited {
             retry_after_secs: wait.as_secs().max(1),
         }

@@ -34,6 +34,7 @@ use utoipa::{Modify, OpenApi, PartialSchema};
         (name = "presence", description = "Who is online and who is in a room"),
         (name = "sse", description = "Tickets for the gateways' Server-Sent Events streams"),
         (name = "health", description = "Probes"),
+        (name = "server", description = "The server publish api: backends publish custom events and signals with an API key"),
         (name = "admin", description = "Operator endpoints, enabled by PARLEY_ADMIN_TOKEN"),
     )
 )]
@@ -51,6 +52,16 @@ impl Modify for BearerAuth {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
                     .description(Some("An access token from login or refresh"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("pk_...")
+                    .description(Some("An API key from POST /v1/admin/api-keys"))
                     .build(),
             ),
         );

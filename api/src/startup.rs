@@ -5,7 +5,7 @@ use crate::cors::CorsPolicy;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, Tokens};
-use crate::{admin, auth, health, messages, presence, rooms, sse, users};
+use crate::{admin, auth, health, messages, presence, rooms, server, sse, users};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -72,6 +72,7 @@ pub fn router(state: AppState, policy: &PolicyArgs, listen: IpAddr) -> Router {
                 .merge(users::router())
                 .merge(presence::router())
                 .merge(sse::router())
+                .merge(server::router())
                 .merge(admin_router),
         )
         .merge(health::router())
@@ -161,10 +162,18 @@ pub fn maintenance(state: AppState, shutdown: CancellationToken) -> tokio::task:
                     state.sessions.evict_stale();
                     state.tokens.evict_expired();
                     state.limits.evict_stale();
+                    // Every api node runs this; the deletes are idempotent
+                    // and cheap (an index range), so no node is singled out.
                     match state.store.delete_expired_sse_tickets(shared::model::now_millis()).await {
                         Ok(0) => {}
                         Ok(n) => tracing::debug!(tickets = n, "deleted expired SSE tickets"),
                         Err(e) => tracing::warn!(error = %e, "deleting expired SSE tickets failed"),
+                    }
+                    let cutoff = shared::model::now_millis() - store::IDEMPOTENCY_TTL_MS;
+                    match state.store.delete_idempotency_before(cutoff).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(deleted = n, "expired idempotency records deleted"),
+                        Err(e) => tracing::warn!(error = %e, "deleting expired idempotency records failed"),
                     }
                 }
             }

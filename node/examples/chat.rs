@@ -259,6 +259,9 @@ impl Chat {
             EventKind::MemberRemoved { user_id } => {
                 println!("[{}] {who} removed {}", event.seq, self.name(*user_id))
             }
+            EventKind::Custom { name, payload } => {
+                println!("[{}] ({name} from {who}: {payload})", event.seq)
+            }
         }
     }
 

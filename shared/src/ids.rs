@@ -70,3 +70,35 @@ impl std::str::FromStr for SessionId {
         uuid::Uuid::parse_str(s).map(SessionId)
     }
 }
+
+/// An API key of the server publish api (not the key itself, which is
+/// secret and shown once): random, so ids say nothing about how many exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = String, format = Uuid)]
+pub struct ApiKeyId(pub uuid::Uuid);
+
+impl ApiKeyId {
+    pub fn new() -> Self {
+        ApiKeyId(uuid::Uuid::new_v4())
+    }
+}
+
+impl Default for ApiKeyId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for ApiKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for ApiKeyId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(ApiKeyId)
+    }
+}

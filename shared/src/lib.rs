@@ -14,4 +14,4 @@ pub mod system;
 pub mod telemetry;
 pub mod trace_context;
 
-pub use ids::{RoomId, SessionId, UserId};
+pub use ids::{ApiKeyId, RoomId, SessionId, UserId};

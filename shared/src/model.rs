@@ -161,7 +161,23 @@ pub enum EventKind {
     /// A user stopped being a member (removed by an admin, or left).
     #[serde(rename = "member.removed")]
     MemberRemoved { user_id: UserId },
+    /// An application's own event, published by a backend with an API key
+    /// (`POST /v1/server/rooms/{room_id}/events`): numbered and stored like
+    /// a message. `name` is the application's dotted name
+    /// (`acme.order_shipped`), never one of Parley's own kinds; `payload`
+    /// is any JSON value, at most [`MAX_CUSTOM_PAYLOAD_BYTES`] encoded. Its
+    /// `sender_id` is the API key's own account (docs/api.md).
+    #[serde(rename = "custom")]
+    Custom {
+        name: String,
+        payload: serde_json::Value,
+    },
 }
+
+/// Largest payload of a custom event or a signal, in bytes of compact JSON:
+/// a notification's worth of data, small enough that a room's history pages
+/// and every gateway's fan-out stay cheap (a message is at most 4000 characters).
+pub const MAX_CUSTOM_PAYLOAD_BYTES: usize = 16 * 1024;
 
 impl EventKind {
     /// The stable `kind` string of this event.
@@ -171,6 +187,7 @@ impl EventKind {
             EventKind::MessageCreated { .. } => "message.created",
             EventKind::MemberAdded { .. } => "member.added",
             EventKind::MemberRemoved { .. } => "member.removed",
+            EventKind::Custom { .. } => "custom",
         }
     }
 }
@@ -211,6 +228,23 @@ mod tests {
         assert_eq!(json["created_at"], "2023-11-14T22:13:20.123Z");
         let back: RoomEvent = serde_json::from_value(json).unwrap();
         assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn a_custom_event_carries_its_name_and_payload_beside_kind() {
+        let event = RoomEvent {
+            kind: EventKind::Custom {
+                name: "acme.order_shipped".into(),
+                payload: serde_json::json!({"order": 42, "items": ["a", "b"]}),
+            },
+            ..sample()
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["kind"], "custom");
+        assert_eq!(json["name"], "acme.order_shipped");
+        assert_eq!(json["payload"]["order"], 42);
+        let back: RoomEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back, event);
     }
 
     #[test]

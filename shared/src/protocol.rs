@@ -342,6 +342,19 @@ pub enum ServerFrame {
     /// The user's own read marker in a room moved (on another device, or
     /// this one): on every connection of the user, joined or not.
     ReadMarker { room_id: RoomId, read_seq: i64 },
+    /// An application's ephemeral event, published by a backend with an
+    /// API key: to every connection that joined `room_id` (a room signal),
+    /// or to every connection of `user_id`, joined or not (a user signal).
+    /// Exactly one of the two is present. Never stored, never numbered, not
+    /// in history; at most once, and lost if the connection was not there.
+    Signal {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room_id: Option<RoomId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_id: Option<UserId>,
+        name: String,
+        payload: serde_json::Value,
+    },
     /// The user was added to a room (join it to receive its events).
     RoomAdded { room_id: RoomId, role: Role },
     /// The user is no longer a member of a room.
@@ -426,6 +439,11 @@ pub enum UserNotice {
     ReadMarker {
         room_id: RoomId,
         read_seq: i64,
+    },
+    /// A backend's signal to the user: a `signal` frame on each connection.
+    Signal {
+        name: String,
+        payload: serde_json::Value,
     },
 }
 
@@ -663,6 +681,16 @@ mod tests {
         for enc in [Encoding::Json, Encoding::MsgPack] {
             for frame in [
                 event(),
+                ServerFrame::Event(RoomEvent {
+                    room_id: RoomId(2),
+                    seq: 10,
+                    sender_id: UserId(5),
+                    created_at: time_from_millis(1_700_000_000_000),
+                    kind: EventKind::Custom {
+                        name: "acme.order_shipped".into(),
+                        payload: serde_json::json!({"order": 42, "tags": ["x"], "nested": {"ok": true}}),
+                    },
+                }),
                 ServerFrame::Joined {
                     id: Some(3),
                     room_id: RoomId(1),
@@ -704,6 +732,18 @@ mod tests {
                     expires_at_ms: 1_764_489_901_000,
                 },
                 ServerFrame::Reconnect { after_ms: 734 },
+                ServerFrame::Signal {
+                    room_id: Some(RoomId(3)),
+                    user_id: None,
+                    name: "acme.cart_updated".into(),
+                    payload: serde_json::json!({"items": [1, 2], "total": 9.5, "note": null}),
+                },
+                ServerFrame::Signal {
+                    room_id: None,
+                    user_id: Some(UserId(4)),
+                    name: "acme.ping".into(),
+                    payload: serde_json::json!("just a string"),
+                },
                 ServerFrame::Error {
                     id: None,
                     code: ErrorCode::RoomNotFound,

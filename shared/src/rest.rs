@@ -4,7 +4,7 @@
 //! Rust (the load tester, the test harness) use exactly the types the server
 //! parses and produces.
 
-use crate::ids::{RoomId, SessionId, UserId};
+use crate::ids::{ApiKeyId, RoomId, SessionId, UserId};
 use crate::model::{Member, PublicUser, Role, Room, RoomEvent, User};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -293,4 +293,107 @@ pub struct UserPresence {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct PresenceList {
     pub users: Vec<UserPresence>,
+}
+
+/// What an API key may do.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+pub enum ApiScope {
+    /// Publish custom events and signals into rooms (`/v1/server/rooms/...`).
+    #[serde(rename = "rooms:publish")]
+    RoomsPublish,
+    /// Publish signals to users (`/v1/server/users/...`).
+    #[serde(rename = "users:publish")]
+    UsersPublish,
+}
+
+impl ApiScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiScope::RoomsPublish => "rooms:publish",
+            ApiScope::UsersPublish => "users:publish",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ApiScope> {
+        match s {
+            "rooms:publish" => Some(ApiScope::RoomsPublish),
+            "users:publish" => Some(ApiScope::UsersPublish),
+            _ => None,
+        }
+    }
+}
+
+/// `POST /v1/admin/api-keys` (admin token only).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKeyRequest {
+    /// What the key is for (1 to 100 characters), for people reading the list.
+    #[schema(min_length = 1, max_length = 100)]
+    pub name: String,
+    /// At least one.
+    #[schema(min_items = 1)]
+    pub scopes: Vec<ApiScope>,
+    /// When given, the key may publish into these rooms only (1 to 1000
+    /// existing rooms). Absent: any room.
+    #[serde(default)]
+    #[schema(min_items = 1, max_items = 1000)]
+    pub room_ids: Option<Vec<RoomId>>,
+}
+
+/// An API key as admins see it (never the key itself).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyInfo {
+    pub id: ApiKeyId,
+    pub name: String,
+    pub scopes: Vec<ApiScope>,
+    /// The rooms the key is restricted to; absent: any room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_ids: Option<Vec<RoomId>>,
+    /// The key's own account: the `sender_id` of the custom events it publishes.
+    pub user_id: UserId,
+    pub created_at: DateTime<Utc>,
+    /// When the key was last used (to the minute); absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// When the key was revoked; absent: it is live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// The answer to `POST /v1/admin/api-keys`: the only time the key is shown.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreatedApiKey {
+    /// `pk_` and 43 characters (32 random bytes, base64url): send it as
+    /// `Authorization: Bearer pk_...`. Only its hash is kept; it cannot be shown again.
+    pub key: String,
+    #[serde(flatten)]
+    pub info: ApiKeyInfo,
+}
+
+/// `GET /v1/admin/api-keys`: every key, revoked ones too, newest first.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyList {
+    pub api_keys: Vec<ApiKeyInfo>,
+}
+
+/// `POST /v1/server/rooms/{room_id}/events`, `.../signals` and
+/// `POST /v1/server/users/{user_id}/signals`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// The application's event name: two or more dot-separated parts of
+    /// `a-z`, `0-9` and `_`, each starting with a letter, at most 64
+    /// characters (`acme.order_shipped`). Parley's own prefixes (`room.`,
+    /// `message.`, `member.`, `parley.` ...) are refused.
+    #[schema(
+        pattern = "^[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*)+$",
+        min_length = 3,
+        max_length = 64
+    )]
+    pub name: String,
+    /// Any JSON value, at most 16 KiB as compact JSON (default `null`).
+    #[serde(default)]
+    pub payload: serde_json::Value,
 }

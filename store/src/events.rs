@@ -55,8 +55,8 @@ pub enum PostOutcome {
 macro_rules! select_events {
     ($rest:literal) => {
         concat!(
-            "SELECT room_id, seq, kind, sender_id, body, client_msg_id, target_user_id, role, room_name, created_at \
-             FROM room_events ",
+            "SELECT room_id, seq, kind, sender_id, body, client_msg_id, target_user_id, role, room_name, \
+             event_name, payload, created_at FROM room_events ",
             $rest
         )
     };
@@ -94,6 +94,20 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<RoomEvent> {
                 .try_get::<Option<String>, _>("room_name")?
                 .unwrap_or_default(),
         },
+        "custom" => {
+            let payload: Option<String> = row.try_get("payload")?;
+            EventKind::Custom {
+                name: row
+                    .try_get::<Option<String>, _>("event_name")?
+                    .unwrap_or_default(),
+                payload: match payload {
+                    Some(json) => serde_json::from_str(&json).map_err(|_| {
+                        StoreError::Corrupt("a custom payload that is not JSON".into())
+                    })?,
+                    None => serde_json::Value::Null,
+                },
+            }
+        }
         other => return Err(StoreError::Corrupt(format!("event kind {other:?}"))),
     };
     Ok(RoomEvent {
@@ -126,6 +140,7 @@ pub(crate) async fn insert_event(
 ) -> Result<(), sqlx::Error> {
     let (mut body, mut client_msg_id, mut target, mut role, mut room_name) =
         (None, None, None, None, None);
+    let (mut event_name, mut payload) = (None, None);
     match &event.kind {
         EventKind::MessageCreated {
             body: b,
@@ -140,10 +155,14 @@ pub(crate) async fn insert_event(
         }
         EventKind::MemberRemoved { user_id } => target = Some(user_id.0),
         EventKind::RoomCreated { name } => room_name = Some(name.as_str()),
+        EventKind::Custom { name, payload: p } => {
+            event_name = Some(name.as_str());
+            payload = Some(serde_json::to_string(p).map_err(|e| sqlx::Error::Encode(e.into()))?);
+        }
     }
     sqlx::query(
-        "INSERT INTO room_events (room_id, seq, kind, sender_id, body, client_msg_id, target_user_id, role, room_name, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO room_events (room_id, seq, kind, sender_id, body, client_msg_id, target_user_id, role, room_name, \
+         event_name, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(event.room_id.0)
     .bind(event.seq)
@@ -154,6 +173,8 @@ pub(crate) async fn insert_event(
     .bind(target)
     .bind(role)
     .bind(room_name)
+    .bind(event_name)
+    .bind(payload)
     .bind(event.created_at.timestamp_millis())
     .execute(&mut *conn)
     .await?;

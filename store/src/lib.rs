@@ -17,6 +17,7 @@
 //!
 //! All times are stored as milliseconds since the Unix epoch.
 
+mod api_keys;
 mod append;
 mod error;
 #[macro_use]
@@ -29,6 +30,10 @@ mod sessions;
 mod tickets;
 mod users;
 
+pub use api_keys::{
+    ApiKeyRecord, CreateApiKeyError, CustomOutcome, IDEMPOTENCY_TTL_MS, Idempotency, NewApiKey,
+    NewCustomEvent,
+};
 pub use append::{MAX_BATCH, MessageAppender, QUEUE_CAPACITY};
 pub use error::StoreError;
 pub use events::{MAX_HISTORY_PAGE, NewMessage, PostOutcome};

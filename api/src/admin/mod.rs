@@ -1,5 +1,7 @@
 //! Admin-only endpoints, present only when `PARLEY_ADMIN_TOKEN` is set.
 
+mod api_keys;
+
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::state::AppState;
@@ -21,7 +23,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(provision))
+    OpenApiRouter::new()
+        .routes(routes!(provision))
+        .routes(routes!(api_keys::create_api_key, api_keys::list_api_keys))
+        .routes(routes!(api_keys::revoke_api_key))
 }
 
 /// Bounds of one provisioning request (a bigger test makes several).

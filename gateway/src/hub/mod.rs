@@ -412,6 +412,12 @@ impl Hub {
             UserNotice::ReadMarker { room_id, read_seq } => {
                 ServerFrame::ReadMarker { room_id, read_seq }
             }
+            UserNotice::Signal { name, payload } => ServerFrame::Signal {
+                room_id: None,
+                user_id: Some(user),
+                name,
+                payload,
+            },
             UserNotice::SessionRevoked { session_id } => {
                 for conn in conns.iter().filter(|c| c.session_id == session_id) {
                     // A logout: the user's presence ends at once, not after the grace.

@@ -162,7 +162,8 @@ pub(crate) enum ShardCmd {
 }
 
 /// What a shard needs to know of a delivered payload to route it: a room
-/// event (`type` "event", numbered) or an ephemeral `typing` frame.
+/// event (`type` "event", numbered) or an ephemeral frame (`typing`,
+/// `receipt`, `presence`, `signal`).
 #[derive(Deserialize)]
 struct Header<'a> {
     #[serde(rename = "type", borrow)]
@@ -203,6 +204,8 @@ enum Payload {
         version: i64,
         json: Bytes,
     },
+    /// A backend's signal: ephemeral, to every local member.
+    Signal(Bytes),
 }
 
 impl Payload {
@@ -219,6 +222,9 @@ impl Payload {
         if header.frame == "receipt" {
             let user = header.user_id?;
             return Some(Payload::Receipt { user, json });
+        }
+        if header.frame == "signal" {
+            return Some(Payload::Signal(json));
         }
         if header.frame == "presence" {
             let (user, version) = (header.user_id?, header.version);
@@ -265,7 +271,10 @@ impl Incoming {
     fn parse(json: Bytes) -> Option<(i64, Incoming)> {
         match Payload::parse(json)? {
             Payload::Event(seq, incoming) => Some((seq, incoming)),
-            Payload::Typing { .. } | Payload::Receipt { .. } | Payload::Presence { .. } => None,
+            Payload::Typing { .. }
+            | Payload::Receipt { .. }
+            | Payload::Presence { .. }
+            | Payload::Signal(_) => None,
         }
     }
 
@@ -667,11 +676,21 @@ impl Shard {
     /// Writes an ephemeral frame (no `seq`) to the room's local members
     /// other than `user`'s own connections.
     fn ephemeral(&mut self, room: RoomId, user: UserId, json: Bytes) {
+        self.ephemeral_to(room, Some(user), json);
+    }
+
+    /// Writes a backend's signal to every local member of the room: it has
+    /// no sender among them.
+    fn signal(&mut self, room: RoomId, json: Bytes) {
+        self.ephemeral_to(room, None, json);
+    }
+
+    fn ephemeral_to(&mut self, room: RoomId, except: Option<UserId>, json: Bytes) {
         let Some(state) = self.rooms.get_mut(&room) else {
             return;
         };
         let mut msgpack: Option<Option<Bytes>> = None;
-        for conn in state.members.iter().filter(|c| c.user_id != user) {
+        for conn in state.members.iter().filter(|c| Some(c.user_id) != except) {
             let bytes = match conn.encoding {
                 Encoding::Json => &json,
                 Encoding::MsgPack => match msgpack.get_or_insert_with(|| to_msgpack(&json)) {
@@ -963,6 +982,7 @@ impl Shard {
                 return self.typing_delivered(room, user, active, json);
             }
             Some(Payload::Receipt { user, json }) => return self.ephemeral(room, user, json),
+            Some(Payload::Signal(json)) => return self.signal(room, json),
             Some(Payload::Presence {
                 user,
                 version,

@@ -21,6 +21,7 @@ mod refresh;
 mod resume;
 mod rooms;
 mod schema;
+mod server_api;
 mod single_node;
 mod sse;
 mod typing;
