@@ -3,8 +3,11 @@
 //! an in-process gateway that takes them over, on PostgreSQL and Redis.
 
 use futures::StreamExt;
+use shared::RoomId;
 use shared::protocol::{Encoding, ServerFrame, close};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use testkit::binary::Binary;
 use testkit::{Mode, Options, TestApp, TestUser, WsClient, eventually};
@@ -20,20 +23,46 @@ const DRAIN_PERIOD: Duration = Duration::from_secs(10);
 /// hears something within testkit's frame timeout.
 const HEARTBEAT: Duration = Duration::from_secs(2);
 
+/// Every this many connections one is in the busy room, where messages
+/// are posted throughout the drain: those check that nothing is lost.
+const READER_EVERY: usize = 20;
+/// The pause between posts to the busy room.
+const POST_EVERY: Duration = Duration::from_millis(50);
+
 /// What one client saw of the drain.
 struct Seen {
     /// The `reconnect` hint arrived.
     hinted: Instant,
     /// Ready again, on the other gateway.
     back: Instant,
+    /// For a reader of the busy room: the seqs it got before the close
+    /// (after the `start` it joined at).
+    events: Vec<i64>,
+}
+
+/// A reader's room and the seq its first `joined` answered.
+#[derive(Clone, Copy)]
+struct Reading {
+    room: RoomId,
+    start: i64,
 }
 
 /// One client of the stopping gateway: it waits for the hint and the close,
-/// waits as told, and reconnects to `other`.
-async fn ride_out(mut ws: WsClient, other: String, user: TestUser) -> (Seen, WsClient) {
-    let after_ms = match ws.frame().await {
-        ServerFrame::Reconnect { after_ms } => after_ms,
-        other => panic!("expected reconnect, got {other:?}"),
+/// waits as told, and reconnects to `other` (a reader resumes its room
+/// from the last seq it got).
+async fn ride_out(
+    mut ws: WsClient,
+    other: String,
+    user: TestUser,
+    reading: Option<Reading>,
+) -> (Seen, WsClient) {
+    let mut events = Vec::new();
+    let after_ms = loop {
+        match ws.frame().await {
+            ServerFrame::Reconnect { after_ms } => break after_ms,
+            ServerFrame::Event(event) if reading.is_some() => events.push(event.seq),
+            other => panic!("expected reconnect, got {other:?}"),
+        }
     };
     let hinted = Instant::now();
     assert!(
@@ -44,9 +73,31 @@ async fn ride_out(mut ws: WsClient, other: String, user: TestUser) -> (Seen, WsC
     // The client does what the hint says: this is its behaviour under
     // test, not a wait for anything in the system.
     tokio::time::sleep(Duration::from_millis(after_ms)).await;
-    let ws = WsClient::authenticated(&other, &user.token, Encoding::Json).await;
+    let mut ws = WsClient::authenticated(&other, &user.token, Encoding::Json).await;
     let back = Instant::now();
-    (Seen { hinted, back }, ws)
+    if let Some(r) = reading {
+        let last = events.last().copied().unwrap_or(r.start);
+        let (seq, resume) = ws.join_since(r.room, last).await.expect("resumed");
+        assert_eq!((seq, resume.map(|r| r.complete)), (last, Some(true)));
+    }
+    (
+        Seen {
+            hinted,
+            back,
+            events,
+        },
+        ws,
+    )
+}
+
+/// A reader's events after its resume, up to `end`.
+async fn read_until(ws: &mut WsClient, end: i64, mut events: Vec<i64>) -> Vec<i64> {
+    while events.last().copied().unwrap_or(0) < end {
+        if let ServerFrame::Event(event) = ws.frame().await {
+            events.push(event.seq);
+        }
+    }
+    events
 }
 
 /// The most instants in any window of `window` (sorted input).
@@ -72,14 +123,16 @@ async fn readyz(http: &reqwest::Client, addr: &str) -> Option<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigterm_drains_thousands_of_connections_to_another_gateway_at_the_stated_rate() {
-    let app = TestApp::spawn_with(
-        Mode::Cluster,
-        Options {
-            gateways: 1,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = Arc::new(
+        TestApp::spawn_with(
+            Mode::Cluster,
+            Options {
+                gateways: 1,
+                ..Options::default()
+            },
+        )
+        .await,
+    );
     let process = Binary::start(
         Path::new(env!("CARGO_BIN_EXE_parley-gateway")),
         &[
@@ -107,24 +160,55 @@ async fn a_sigterm_drains_thousands_of_connections_to_another_gateway_at_the_sta
     for i in 0..USERS {
         users.push(app.user(&format!("user{i}")).await);
     }
-    let clients: Vec<(WsClient, TestUser)> = futures::stream::iter(0..CONNECTIONS)
+    let busy = app.create_room(&users[0], "busy").await;
+    for user in &users[1..] {
+        app.add_member(&users[0], busy, user).await;
+    }
+    let clients: Vec<(WsClient, TestUser, Option<Reading>)> = futures::stream::iter(0..CONNECTIONS)
         .map(|i| {
             let user = users[i % USERS].clone();
             let url = stopping.clone();
             async move {
-                let ws = WsClient::authenticated(&url, &user.token, Encoding::Json).await;
-                (ws, user)
+                let mut ws = WsClient::authenticated(&url, &user.token, Encoding::Json).await;
+                let mut reading = None;
+                if i % READER_EVERY == 0 {
+                    let start = ws.join(busy).await.expect("a member may join");
+                    reading = Some(Reading { room: busy, start });
+                }
+                (ws, user, reading)
             }
         })
         .buffer_unordered(64)
         .collect()
         .await;
+    // Messages flow through the whole drain, until every client is back.
+    let all_back = Arc::new(AtomicBool::new(false));
+    let poster = {
+        let app = app.clone();
+        let user = users[0].clone();
+        let all_back = all_back.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            let mut i = 0;
+            while !all_back.load(Ordering::SeqCst) {
+                last = app.send_message(&user, busy, &format!("m{i}")).await.seq;
+                i += 1;
+                // The posting rate of the test, not a wait for anything.
+                tokio::time::sleep(POST_EVERY).await;
+            }
+            last
+        })
+    };
     let http = reqwest::Client::new();
     assert_eq!(readyz(&http, &process.listen_addr).await, Some(200));
 
     let riders: Vec<_> = clients
         .into_iter()
-        .map(|(ws, user)| tokio::spawn(ride_out(ws, other.clone(), user)))
+        .map(|(ws, user, reading)| {
+            let started = reading;
+            let ride = tokio::spawn(ride_out(ws, other.clone(), user, reading));
+            (ride, started)
+        })
         .collect();
     let addr = process.listen_addr.clone();
     let red = tokio::spawn(async move {
@@ -139,11 +223,17 @@ async fn a_sigterm_drains_thousands_of_connections_to_another_gateway_at_the_sta
     process.signal("TERM");
     let mut seen = Vec::new();
     let mut back = Vec::new();
-    for rider in riders {
-        let (s, ws) = rider.await.expect("a client rode the drain out");
+    let mut readers = Vec::new();
+    for (rider, reading) in riders {
+        let (mut s, ws) = rider.await.expect("a client rode the drain out");
+        if let Some(r) = reading {
+            readers.push((std::mem::take(&mut s.events), r.start, back.len()));
+        }
         seen.push(s);
         back.push(ws);
     }
+    all_back.store(true, Ordering::SeqCst);
+    let end = poster.await.expect("posting");
     let red = red.await.expect("the readiness poller");
     process.exited().await;
 
@@ -190,6 +280,22 @@ async fn a_sigterm_drains_thousands_of_connections_to_another_gateway_at_the_sta
         per_second <= bound,
         "{per_second} reconnects in one second, bound {bound}"
     );
+    // The readers lost nothing: every message posted during the drain
+    // arrived once, in order, across the close and the resume.
+    let reader_count = readers.len();
+    for (events, start, i) in readers {
+        let events = read_until(&mut back[i], end, events).await;
+        assert_eq!(
+            events,
+            (start + 1..=end).collect::<Vec<_>>(),
+            "reader {i}: every event once, in order"
+        );
+    }
+    println!(
+        "{reader_count} readers resumed with every one of the messages posted through the drain"
+    );
     drop(back);
-    app.stop().await;
+    if let Ok(app) = Arc::try_unwrap(app) {
+        app.stop().await;
+    }
 }
