@@ -19,6 +19,7 @@ both_modes!(
     revoking_the_session_ends_the_stream,
     a_stream_ends_with_4002_when_its_token_expires,
     bad_requests_get_clear_errors,
+    a_draining_gateway_tells_streams_when_to_retry_and_ends_them,
 );
 
 /// The next `event` frame, skipping others (joined, typing, ...).
@@ -353,5 +354,34 @@ async fn bad_requests_get_clear_errors(mode: Mode) {
             break;
         }
     }
+    app.stop().await;
+}
+
+async fn a_draining_gateway_tells_streams_when_to_retry_and_ends_them(mode: Mode) {
+    let mut options = Options::default();
+    options.ws.drain_delay = Duration::ZERO;
+    options.ws.drain_period = Duration::from_millis(200);
+    let app = TestApp::spawn_with(mode, options).await;
+    let alice = app.user("alice").await;
+    let room = app.create_room(&alice, "room").await;
+    let mut sse = app.sse(1, &alice, &format!("rooms={}", room.0)).await;
+    while !matches!(sse.frame().await, ServerFrame::Joined { .. }) {}
+    let gateway = app.gateway(1).clone();
+    let draining = tokio::spawn(async move { gateway.shutdown().await });
+    // The `reconnect` message sets `retry:` to its delay; then the close.
+    let reconnect = loop {
+        let message = sse.message().await.expect("the reconnect message");
+        if message.data.contains("\"reconnect\"") {
+            break message;
+        }
+    };
+    let frame: ServerFrame = serde_json::from_str(&reconnect.data).expect("a frame");
+    let ServerFrame::Reconnect { after_ms } = frame else {
+        panic!("{frame:?}")
+    };
+    assert_eq!(reconnect.retry, Some(after_ms));
+    assert_eq!(sse.closed().await, Some(close::GOING_AWAY));
+    assert!(matches!(sse.next().await, SseNext::End));
+    draining.await.expect("drained");
     app.stop().await;
 }
