@@ -81,6 +81,9 @@ pub struct PolicyArgs {
     /// member reads (the same setting as the gateway's).
     #[arg(long = "api-receipt-room-limit", id = "api_receipt_room_limit", env = "PARLEY_RECEIPT_ROOM_LIMIT", default_value_t = shared::protocol::DEFAULT_RECEIPT_ROOM_LIMIT)]
     pub receipt_room_limit: i64,
+    /// How long security events (the audit log) are kept.
+    #[arg(long, env = "PARLEY_AUDIT_RETENTION", default_value = "180d", value_parser = shared::config::parse_duration)]
+    pub audit_retention: std::time::Duration,
 }
 
 fn parse_secret(s: &str) -> Result<SecretString, String> {
@@ -95,6 +98,10 @@ fn parse_secret(s: &str) -> Result<SecretString, String> {
 pub const DEFAULT_SERVER_PUBLISH_PER_SECOND: u32 = 100;
 /// Two seconds' worth, for a backend flushing a queue after a hiccup.
 pub const DEFAULT_SERVER_PUBLISH_BURST: u32 = 200;
+
+/// 180 days: long enough to investigate an incident noticed late.
+pub const DEFAULT_AUDIT_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(180 * 24 * 3600);
 
 /// Shortest admin token accepted: long enough that guessing is hopeless
 /// even without the per-IP limit in front of it.
@@ -115,6 +122,7 @@ impl Default for PolicyArgs {
             admin_token: None,
             commit_interval: std::time::Duration::from_millis(2),
             receipt_room_limit: shared::protocol::DEFAULT_RECEIPT_ROOM_LIMIT,
+            audit_retention: DEFAULT_AUDIT_RETENTION,
         }
     }
 }

@@ -26,6 +26,11 @@ pub fn register(openapi: &OpenApi) {
         "api_refresh_reuse_total",
         "Refresh tokens presented again after rotation (the session is revoked)"
     );
+    describe_counter!(
+        "api_audit_failures_total",
+        "Security events that could not be stored in the audit log (they are still logged)"
+    );
+    counter!("api_audit_failures_total").increment(0);
     describe_counter!("api_messages_posted_total", "Messages committed");
     describe_counter!(
         "api_server_events_published_total",

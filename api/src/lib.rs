@@ -10,6 +10,7 @@
 //! is the standalone service.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod cors;

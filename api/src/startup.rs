@@ -5,7 +5,7 @@ use crate::cors::CorsPolicy;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, Tokens};
-use crate::{admin, auth, health, messages, presence, rooms, server, sse, users};
+use crate::{admin, audit, auth, health, messages, presence, rooms, server, sse, users};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -62,7 +62,7 @@ pub fn router(state: AppState, policy: &PolicyArgs, listen: IpAddr) -> Router {
 
     // Provisioning bodies are small but answers carry a token per user; the
     // request limit is the api's default.
-    let admin_router = admin::router();
+    let admin_router = admin::router().merge(audit::admin_router());
     let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/v1/auth", credentials.merge(auth::session_router()))
         .nest(
@@ -70,6 +70,7 @@ pub fn router(state: AppState, policy: &PolicyArgs, listen: IpAddr) -> Router {
             rooms::router()
                 .merge(messages::router())
                 .merge(users::router())
+                .merge(audit::user_router())
                 .merge(presence::router())
                 .merge(sse::router())
                 .merge(server::router())
@@ -164,6 +165,12 @@ pub fn maintenance(state: AppState, shutdown: CancellationToken) -> tokio::task:
                     state.limits.evict_stale();
                     // Every api node runs this; the deletes are idempotent
                     // and cheap (an index range), so no node is singled out.
+                    let retention = i64::try_from(state.audit_retention.as_millis()).unwrap_or(i64::MAX);
+                    match state.store.delete_security_events_before(shared::model::now_millis().saturating_sub(retention)).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(deleted = n, "security events past their retention deleted"),
+                        Err(e) => tracing::warn!(error = %e, "deleting old security events failed"),
+                    }
                     match state.store.delete_expired_sse_tickets(shared::model::now_millis()).await {
                         Ok(0) => {}
                         Ok(n) => tracing::debug!(tickets = n, "deleted expired SSE tickets"),

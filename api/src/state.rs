@@ -27,6 +27,10 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Enables `/v1/admin/...` when set.
     pub admin_token: Option<secrecy::SecretString>,
+    /// The client address of a request is the forwarded one (audit log).
+    pub trust_proxy_headers: bool,
+    /// Security events older than this are deleted.
+    pub audit_retention: Duration,
 }
 
 /// Signing and verifying access tokens; minting refresh tokens.
@@ -137,6 +141,8 @@ impl AppState {
             passwords: Arc::new(Passwords::new()),
             limits: Arc::new(Limits::new(limits)),
             admin_token: limits.admin_token.clone(),
+            trust_proxy_headers: limits.trust_proxy_headers,
+            audit_retention: limits.audit_retention,
         }
     }
 }

@@ -397,3 +397,103 @@ pub struct PublishRequest {
     #[serde(default)]
     pub payload: serde_json::Value,
 }
+
+/// What happened, in the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityEventKind {
+    /// An account was created.
+    Signup,
+    /// A login succeeded (`detail.session_id`).
+    Login,
+    /// A login failed: wrong password, or (no `user_id`) no such account
+    /// (`detail.login`: the name tried).
+    LoginFailed,
+    /// A login was refused before the password was checked: too many
+    /// failures on the account (or the name) recently.
+    LoginThrottled,
+    /// The session of the request ended (`detail.session_id`).
+    Logout,
+    /// One of the user's sessions was revoked by the user (`detail.session_id`).
+    SessionRevoked,
+    /// A refresh token was presented a second time: it leaked, and its
+    /// session was revoked (`detail.session_id`).
+    RefreshTokenReused,
+    /// An admin created an API key (`detail.api_key_id`, `detail.name`).
+    ApiKeyCreated,
+    /// An admin revoked an API key (`detail.api_key_id`).
+    ApiKeyRevoked,
+    /// An admin provisioned load-test accounts and rooms (`detail.prefix`).
+    Provisioned,
+}
+
+impl SecurityEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Signup => "signup",
+            Self::Login => "login",
+            Self::LoginFailed => "login_failed",
+            Self::LoginThrottled => "login_throttled",
+            Self::Logout => "logout",
+            Self::SessionRevoked => "session_revoked",
+            Self::RefreshTokenReused => "refresh_token_reused",
+            Self::ApiKeyCreated => "api_key_created",
+            Self::ApiKeyRevoked => "api_key_revoked",
+            Self::Provisioned => "provisioned",
+        }
+    }
+}
+
+/// One entry of the audit log.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SecurityEvent {
+    pub id: i64,
+    /// The account concerned (absent for a failed login naming no account
+    /// and for admin actions).
+    pub user_id: Option<UserId>,
+    /// A `SecurityEventKind` (unknown values may appear in later versions).
+    pub kind: String,
+    pub created_at: DateTime<Utc>,
+    /// The client's address as the api saw it (the forwarded one behind a
+    /// trusted proxy).
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// What else identifies the event (see the kinds).
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+/// A page of the audit log, newest first.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SecurityEventPage {
+    pub events: Vec<SecurityEvent>,
+    /// Pass as `before_id` for the next (older) page; absent on the last page.
+    pub next_before_id: Option<i64>,
+}
+
+/// Query of `GET /v1/users/me/security-events`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SecurityEventsQuery {
+    /// Only events with a smaller `id` (default: from the newest).
+    #[param(minimum = 1)]
+    pub before_id: Option<i64>,
+    /// Page size, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u32>,
+}
+
+/// Query of `GET /v1/admin/security-events`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AdminSecurityEventsQuery {
+    /// Only the events of this account (default: everyone's).
+    #[param(minimum = 1)]
+    pub user_id: Option<i64>,
+    /// Only events with a smaller `id` (default: from the newest).
+    #[param(minimum = 1)]
+    pub before_id: Option<i64>,
+    /// Page size, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u32>,
+}

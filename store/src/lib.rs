@@ -19,6 +19,7 @@
 
 mod api_keys;
 mod append;
+mod audit;
 mod error;
 #[macro_use]
 mod events;
@@ -35,6 +36,7 @@ pub use api_keys::{
     NewCustomEvent,
 };
 pub use append::{MAX_BATCH, MessageAppender, QUEUE_CAPACITY};
+pub use audit::{NewSecurityEvent, SecurityEventRecord};
 pub use error::StoreError;
 pub use events::{MAX_HISTORY_PAGE, NewMessage, PostOutcome};
 pub use markers::{FLUSH_INTERVAL, MarkerChange, MarkerStats, MarkerUpdate, MarkerWriter};

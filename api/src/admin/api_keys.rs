@@ -2,6 +2,7 @@
 //! says how they are checked).
 
 use super::Admin;
+use crate::audit::{self, ClientMeta};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
 use crate::server::key;
@@ -11,7 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use shared::ApiKeyId;
 use shared::model::now_millis;
-use shared::rest::{ApiKeyList, CreateApiKeyRequest, CreatedApiKey, ErrorBody};
+use shared::rest::{ApiKeyList, CreateApiKeyRequest, CreatedApiKey, ErrorBody, SecurityEventKind};
 use store::{CreateApiKeyError, NewApiKey};
 
 /// Most rooms one key may be restricted to: a key for more is a key for any room.
@@ -32,6 +33,7 @@ const MAX_KEY_NAME_CHARS: usize = 100;
 pub async fn create_api_key(
     State(state): State<AppState>,
     _admin: Admin,
+    meta: ClientMeta,
     ApiJson(req): ApiJson<CreateApiKeyRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
     let name = req.name.trim();
@@ -87,6 +89,14 @@ pub async fn create_api_key(
         })?;
     tracing::info!(target: "security", api_key_id = %created.info.id, name = %created.info.name,
         scopes = ?created.info.scopes, "API key created");
+    audit::record(
+        &state,
+        SecurityEventKind::ApiKeyCreated,
+        None,
+        &meta,
+        serde_json::json!({"api_key_id": created.info.id, "name": created.info.name}),
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
         Json(CreatedApiKey {
@@ -128,11 +138,20 @@ pub async fn list_api_keys(
 pub async fn revoke_api_key(
     State(state): State<AppState>,
     _admin: Admin,
+    meta: ClientMeta,
     ApiPath(key_id): ApiPath<ApiKeyId>,
 ) -> ApiResult<StatusCode> {
     if !state.store.revoke_api_key(key_id, now_millis()).await? {
         return Err(ApiError::ApiKeyNotFound);
     }
     tracing::info!(target: "security", api_key_id = %key_id, "API key revoked");
+    audit::record(
+        &state,
+        SecurityEventKind::ApiKeyRevoked,
+        None,
+        &meta,
+        serde_json::json!({"api_key_id": key_id}),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -83,6 +83,7 @@ impl FromRequestParts<AppState> for Admin {
 async fn provision(
     State(state): State<AppState>,
     _admin: Admin,
+    meta: crate::audit::ClientMeta,
     ApiJson(req): ApiJson<ProvisionRequest>,
 ) -> ApiResult<(axum::http::StatusCode, Json<ProvisionResponse>)> {
     let prefix_ok = (1..=16).contains(&req.prefix.len())
@@ -169,6 +170,14 @@ async fn provision(
         .map(|(id, name, last_seq)| ProvisionedRoom { id, name, last_seq })
         .collect();
     tracing::info!(target: "security", prefix = %req.prefix, users = req.users, rooms = req.rooms, "load-test data provisioned");
+    crate::audit::record(
+        &state,
+        shared::rest::SecurityEventKind::Provisioned,
+        None,
+        &meta,
+        serde_json::json!({"prefix": req.prefix, "users": req.users, "rooms": req.rooms}),
+    )
+    .await;
     Ok((
         axum::http::StatusCode::CREATED,
         Json(ProvisionResponse {

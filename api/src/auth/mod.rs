@@ -3,6 +3,7 @@
 
 pub mod password;
 
+use crate::audit::{self, ClientMeta};
 use crate::domain::{Email, MAX_PASSWORD_BYTES, Password, Username};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, AuthUser};
@@ -14,11 +15,13 @@ use axum::http::{HeaderMap, StatusCode, header::USER_AGENT};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use shared::model::{User, now_millis};
 use shared::protocol::UserNotice;
 use shared::rest::{
-    ErrorBody, LoginRequest, RefreshRequest, Session, SessionList, SignupRequest, TokenResponse,
+    ErrorBody, LoginRequest, RefreshRequest, SecurityEventKind, Session, SessionList,
+    SignupRequest, TokenResponse,
 };
 use shared::{SessionId, UserId};
 use store::{CreateUserError, NewSession, NewUser, RefreshOutcome};
@@ -55,6 +58,7 @@ const MAX_USER_AGENT: usize = 256;
 #[tracing::instrument(skip_all)]
 async fn signup(
     State(state): State<AppState>,
+    meta: ClientMeta,
     ApiJson(req): ApiJson<SignupRequest>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
     let username = Username::parse(&req.username)?;
@@ -76,6 +80,14 @@ async fn signup(
             CreateUserError::Store(e) => e.into(),
         })?;
     tracing::info!(target: "security", user_id = %user.id, username = %user.username, "account created");
+    audit::record(
+        &state,
+        SecurityEventKind::Signup,
+        Some(user.id),
+        &meta,
+        json!({"username": user.username}),
+    )
+    .await;
     metrics::counter!("api_signups_total").increment(1);
     Ok((StatusCode::CREATED, Json(user)))
 }
@@ -91,6 +103,7 @@ async fn signup(
 async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
+    meta: ClientMeta,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
     let login = req.login.trim().to_lowercase();
@@ -103,7 +116,21 @@ async fn login(
         Some(c) => LoginKey::Account(c.user.id),
         None => LoginKey::Unknown(login.clone()),
     };
-    state.limits.begin_login(&key)?;
+    if let Err(refused) = state.limits.begin_login(&key) {
+        let (user, detail) = match &key {
+            LoginKey::Account(id) => (Some(*id), json!({})),
+            LoginKey::Unknown(name) => (None, json!({"login": audit::detail_text(name)})),
+        };
+        audit::record(
+            &state,
+            SecurityEventKind::LoginThrottled,
+            user,
+            &meta,
+            detail,
+        )
+        .await;
+        return Err(refused);
+    }
     let (user, hash) = match credentials {
         Some(c) => (Some(c.user), Some(c.password_hash)),
         None => (None, None),
@@ -119,6 +146,11 @@ async fn login(
     let Some(user) = user.filter(|_| valid) else {
         metrics::counter!("api_logins_total", "outcome" => "failed").increment(1);
         tracing::warn!(target: "security", login = %login, "failed login");
+        let (user, detail) = match &key {
+            LoginKey::Account(id) => (Some(*id), json!({})),
+            LoginKey::Unknown(name) => (None, json!({"login": audit::detail_text(name)})),
+        };
+        audit::record(&state, SecurityEventKind::LoginFailed, user, &meta, detail).await;
         return Err(ApiError::InvalidCredentials);
     };
     state.limits.login_succeeded(&key);
@@ -138,6 +170,14 @@ async fn login(
         .await?;
     metrics::counter!("api_logins_total", "outcome" => "ok").increment(1);
     tracing::info!(target: "security", user_id = %user.id, %session_id, "login");
+    audit::record(
+        &state,
+        SecurityEventKind::Login,
+        Some(user.id),
+        &meta,
+        json!({"session_id": session_id}),
+    )
+    .await;
     Ok(Json(token_response(
         &state,
         user,
@@ -157,6 +197,7 @@ async fn login(
 #[tracing::instrument(skip_all)]
 async fn refresh(
     State(state): State<AppState>,
+    meta: ClientMeta,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
     let (session_id, presented_hash) =
@@ -180,6 +221,14 @@ async fn refresh(
                 "a used refresh token was presented again; the session is revoked");
             metrics::counter!("api_refresh_reuse_total").increment(1);
             end_session(&state, user_id, session_id).await;
+            audit::record(
+                &state,
+                SecurityEventKind::RefreshTokenReused,
+                Some(user_id),
+                &meta,
+                json!({"session_id": session_id}),
+            )
+            .await;
             return Err(ApiError::InvalidRefreshToken);
         }
         RefreshOutcome::Invalid => return Err(ApiError::InvalidRefreshToken),
@@ -202,13 +251,25 @@ async fn refresh(
 #[utoipa::path(post, path = "/logout", tag = "auth", security(("bearer" = [])),
     responses((status = 204, description = "Logged out")))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
-async fn logout(State(state): State<AppState>, caller: AuthUser) -> ApiResult<StatusCode> {
+async fn logout(
+    State(state): State<AppState>,
+    meta: ClientMeta,
+    caller: AuthUser,
+) -> ApiResult<StatusCode> {
     state
         .store
         .revoke_session(caller.session_id, caller.user_id, now_millis())
         .await?;
     tracing::info!(target: "security", user_id = %caller.user_id, session_id = %caller.session_id, "logout");
     end_session(&state, caller.user_id, caller.session_id).await;
+    audit::record(
+        &state,
+        SecurityEventKind::Logout,
+        Some(caller.user_id),
+        &meta,
+        json!({"session_id": caller.session_id}),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -243,6 +304,7 @@ async fn list_sessions(
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
 async fn revoke_session(
     State(state): State<AppState>,
+    meta: ClientMeta,
     caller: AuthUser,
     ApiPath(session_id): ApiPath<SessionId>,
 ) -> ApiResult<StatusCode> {
@@ -255,6 +317,14 @@ async fn revoke_session(
     }
     tracing::info!(target: "security", user_id = %caller.user_id, %session_id, "session revoked");
     end_session(&state, caller.user_id, session_id).await;
+    audit::record(
+        &state,
+        SecurityEventKind::SessionRevoked,
+        Some(caller.user_id),
+        &meta,
+        json!({"session_id": session_id}),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

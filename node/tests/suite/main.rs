@@ -5,6 +5,7 @@
 
 mod admin;
 mod append;
+mod audit;
 mod auth;
 mod cors;
 mod errors;
