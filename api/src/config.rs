@@ -36,6 +36,14 @@ pub struct PolicyArgs {
     /// attempts are refused, whatever IP they come from.
     #[arg(long, env = "PARLEY_RATE_LOGIN_FAILURES", default_value_t = 10)]
     pub login_failures_per_15min: u32,
+    /// How long an account is locked out the first time it spends its
+    /// failed-login budget; each further lockout within a day lasts twice
+    /// as long as the one before.
+    #[arg(long, env = "PARLEY_LOGIN_LOCKOUT", default_value = "15m", value_parser = shared::config::parse_duration)]
+    pub login_lockout: std::time::Duration,
+    /// The longest lockout.
+    #[arg(long, env = "PARLEY_LOGIN_LOCKOUT_MAX", default_value = "24h", value_parser = shared::config::parse_duration)]
+    pub login_lockout_max: std::time::Duration,
     /// Messages one user may post per second (sustained).
     #[arg(long, env = "PARLEY_RATE_MESSAGES_PER_SECOND", default_value_t = 20)]
     pub messages_per_second: u32,
@@ -112,6 +120,8 @@ impl Default for PolicyArgs {
         Self {
             auth_per_minute: 60,
             login_failures_per_15min: 10,
+            login_lockout: std::time::Duration::from_secs(15 * 60),
+            login_lockout_max: std::time::Duration::from_secs(24 * 3600),
             messages_per_second: 20,
             messages_burst: 50,
             server_publish_per_second: DEFAULT_SERVER_PUBLISH_PER_SECOND,

@@ -3,14 +3,18 @@
 
 use crate::config::PolicyArgs;
 use crate::error::ApiError;
-use dashmap::DashMap;
+use broker::guard::{DynLoginGuard, GuardPolicy, LoginGuard, MemoryGuard, Verdict};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use sha2::{Digest, Sha256};
 use shared::{ApiKeyId, UserId};
 use std::num::NonZeroU32;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The window over which failed logins of one account are counted.
 pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// How long a repeated lockout is remembered for the doubling.
+const LOCKOUT_MEMORY: Duration = Duration::from_secs(24 * 3600);
 
 /// What failed logins are counted against: the account, however it was
 /// named (its username or its email, in any case), so that every way of
@@ -21,6 +25,33 @@ pub enum LoginKey {
     Account(UserId),
     /// The normalised (trimmed, lowercase) identifier.
     Unknown(String),
+}
+
+impl LoginKey {
+    /// The guard's key: an account by id, an unknown identifier by a
+    /// digest (bounded, and no client text in Redis key names).
+    fn guard_key(&self) -> String {
+        match self {
+            LoginKey::Account(id) => format!("u{}", id.0),
+            LoginKey::Unknown(name) => {
+                let digest = Sha256::digest(name.as_bytes());
+                let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+                format!("n{hex}")
+            }
+        }
+    }
+}
+
+/// Whether a login may go on to its password check.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoginGate {
+    Open,
+    /// Locked out for `retry_after_secs`; `just_locked`: this attempt
+    /// started the lockout.
+    Locked {
+        retry_after_secs: u64,
+        just_locked: bool,
+    },
 }
 
 /// SSE tickets one user may take: a page opens a stream or two, and
@@ -34,8 +65,10 @@ pub struct Limits {
     tickets: DefaultKeyedRateLimiter<UserId>,
     /// Server publishes per API key (every `/v1/server/...` request).
     server_publishes: DefaultKeyedRateLimiter<ApiKeyId>,
-    login_failures: DashMap<LoginKey, (u32, Instant)>,
-    max_login_failures: u32,
+    login_policy: GuardPolicy,
+    /// Used when the shared guard (Redis) does not answer: logins keep a
+    /// per-node limit instead of none.
+    fallback_guard: MemoryGuard,
 }
 
 impl Limits {
@@ -54,8 +87,14 @@ impl Limits {
             server_publishes: RateLimiter::keyed(
                 Quota::per_second(publish_rate).allow_burst(publish_burst),
             ),
-            login_failures: DashMap::new(),
-            max_login_failures: args.login_failures_per_15min.max(1),
+            login_policy: GuardPolicy {
+                max_attempts: args.login_failures_per_15min.max(1),
+                window: LOGIN_FAILURE_WINDOW,
+                first_lock: args.login_lockout,
+                longest_lock: args.login_lockout_max.max(args.login_lockout),
+                strikes_for: LOCKOUT_MEMORY,
+            },
+            fallback_guard: MemoryGuard::new(),
         }
     }
 
@@ -75,31 +114,50 @@ impl Limits {
     }
 
     /// Takes one attempt from `key`'s login budget before the password is
-    /// checked, or refuses it (429) when the budget is spent. Counting up
-    /// front means concurrent guesses cannot overrun the budget; a success
-    /// gives the attempts back through [`Limits::login_succeeded`].
-    pub fn begin_login(&self, key: &LoginKey) -> Result<(), ApiError> {
-        let mut entry = self
-            .login_failures
-            .entry(key.clone())
-            .or_insert((0, Instant::now()));
-        let (failures, since) = &mut *entry;
-        if since.elapsed() >= LOGIN_FAILURE_WINDOW {
-            *failures = 0;
-            *since = Instant::now();
+    /// checked, in `guard` (shared by every api node), or refuses it while
+    /// the account is locked out. Counting up front means concurrent
+    /// guesses, on any nodes, cannot overrun the budget; a success gives
+    /// the attempt back through [`Limits::login_succeeded`].
+    pub async fn begin_login(&self, guard: &DynLoginGuard, key: &LoginKey) -> LoginGate {
+        let guard_key = key.guard_key();
+        let verdict = match guard.begin(&guard_key, &self.login_policy).await {
+            Ok(verdict) => verdict,
+            Err(e) => {
+                metrics::counter!("api_login_guard_fallbacks_total").increment(1);
+                tracing::warn!(error = %e, "the shared login guard did not answer; counting on this node");
+                // The in-process guard cannot fail.
+                self.fallback_guard
+                    .begin(&guard_key, &self.login_policy)
+                    .await
+                    .unwrap_or(Verdict::Allowed)
+            }
+        };
+        match verdict {
+            Verdict::Allowed => LoginGate::Open,
+            Verdict::Locked {
+                retry_after,
+                just_locked,
+            } => {
+                if just_locked {
+                    tracing::warn!(target: "security", ?key, lockout_secs = retry_after.as_secs(),
+                        "login locked out: too many failures");
+                } else {
+                    tracing::warn!(target: "security", ?key, "login refused: locked out");
+                }
+                LoginGate::Locked {
+                    retry_after_secs: retry_after.as_secs().max(1),
+                    just_locked,
+                }
+            }
         }
-        if *failures >= self.max_login_failures {
-            let retry_after_secs = (LOGIN_FAILURE_WINDOW - since.elapsed()).as_secs().max(1);
-            drop(entry);
-            tracing::warn!(target: "security", ?key, "login refused: too many failures");
-            return Err(ApiError::RateLimited { retry_after_secs });
-        }
-        *failures += 1;
-        Ok(())
     }
 
-    pub fn login_succeeded(&self, key: &LoginKey) {
-        self.login_failures.remove(key);
+    pub async fn login_succeeded(&self, guard: &DynLoginGuard, key: &LoginKey) {
+        let guard_key = key.guard_key();
+        if let Err(e) = guard.succeeded(&guard_key).await {
+            tracing::warn!(error = %e, "the shared login guard did not answer a success");
+        }
+        let _ = self.fallback_guard.succeeded(&guard_key).await;
     }
 
     /// Forgets state that no longer limits anyone (called periodically).
@@ -107,8 +165,7 @@ impl Limits {
         self.messages.retain_recent();
         self.tickets.retain_recent();
         self.server_publishes.retain_recent();
-        self.login_failures
-            .retain(|_, (_, since)| since.elapsed() < LOGIN_FAILURE_WINDOW);
+        self.fallback_guard.evict_stale();
     }
 }
 
@@ -155,20 +212,32 @@ mod tests {
         l.check_message(UserId(2)).unwrap();
     }
 
-    #[test]
-    fn repeated_login_failures_lock_the_account_until_a_success_clears_them() {
+    #[tokio::test]
+    async fn repeated_login_failures_lock_the_account_out() {
         let l = limits(1, 1, 3);
+        let guard: DynLoginGuard = std::sync::Arc::new(MemoryGuard::new());
         let ann = LoginKey::Account(UserId(1));
         for _ in 0..3 {
-            l.begin_login(&ann).unwrap();
+            assert_eq!(l.begin_login(&guard, &ann).await, LoginGate::Open);
         }
+        assert_eq!(
+            l.begin_login(&guard, &ann).await,
+            LoginGate::Locked {
+                retry_after_secs: 15 * 60,
+                just_locked: true
+            }
+        );
         assert!(matches!(
-            l.begin_login(&ann),
-            Err(ApiError::RateLimited { .. })
+            l.begin_login(&guard, &ann).await,
+            LoginGate::Locked {
+                just_locked: false,
+                ..
+            }
         ));
-        l.begin_login(&LoginKey::Account(UserId(2))).unwrap();
-        l.begin_login(&LoginKey::Unknown("ann".into())).unwrap();
-        l.login_succeeded(&ann);
-        l.begin_login(&ann).unwrap();
+        let other = LoginKey::Account(UserId(2));
+        assert_eq!(l.begin_login(&guard, &other).await, LoginGate::Open);
+        l.login_succeeded(&guard, &other).await;
+        let unknown = LoginKey::Unknown("ann".into());
+        assert_eq!(l.begin_login(&guard, &unknown).await, LoginGate::Open);
     }
 }

@@ -13,6 +13,7 @@
 //! gateways recover room events from the store by sequence number, so a lost
 //! delivery costs latency, not data.
 
+pub mod guard;
 mod memory;
 pub mod presence;
 mod redis;
@@ -113,6 +114,8 @@ pub trait Broker: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Presence kept where this broker keeps its state (see [`presence`]).
     fn presence(&self) -> presence::DynPresence;
+    /// Login budgets kept where this broker keeps its state (see [`guard`]).
+    fn login_guard(&self) -> guard::DynLoginGuard;
     async fn close(&self);
 }
 

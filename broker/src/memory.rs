@@ -21,6 +21,7 @@ pub struct MemoryBroker {
     subscribers: Arc<RwLock<Vec<Arc<MemorySubscriber>>>>,
     presence: SharedState,
     windows: Arc<Mutex<Windows>>,
+    guard: Arc<crate::guard::MemoryGuard>,
 }
 
 /// Each room's recent events, in process (the single node's window).
@@ -195,6 +196,10 @@ impl Broker for MemoryBroker {
 
     fn presence(&self) -> DynPresence {
         Arc::new(MemoryPresence::new(self.clone(), self.presence.clone()))
+    }
+
+    fn login_guard(&self) -> crate::guard::DynLoginGuard {
+        self.guard.clone()
     }
 
     async fn close(&self) {

@@ -60,6 +60,7 @@ pub struct RedisBroker {
     prefix: Arc<str>,
     publisher: Pool,
     presence: Arc<RedisPresence>,
+    guard: Arc<crate::guard::RedisGuard>,
     window: WindowSettings,
     /// event.lua: a room event's publish and window append in one round trip.
     publish_event: Script,
@@ -80,6 +81,10 @@ impl RedisBroker {
         let prefix: Arc<str> = prefix.into();
         Ok(Self {
             presence: Arc::new(RedisPresence::new(publisher.clone(), prefix.clone())),
+            guard: Arc::new(crate::guard::RedisGuard::new(
+                publisher.clone(),
+                prefix.clone(),
+            )),
             config,
             prefix,
             publisher,
@@ -298,6 +303,10 @@ impl Broker for RedisBroker {
 
     fn presence(&self) -> DynPresence {
         self.presence.clone()
+    }
+
+    fn login_guard(&self) -> crate::guard::DynLoginGuard {
+        self.guard.clone()
     }
 
     async fn close(&self) {

@@ -409,8 +409,11 @@ pub enum SecurityEventKind {
     /// A login failed: wrong password, or (no `user_id`) no such account
     /// (`detail.login`: the name tried).
     LoginFailed,
-    /// A login was refused before the password was checked: too many
-    /// failures on the account (or the name) recently.
+    /// Too many failed logins: the account (or the name) is locked out
+    /// (`detail.lockout_secs`), longer with each repeat.
+    LoginLockedOut,
+    /// A login was refused before the password was checked: the account
+    /// (or the name) is locked out.
     LoginThrottled,
     /// The session of the request ended (`detail.session_id`).
     Logout,
@@ -433,6 +436,7 @@ impl SecurityEventKind {
             Self::Signup => "signup",
             Self::Login => "login",
             Self::LoginFailed => "login_failed",
+            Self::LoginLockedOut => "login_locked_out",
             Self::LoginThrottled => "login_throttled",
             Self::Logout => "logout",
             Self::SessionRevoked => "session_revoked",

@@ -95,6 +95,9 @@ pub struct Options {
     pub redis_url: Option<String>,
     /// Events per room in the recent window (0: none, everything from the database).
     pub window_events: usize,
+    /// Api nodes in cluster mode, sharing the database, Redis and keys
+    /// (`TestApp::api_urls`); requests go to the first unless a test picks.
+    pub api_nodes: usize,
 }
 
 impl Default for Options {
@@ -122,6 +125,7 @@ impl Default for Options {
             database_admin_url: None,
             redis_url: None,
             window_events: shared::config::DEFAULT_WINDOW_EVENTS,
+            api_nodes: 1,
         }
     }
 }
@@ -140,6 +144,8 @@ pub struct TestApp {
     pub mode: Mode,
     /// `http://127.0.0.1:port`
     pub api: String,
+    /// Every api node (the first is `api`).
+    pub api_urls: Vec<String>,
     gateway_urls: Vec<String>,
     gateways: Vec<Gateway>,
     http: reqwest::Client,
@@ -212,6 +218,7 @@ impl TestApp {
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
         };
         let mut tasks = Vec::new();
+        let mut api_urls = Vec::new();
         let (api, gateway_urls, gateways, database) = match mode {
             Mode::Cluster => {
                 let database = match &options.database_admin_url {
@@ -240,14 +247,17 @@ impl TestApp {
                     policy: options.policy.clone(),
                     telemetry: telemetry(),
                 };
-                let app = api::Application::build(&api_config)
-                    .await
-                    .expect("building the api");
-                let api = format!(
-                    "http://{}",
-                    reachable(app.local_addr().expect("api address"))
-                );
-                tasks.push(tokio::spawn(app.run(shutdown.clone())));
+                for _ in 0..options.api_nodes.max(1) {
+                    let app = api::Application::build(&api_config)
+                        .await
+                        .expect("building the api");
+                    api_urls.push(format!(
+                        "http://{}",
+                        reachable(app.local_addr().expect("api address"))
+                    ));
+                    tasks.push(tokio::spawn(app.run(shutdown.clone())));
+                }
+                let api = api_urls[0].clone();
                 let mut urls = Vec::new();
                 let mut gateways = Vec::new();
                 for _ in 0..options.gateways.max(1) {
@@ -305,6 +315,7 @@ impl TestApp {
                     .await
                     .expect("building the node");
                 let addr = reachable(node.local_addr().expect("node address"));
+                api_urls.push(format!("http://{addr}"));
                 let gateway = node.gateway().clone();
                 tasks.push(tokio::spawn(node.run(shutdown.clone())));
                 (
@@ -318,6 +329,7 @@ impl TestApp {
         TestApp {
             mode,
             api,
+            api_urls,
             gateway_urls,
             gateways,
             http: reqwest::Client::new(),

@@ -7,7 +7,7 @@ use crate::audit::{self, ClientMeta};
 use crate::domain::{Email, MAX_PASSWORD_BYTES, Password, Username};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, AuthUser};
-use crate::limits::LoginKey;
+use crate::limits::{LoginGate, LoginKey};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -116,20 +116,24 @@ async fn login(
         Some(c) => LoginKey::Account(c.user.id),
         None => LoginKey::Unknown(login.clone()),
     };
-    if let Err(refused) = state.limits.begin_login(&key) {
-        let (user, detail) = match &key {
+    let guard = state.broker.login_guard();
+    if let LoginGate::Locked {
+        retry_after_secs,
+        just_locked,
+    } = state.limits.begin_login(&guard, &key).await
+    {
+        let (user, mut detail) = match &key {
             LoginKey::Account(id) => (Some(*id), json!({})),
             LoginKey::Unknown(name) => (None, json!({"login": audit::detail_text(name)})),
         };
-        audit::record(
-            &state,
-            SecurityEventKind::LoginThrottled,
-            user,
-            &meta,
-            detail,
-        )
-        .await;
-        return Err(refused);
+        let kind = if just_locked {
+            detail["lockout_secs"] = json!(retry_after_secs);
+            SecurityEventKind::LoginLockedOut
+        } else {
+            SecurityEventKind::LoginThrottled
+        };
+        audit::record(&state, kind, user, &meta, detail).await;
+        return Err(ApiError::RateLimited { retry_after_secs });
     }
     let (user, hash) = match credentials {
         Some(c) => (Some(c.user), Some(c.password_hash)),
@@ -153,7 +157,7 @@ async fn login(
         audit::record(&state, SecurityEventKind::LoginFailed, user, &meta, detail).await;
         return Err(ApiError::InvalidCredentials);
     };
-    state.limits.login_succeeded(&key);
+    state.limits.login_succeeded(&guard, &key).await;
     let session_id = SessionId::new();
     let (refresh_token, refresh_hash) = new_refresh_token(session_id);
     let now = now_millis();

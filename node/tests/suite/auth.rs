@@ -14,7 +14,76 @@ both_modes!(
     failures_through_username_and_email_share_one_budget,
     failures_on_an_unknown_identifier_are_counted_for_that_identifier,
     the_auth_endpoints_are_rate_limited_per_ip,
+    lockouts_grow_with_each_repeat,
 );
+
+/// A login on api node `node`: its status, `Retry-After` and body.
+async fn login_on(
+    app: &TestApp,
+    node: usize,
+    login: &str,
+    password: &str,
+) -> (StatusCode, Option<u64>, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/auth/login", app.api_urls[node]))
+        .json(&json!({"login": login, "password": password}))
+        .send()
+        .await
+        .expect("login");
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    (
+        status,
+        retry_after,
+        response.json().await.unwrap_or_default(),
+    )
+}
+
+/// Guessing on several api nodes does not multiply the budget: failures
+/// are counted in Redis, for the whole cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_on_two_api_nodes_share_one_budget() {
+    let mut options = Options {
+        api_nodes: 2,
+        ..Options::default()
+    };
+    options.policy.login_failures_per_15min = 4;
+    let app = TestApp::spawn_with(Mode::Cluster, options).await;
+    let alice = app.user("alice").await;
+    for i in 0..4 {
+        let (status, _, body) = login_on(&app, i % 2, "alice", "guess guess").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    // The fifth attempt, right password or not, on either node: locked out
+    // for the first lockout (15 minutes).
+    let (status, retry_after, body) = login_on(&app, 1, "alice", "alice-correct-horse").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
+    );
+    assert_eq!(retry_after, Some(900));
+    let (status, _, _) = login_on(&app, 0, "alice", "alice-correct-horse").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // The owner sees why in the audit log.
+    let (_, page) = app
+        .get("/v1/users/me/security-events?limit=3", Some(&alice.token))
+        .await;
+    let kinds: Vec<&str> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["login_throttled", "login_locked_out", "login_failed"]
+    );
+    app.stop().await;
+}
 
 async fn signup_validates_every_field_and_never_returns_the_hash(mode: Mode) {
     let app = TestApp::spawn(mode).await;
@@ -370,5 +439,29 @@ async fn the_auth_endpoints_are_rate_limited_per_ip(mode: Mode) {
     // Other endpoints are not affected.
     let (status, _) = app.get("/healthz", None).await;
     assert_eq!(status, StatusCode::OK);
+    app.stop().await;
+}
+
+/// Each lockout lasts twice as long as the one before, up to the longest.
+async fn lockouts_grow_with_each_repeat(mode: Mode) {
+    let mut options = Options::default();
+    options.policy.login_failures_per_15min = 2;
+    options.policy.login_lockout = std::time::Duration::from_secs(1);
+    options.policy.login_lockout_max = std::time::Duration::from_secs(60);
+    let app = TestApp::spawn_with(mode, options).await;
+    app.user("alice").await;
+    for expected in [1, 2, 4] {
+        for _ in 0..2 {
+            let (status, _, body) = login_on(&app, 0, "alice", "guess guess").await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        }
+        let (status, retry_after, _) = login_on(&app, 0, "alice", "guess guess").await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(retry_after, Some(expected), "lockout {expected} s");
+        // Waiting the lockout out is the behaviour under test.
+        tokio::time::sleep(std::time::Duration::from_millis(expected * 1000 + 100)).await;
+    }
+    let (status, _, body) = login_on(&app, 0, "alice", "alice-correct-horse").await;
+    assert_eq!(status, StatusCode::OK, "after the lockout: {body}");
     app.stop().await;
 }
