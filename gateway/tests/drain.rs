@@ -25,9 +25,9 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// Every this many connections one is in the busy room, where messages
 /// are posted throughout the drain: those check that nothing is lost.
-const READER_EVERY: usize = 20;
+const READER_EVERY: usize = 100;
 /// The pause between posts to the busy room.
-const POST_EVERY: Duration = Duration::from_millis(50);
+const POST_EVERY: Duration = Duration::from_millis(100);
 
 /// What one client saw of the drain.
 struct Seen {
