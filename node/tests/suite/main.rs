@@ -10,6 +10,7 @@ mod cors;
 mod errors;
 mod faults;
 mod input;
+mod message_changes;
 mod messages;
 mod metrics;
 mod openapi;
