@@ -20,6 +20,7 @@ both_modes!(
     a_message_has_a_bounded_set_of_valid_emoji,
     mentions_of_members_count_in_the_rooms_list_until_read,
     nobody_changes_messages_of_a_room_they_are_not_in,
+    changes_share_the_posting_rate_limit,
 );
 
 /// 👍, percent-encoded for a path.
@@ -540,5 +541,47 @@ async fn nobody_changes_messages_of_a_room_they_are_not_in(mode: Mode) {
     assert_eq!(app.last_seq(&carol, room_b).await, before_b, "B unchanged");
     let events = history(&app, &carol, room_b).await;
     assert_eq!(at(&events, in_b.seq)["body"], "carol's");
+    app.stop().await;
+}
+
+async fn changes_share_the_posting_rate_limit(mode: Mode) {
+    let mut options = Options::default();
+    options.policy.messages_per_second = 1;
+    options.policy.messages_burst = 5;
+    let app = TestApp::spawn_with(mode, options).await;
+    let alice = app.user("alice").await;
+    let room = app.create_room(&alice, "general").await;
+    let posted = app.send_message(&alice, room, "one").await;
+    let token = Some(alice.token.as_str());
+    let (message, reaction) = (
+        message_path(room, posted.seq),
+        reaction_path(room, posted.seq, THUMBS_UP),
+    );
+    let edit = || app.request(Method::PATCH, &message, token, Some(json!({"body": "two"})));
+    let react = |method: Method| app.request(method, &reaction, token, None);
+
+    let mut statuses = vec![
+        edit().await.0,
+        react(Method::PUT).await.0,
+        react(Method::DELETE).await.0,
+        react(Method::PUT).await.0,
+    ];
+    statuses.push(edit().await.0);
+    statuses.push(react(Method::DELETE).await.0);
+    statuses.push(app.delete(&message_path(room, posted.seq), token).await.0);
+
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::CREATED,
+            StatusCode::OK,
+            StatusCode::CREATED,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS,
+        ],
+        "the post and four changes spend the burst of five"
+    );
     app.stop().await;
 }
