@@ -49,7 +49,7 @@ pub struct DirectRoom {
 /// `unread` counts at most 100 rows ([`shared::model::UNREAD_CAP`]; a
 /// macro cannot splice a constant into the literal) of the partial index
 /// `room_events_messages_idx`, so a long-unread room costs no more than a
-/// short one.
+/// short one; `mentions` likewise at most 100 rows of `message_mentions_user_idx`.
 macro_rules! select_rooms {
     ($rest:literal) => {
         concat!(

@@ -270,7 +270,7 @@ async fn delete_message(
 /// (200, no event); a new one is 201 with its `reaction.added` event.
 #[utoipa::path(put, path = "/rooms/{room_id}/messages/{seq}/reactions/{emoji}", tag = "messages", security(("bearer" = [])),
     params(("room_id" = i64, Path), ("seq" = i64, Path, description = "The message's seq"),
-        ("emoji" = String, Path, description = "1 to 32 bytes without whitespace or control characters, percent-encoded")),
+        ("emoji" = String, Path, min_length = 1, max_length = 32, description = "1 to 32 bytes without whitespace or control characters, percent-encoded")),
     responses(
         (status = 201, description = "Added: the `reaction.added` event", body = RoomEvent),
         (status = 200, description = "The caller had already reacted so: nothing changed"),
@@ -311,7 +311,7 @@ async fn add_reaction(
 /// or 204 when the caller had no such reaction (nothing changed, no event).
 #[utoipa::path(delete, path = "/rooms/{room_id}/messages/{seq}/reactions/{emoji}", tag = "messages", security(("bearer" = [])),
     params(("room_id" = i64, Path), ("seq" = i64, Path, description = "The message's seq"),
-        ("emoji" = String, Path, description = "1 to 32 bytes without whitespace or control characters, percent-encoded")),
+        ("emoji" = String, Path, min_length = 1, max_length = 32, description = "1 to 32 bytes without whitespace or control characters, percent-encoded")),
     responses(
         (status = 200, description = "Removed: the `reaction.removed` event", body = RoomEvent),
         (status = 204, description = "The caller had no such reaction: nothing changed"),
