@@ -194,7 +194,7 @@ pub const MAX_EVENT_NAME_LEN: usize = 64;
 /// and frame types.
 const RESERVED_NAMESPACES: &[&str] = &[
     "room", "message", "member", "parley", "custom", "presence", "typing", "receipt", "signal",
-    "system",
+    "system", "reaction",
 ];
 
 impl EventName {
@@ -256,9 +256,89 @@ impl IdempotencyKey {
     }
 }
 
+/// A reaction: 1 to 32 bytes of text without whitespace or control
+/// characters (one emoji, possibly with modifiers and joiners, or a short
+/// `:shortcode:`). Arrives percent-encoded in the path.
+pub struct Emoji(String);
+
+/// Longest emoji in bytes: the longest standard ZWJ sequences (families,
+/// flags of subdivisions) are under 30 bytes of UTF-8.
+pub const MAX_EMOJI_BYTES: usize = 32;
+
+impl Emoji {
+    pub fn parse(s: String) -> Result<Self, ApiError> {
+        let ok = (1..=MAX_EMOJI_BYTES).contains(&s.len())
+            && !s.chars().any(|c| c.is_control() || c.is_whitespace());
+        if ok {
+            Ok(Self(s))
+        } else {
+            Err(ApiError::validation(
+                "emoji",
+                "emoji must be 1 to 32 bytes without whitespace or control characters",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Most distinct `@username`s of one body that are looked up: enough for
+/// any real message, and a bound on the mention insert of a 4000-character
+/// body made of mentions.
+pub const MAX_MENTIONS: usize = 50;
+
+/// The distinct usernames a body mentions as `@username` (lowercased), in
+/// order of appearance. An `@` inside a word (`a@b.example`) is not a
+/// mention; names that are not well-formed usernames are skipped. Whether
+/// each is a member of the room is the store's business.
+pub fn mentioned_usernames(body: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut previous: Option<char> = None;
+    for (at, c) in body.char_indices() {
+        let starts = c == '@' && !previous.is_some_and(|p| p.is_alphanumeric() || p == '_');
+        previous = Some(c);
+        if !starts {
+            continue;
+        }
+        let rest = &body[at + 1..];
+        let end = rest
+            .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+            .unwrap_or(rest.len());
+        let name = rest[..end].to_ascii_lowercase();
+        if Username::parse(&name).is_ok() && !names.contains(&name) {
+            names.push(name);
+            if names.len() == MAX_MENTIONS {
+                break;
+            }
+        }
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mentions_are_at_usernames_outside_words() {
+        assert_eq!(
+            mentioned_usernames("hi @Bob and @carol_1, mail a@b.example; @bob again @x @"),
+            vec!["bob".to_owned(), "carol_1".to_owned()]
+        );
+        assert!(mentioned_usernames("no mentions").is_empty());
+    }
+
+    #[test]
+    fn emoji_are_short_text_without_whitespace_or_controls() {
+        for ok in ["👍", "👨‍👩‍👧‍👦", ":tada:", "+1"] {
+            assert!(Emoji::parse(ok.into()).is_ok(), "{ok}");
+        }
+        for bad in ["", " ", "a b", "x\n", "\u{7}", &"x".repeat(33)] {
+            assert!(Emoji::parse(bad.into()).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn event_names_are_namespaced_dotted_words_outside_parleys_own() {
@@ -284,6 +364,7 @@ mod tests {
             &format!("a.{}", "b".repeat(63)),
             "room.created",
             "message.deleted",
+            "reaction.added",
             "member.added",
             "parley.anything",
         ] {

@@ -88,6 +88,16 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("the payload is over {max_bytes} bytes of compact JSON")]
     EventPayloadTooLarge { max_bytes: usize },
+    #[error("no such message in this room (or it was deleted)")]
+    MessageNotFound,
+    #[error("only the author may edit a message")]
+    NotAuthor,
+    #[error("only the author or a room owner or admin may delete a message")]
+    DeleteNotAllowed,
+    #[error("reply_to_seq must be the seq of an earlier message of this room")]
+    InvalidReplyTarget,
+    #[error("a message has at most {max} distinct reactions")]
+    TooManyReactions { max: i64 },
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("a backing service is unavailable; retry shortly")]
@@ -127,7 +137,11 @@ impl ApiError {
             | InvalidRefreshToken | MissingApiKey | InvalidApiKey | ApiKeyRevoked => {
                 StatusCode::UNAUTHORIZED
             }
-            Forbidden(_) | MissingScope(_) | RoomNotAllowed => StatusCode::FORBIDDEN,
+            Forbidden(_) | MissingScope(_) | RoomNotAllowed | NotAuthor | DeleteNotAllowed => {
+                StatusCode::FORBIDDEN
+            }
+            MessageNotFound => StatusCode::NOT_FOUND,
+            InvalidReplyTarget | TooManyReactions { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             RoomNotFound | UserNotFound | SessionNotFound | MemberNotFound | NotFound
             | ApiKeyNotFound => StatusCode::NOT_FOUND,
             IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -176,6 +190,11 @@ impl ApiError {
         "api_key_not_found",
         "idempotency_key_reused",
         "event_payload_too_large",
+        "message_not_found",
+        "not_author",
+        "delete_not_allowed",
+        "invalid_reply_to",
+        "too_many_reactions",
         "rate_limited",
         "unavailable",
         "internal",
@@ -219,6 +238,11 @@ impl ApiError {
             ApiKeyNotFound => "api_key_not_found",
             IdempotencyKeyReused => "idempotency_key_reused",
             EventPayloadTooLarge { .. } => "event_payload_too_large",
+            MessageNotFound => "message_not_found",
+            NotAuthor => "not_author",
+            DeleteNotAllowed => "delete_not_allowed",
+            InvalidReplyTarget => "invalid_reply_to",
+            TooManyReactions { .. } => "too_many_reactions",
             RateLimited { .. } => "rate_limited",
             Unavailable(_) => "unavailable",
             Internal(_) => "internal",
@@ -239,6 +263,7 @@ impl IntoResponse for ApiError {
         metrics::counter!("api_errors_total", "code" => self.code()).increment(1);
         let field = match &self {
             ApiError::Validation { field, .. } => field.as_deref().map(str::to_owned),
+            ApiError::InvalidReplyTarget => Some("reply_to_seq".to_owned()),
             _ => None,
         };
         let body = ErrorBody {
@@ -294,6 +319,8 @@ mod tests {
             MissingApiKey | InvalidApiKey | ApiKeyRevoked | MissingScope(_) => {}
             RoomNotAllowed | ApiKeyNotFound | IdempotencyKeyReused => {}
             EventPayloadTooLarge { .. } => {}
+            MessageNotFound | NotAuthor | DeleteNotAllowed | InvalidReplyTarget => {}
+            TooManyReactions { .. } => {}
             RateLimited { .. } | Unavailable(_) | Internal(_) => {}
         }
     }
@@ -336,6 +363,11 @@ mod tests {
             ApiKeyNotFound,
             IdempotencyKeyReused,
             EventPayloadTooLarge { max_bytes: 1 },
+            MessageNotFound,
+            NotAuthor,
+            DeleteNotAllowed,
+            InvalidReplyTarget,
+            TooManyReactions { max: 1 },
             RateLimited {
                 retry_after_secs: 1,
             },

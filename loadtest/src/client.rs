@@ -721,6 +721,10 @@ mod tests {
             kind: EventKind::MessageCreated {
                 body: "plt1 1 2 3 x".into(),
                 client_msg_id: None,
+                reply_to_seq: None,
+                edited_at: None,
+                deleted_at: None,
+                reactions: Vec::new(),
             },
         });
         let bytes = Encoding::MsgPack.encode(&frame);

@@ -262,6 +262,21 @@ impl Chat {
             EventKind::Custom { name, payload } => {
                 println!("[{}] ({name} from {who}: {payload})", event.seq)
             }
+            EventKind::MessageEdited {
+                target_seq, body, ..
+            } => println!("[{}] {who} edited [{target_seq}]: {body}", event.seq),
+            EventKind::MessageDeleted { target_seq } => {
+                println!("[{}] {who} deleted [{target_seq}]", event.seq)
+            }
+            EventKind::ReactionAdded { target_seq, emoji } => {
+                println!("[{}] {who} reacted {emoji} to [{target_seq}]", event.seq)
+            }
+            EventKind::ReactionRemoved { target_seq, emoji } => {
+                println!(
+                    "[{}] {who} took back {emoji} from [{target_seq}]",
+                    event.seq
+                )
+            }
         }
     }
 

@@ -102,6 +102,9 @@ pub struct Room {
     /// the caller's own messages do not count), exact up to [`UNREAD_CAP`]:
     /// the cap means "that many or more" (show "99+").
     pub unread: i64,
+    /// Messages after `read_seq` whose current body mentions the caller
+    /// (`@username`), exact up to [`UNREAD_CAP`] like `unread`.
+    pub mentions: i64,
 }
 
 /// Largest `unread` a room reports: counting stops here, so a long-unread
@@ -148,13 +151,46 @@ pub enum EventKind {
     /// The room was created (always `seq` 1 of a group room).
     #[serde(rename = "room.created")]
     RoomCreated { name: String },
-    /// A message was posted.
+    /// A message was posted. In history it shows the message as it is now:
+    /// the current `body` and `edited_at` after an edit; after a delete a
+    /// tombstone (the `seq` stays) with an empty `body` and `deleted_at`.
     #[serde(rename = "message.created")]
     MessageCreated {
         body: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_msg_id: Option<String>,
+        /// The earlier message (a `message.created` seq of this room) this one answers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to_seq: Option<i64>,
+        /// When the body was last edited (history only; live edits are `message.edited`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        edited_at: Option<DateTime<Utc>>,
+        /// When the message was deleted: `body` is then empty (history only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deleted_at: Option<DateTime<Utc>>,
+        /// Reactions, counted per emoji, with whether the caller is among
+        /// them (history pages only; live changes are `reaction.*` events).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reactions: Vec<Reaction>,
     },
+    /// The author changed the body of message `target_seq`.
+    #[serde(rename = "message.edited")]
+    MessageEdited {
+        target_seq: i64,
+        /// The new body (empty once the message is deleted).
+        body: String,
+        edited_at: DateTime<Utc>,
+    },
+    /// Message `target_seq` was deleted (by its author or a room owner or
+    /// admin): clients drop its body and reactions.
+    #[serde(rename = "message.deleted")]
+    MessageDeleted { target_seq: i64 },
+    /// `sender_id` reacted to message `target_seq` with `emoji`.
+    #[serde(rename = "reaction.added")]
+    ReactionAdded { target_seq: i64, emoji: String },
+    /// `sender_id` took back their `emoji` reaction to message `target_seq`.
+    #[serde(rename = "reaction.removed")]
+    ReactionRemoved { target_seq: i64, emoji: String },
     /// A user became a member.
     #[serde(rename = "member.added")]
     MemberAdded { user_id: UserId, role: Role },
@@ -174,6 +210,16 @@ pub enum EventKind {
     },
 }
 
+/// The reactions of one emoji to a message, as the caller sees them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Reaction {
+    pub emoji: String,
+    /// How many members reacted with it.
+    pub count: i64,
+    /// Whether the caller is one of them.
+    pub me: bool,
+}
+
 /// Largest payload of a custom event or a signal, in bytes of compact JSON:
 /// a notification's worth of data, small enough that a room's history pages
 /// and every gateway's fan-out stay cheap (a message is at most 4000 characters).
@@ -185,6 +231,10 @@ impl EventKind {
         match self {
             EventKind::RoomCreated { .. } => "room.created",
             EventKind::MessageCreated { .. } => "message.created",
+            EventKind::MessageEdited { .. } => "message.edited",
+            EventKind::MessageDeleted { .. } => "message.deleted",
+            EventKind::ReactionAdded { .. } => "reaction.added",
+            EventKind::ReactionRemoved { .. } => "reaction.removed",
             EventKind::MemberAdded { .. } => "member.added",
             EventKind::MemberRemoved { .. } => "member.removed",
             EventKind::Custom { .. } => "custom",
@@ -215,6 +265,10 @@ mod tests {
             kind: EventKind::MessageCreated {
                 body: "hello".into(),
                 client_msg_id: Some("c-1".into()),
+                reply_to_seq: None,
+                edited_at: None,
+                deleted_at: None,
+                reactions: Vec::new(),
             },
         }
     }
@@ -245,6 +299,30 @@ mod tests {
         assert_eq!(json["payload"]["order"], 42);
         let back: RoomEvent = serde_json::from_value(json).unwrap();
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn message_changes_name_their_message_by_target_seq() {
+        let reacted = RoomEvent {
+            kind: EventKind::ReactionAdded {
+                target_seq: 3,
+                emoji: "👍".into(),
+            },
+            ..sample()
+        };
+        let json = serde_json::to_value(&reacted).unwrap();
+        assert_eq!(json["kind"], "reaction.added");
+        assert_eq!(json["kind"], reacted.kind.name());
+        assert_eq!(
+            (&json["target_seq"], &json["emoji"]),
+            (&3.into(), &"👍".into())
+        );
+        let back: RoomEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back, reacted);
+        let plain = serde_json::to_value(sample()).unwrap();
+        for absent in ["reply_to_seq", "edited_at", "deleted_at", "reactions"] {
+            assert!(plain.get(absent).is_none(), "{absent} only when set");
+        }
     }
 
     #[test]

@@ -661,6 +661,10 @@ mod tests {
             kind: EventKind::MessageCreated {
                 body: "hi".into(),
                 client_msg_id: None,
+                reply_to_seq: None,
+                edited_at: None,
+                deleted_at: None,
+                reactions: Vec::new(),
             },
         })
     }

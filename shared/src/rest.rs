@@ -120,6 +120,20 @@ pub struct PostMessageRequest {
     #[serde(default)]
     #[schema(pattern = "^[A-Za-z0-9._:-]{1,64}$", min_length = 1, max_length = 64)]
     pub client_msg_id: Option<String>,
+    /// The seq of an earlier message (`message.created`) of the same room
+    /// this one replies to; anything else is 422 `invalid_reply_to`.
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub reply_to_seq: Option<i64>,
+}
+
+/// `PATCH /v1/rooms/{id}/messages/{seq}`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditMessageRequest {
+    /// The new body: 1 to 4000 characters, not blank.
+    #[schema(min_length = 1, max_length = 4000)]
+    pub body: String,
 }
 
 /// Query of `GET /v1/rooms/{id}/messages`.

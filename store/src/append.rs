@@ -101,9 +101,10 @@ const IDEMPOTENCY_KEY: &str = "room_events_idempotency_key";
 ///   bumps included, fails.
 const APPEND_BATCH_POSTGRES: &str = "\
 WITH input AS (
-    SELECT t.ord, t.room_id, t.sender_id, t.body, t.client_msg_id, t.created_at
+    SELECT t.ord, t.room_id, t.sender_id, t.body, t.client_msg_id, t.reply_to_seq, t.created_at
     FROM json_to_recordset($1::json)
-        AS t(ord bigint, room_id bigint, sender_id bigint, body text, client_msg_id text, created_at bigint)
+        AS t(ord bigint, room_id bigint, sender_id bigint, body text, client_msg_id text,
+             reply_to_seq bigint, created_at bigint)
 ),
 checked AS MATERIALIZED (
     SELECT i.*, coalesce(m.member, false) AS member, e.existing_seq
@@ -134,13 +135,14 @@ bumped AS (
     RETURNING r.id AS room_id, r.last_seq - c.n AS base
 ),
 numbered AS (
-    SELECT a.ord, a.room_id, a.sender_id, a.body, a.client_msg_id, a.created_at,
+    SELECT a.ord, a.room_id, a.sender_id, a.body, a.client_msg_id, a.reply_to_seq, a.created_at,
         b.base + row_number() OVER (PARTITION BY a.room_id ORDER BY a.ord) AS seq
     FROM accepted a JOIN bumped b ON b.room_id = a.room_id
 ),
 inserted AS (
-    INSERT INTO room_events (room_id, seq, kind, sender_id, body, client_msg_id, created_at)
-    SELECT room_id, seq, 'message.created', sender_id, body, client_msg_id, created_at FROM numbered
+    INSERT INTO room_events (room_id, seq, kind, sender_id, body, client_msg_id, reply_to_seq, created_at)
+    SELECT room_id, seq, 'message.created', sender_id, body, client_msg_id, reply_to_seq, created_at
+    FROM numbered
 ),
 senders AS (
     SELECT room_id, sender_id, max(seq) AS seq FROM numbered GROUP BY room_id, sender_id
@@ -158,7 +160,8 @@ own_read AS (
 )
 SELECT c.ord, n.seq AS created_seq,
     e.room_id, e.seq, e.kind, e.sender_id, e.body, e.client_msg_id, e.target_user_id, e.role,
-    e.room_name, e.created_at
+    e.room_name, e.event_name, e.payload, e.reply_to_seq, e.edited_at, e.deleted_at, e.target_seq,
+    e.emoji, e.created_at
 FROM checked c
 LEFT JOIN numbered n ON n.ord = c.ord
 LEFT JOIN room_events e ON e.room_id = c.room_id AND e.seq = c.existing_seq";
@@ -192,6 +195,7 @@ struct OwnedMessage {
     sender_id: UserId,
     body: String,
     client_msg_id: Option<String>,
+    reply_to_seq: Option<i64>,
     created_at: i64,
 }
 
@@ -202,6 +206,7 @@ impl OwnedMessage {
             sender_id: msg.sender_id,
             body: msg.body.to_owned(),
             client_msg_id: msg.client_msg_id.map(str::to_owned),
+            reply_to_seq: msg.reply_to_seq,
             created_at: msg.created_at,
         }
     }
@@ -212,6 +217,7 @@ impl OwnedMessage {
             sender_id: self.sender_id,
             body: &self.body,
             client_msg_id: self.client_msg_id.as_deref(),
+            reply_to_seq: self.reply_to_seq,
             created_at: self.created_at,
         }
     }
@@ -576,6 +582,7 @@ struct BatchRow<'a> {
     sender_id: i64,
     body: &'a str,
     client_msg_id: Option<&'a str>,
+    reply_to_seq: Option<i64>,
     created_at: i64,
 }
 
@@ -599,6 +606,7 @@ impl Store {
                 sender_id: msg.sender_id.0,
                 body: msg.body,
                 client_msg_id: msg.client_msg_id,
+                reply_to_seq: msg.reply_to_seq,
                 created_at: msg.created_at,
             })
             .collect();
@@ -664,6 +672,7 @@ mod tests {
             sender_id: UserId(sender),
             body: "hi".into(),
             client_msg_id: client_msg_id.map(str::to_owned),
+            reply_to_seq: None,
             created_at: 0,
         };
         let pending = Pending {

@@ -22,6 +22,8 @@ pub struct NewMessage<'a> {
     pub sender_id: UserId,
     pub body: &'a str,
     pub client_msg_id: Option<&'a str>,
+    /// An earlier `message.created` seq of the same room (the api checks it).
+    pub reply_to_seq: Option<i64>,
     pub created_at: i64,
 }
 
@@ -36,6 +38,10 @@ impl NewMessage<'_> {
             kind: EventKind::MessageCreated {
                 body: self.body.to_owned(),
                 client_msg_id: self.client_msg_id.map(str::to_owned),
+                reply_to_seq: self.reply_to_seq,
+                edited_at: None,
+                deleted_at: None,
+                reactions: Vec::new(),
             },
         }
     }
@@ -56,7 +62,8 @@ macro_rules! select_events {
     ($rest:literal) => {
         concat!(
             "SELECT room_id, seq, kind, sender_id, body, client_msg_id, target_user_id, role, room_name, \
-             event_name, payload, created_at FROM room_events ",
+             event_name, payload, reply_to_seq, edited_at, deleted_at, target_seq, emoji, created_at \
+             FROM room_events ",
             $rest
         )
     };
@@ -75,12 +82,48 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<RoomEvent> {
         id.map(UserId)
             .ok_or_else(|| StoreError::Corrupt("member event without a user".into()))
     };
+    let target_seq = |row: &AnyRow| -> Result<i64> {
+        let seq: Option<i64> = row.try_get("target_seq")?;
+        seq.ok_or_else(|| StoreError::Corrupt(format!("a {kind} event without target_seq")))
+    };
+    let emoji = |row: &AnyRow| -> Result<String> {
+        Ok(row
+            .try_get::<Option<String>, _>("emoji")?
+            .unwrap_or_default())
+    };
+    let time = |row: &AnyRow, column: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        Ok(row.try_get::<Option<i64>, _>(column)?.map(time_from_millis))
+    };
+    // A deleted message's body is NULL: it reads as empty.
+    let body = |row: &AnyRow| -> Result<String> {
+        Ok(row
+            .try_get::<Option<String>, _>("body")?
+            .unwrap_or_default())
+    };
     let kind = match kind.as_str() {
         "message.created" => EventKind::MessageCreated {
-            body: row
-                .try_get::<Option<String>, _>("body")?
-                .unwrap_or_default(),
+            body: body(row)?,
             client_msg_id: row.try_get("client_msg_id")?,
+            reply_to_seq: row.try_get("reply_to_seq")?,
+            edited_at: time(row, "edited_at")?,
+            deleted_at: time(row, "deleted_at")?,
+            reactions: Vec::new(),
+        },
+        "message.edited" => EventKind::MessageEdited {
+            target_seq: target_seq(row)?,
+            body: body(row)?,
+            edited_at: time_from_millis(row.try_get("created_at")?),
+        },
+        "message.deleted" => EventKind::MessageDeleted {
+            target_seq: target_seq(row)?,
+        },
+        "reaction.added" => EventKind::ReactionAdded {
+            target_seq: target_seq(row)?,
+            emoji: emoji(row)?,
+        },
+        "reaction.removed" => EventKind::ReactionRemoved {
+            target_seq: target_seq(row)?,
+            emoji: emoji(row)?,
         },
         "member.added" => EventKind::MemberAdded {
             user_id: target(row)?,
@@ -141,13 +184,37 @@ pub(crate) async fn insert_event(
     let (mut body, mut client_msg_id, mut target, mut role, mut room_name) =
         (None, None, None, None, None);
     let (mut event_name, mut payload) = (None, None);
+    let (mut reply_to_seq, mut target_seq, mut emoji) = (None, None, None);
     match &event.kind {
         EventKind::MessageCreated {
             body: b,
             client_msg_id: c,
+            reply_to_seq: r,
+            ..
         } => {
             body = Some(b.as_str());
             client_msg_id = c.as_deref();
+            reply_to_seq = *r;
+        }
+        EventKind::MessageEdited {
+            target_seq: t,
+            body: b,
+            ..
+        } => {
+            target_seq = Some(*t);
+            body = Some(b.as_str());
+        }
+        EventKind::MessageDeleted { target_seq: t } => target_seq = Some(*t),
+        EventKind::ReactionAdded {
+            target_seq: t,
+            emoji: e,
+        }
+        | EventKind::ReactionRemoved {
+            target_seq: t,
+            emoji: e,
+        } => {
+            target_seq = Some(*t);
+            emoji = Some(e.as_str());
         }
         EventKind::MemberAdded { user_id, role: r } => {
             target = Some(user_id.0);
@@ -162,7 +229,8 @@ pub(crate) async fn insert_event(
     }
     sqlx::query(
         "INSERT INTO room_events (room_id, seq, kind, sender_id, body, client_msg_id, target_user_id, role, room_name, \
-         event_name, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+         event_name, payload, reply_to_seq, target_seq, emoji, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(event.room_id.0)
     .bind(event.seq)
@@ -175,6 +243,9 @@ pub(crate) async fn insert_event(
     .bind(room_name)
     .bind(event_name)
     .bind(payload)
+    .bind(reply_to_seq)
+    .bind(target_seq)
+    .bind(emoji)
     .bind(event.created_at.timestamp_millis())
     .execute(&mut *conn)
     .await?;
@@ -272,8 +343,8 @@ impl Store {
                  UPDATE room_members m SET read_seq = greatest(m.read_seq, n.last_seq), \
                      delivered_seq = greatest(m.delivered_seq, n.last_seq) \
                  FROM next n WHERE m.room_id = $1 AND m.user_id = $2) \
-             INSERT INTO room_events (room_id, seq, kind, sender_id, body, client_msg_id, created_at) \
-             SELECT $1, last_seq, 'message.created', $2, $3, $4, $5 FROM next \
+             INSERT INTO room_events (room_id, seq, kind, sender_id, body, client_msg_id, reply_to_seq, created_at) \
+             SELECT $1, last_seq, 'message.created', $2, $3, $4, $6, $5 FROM next \
              RETURNING seq",
         )
         .bind(msg.room_id.0)
@@ -281,6 +352,7 @@ impl Store {
         .bind(msg.body)
         .bind(msg.client_msg_id)
         .bind(msg.created_at)
+        .bind(msg.reply_to_seq)
         .fetch_optional(&self.pool)
         .await;
         match appended {

@@ -49,7 +49,7 @@ pub struct DirectRoom {
 /// `unread` counts at most 100 rows ([`shared::model::UNREAD_CAP`]; a
 /// macro cannot splice a constant into the literal) of the partial index
 /// `room_events_messages_idx`, so a long-unread room costs no more than a
-/// short one.
+/// short one; `mentions` likewise at most 100 rows of `message_mentions_user_idx`.
 macro_rules! select_rooms {
     ($rest:literal) => {
         concat!(
@@ -59,7 +59,11 @@ macro_rules! select_rooms {
                      SELECT 1 FROM room_events e \
                      WHERE e.room_id = m.room_id AND e.seq > m.read_seq \
                          AND e.kind = 'message.created' AND e.sender_id <> m.user_id \
-                     LIMIT 100) unread_window) AS unread \
+                     LIMIT 100) unread_window) AS unread, \
+                 (SELECT count(*) FROM ( \
+                     SELECT 1 FROM message_mentions mm \
+                     WHERE mm.room_id = m.room_id AND mm.user_id = m.user_id AND mm.seq > m.read_seq \
+                     LIMIT 100) mention_window) AS mentions \
              FROM room_members m JOIN rooms r ON r.id = m.room_id ",
             $rest
         )
@@ -81,6 +85,7 @@ fn room_from_row(row: &AnyRow) -> Result<Room> {
             .ok_or_else(|| StoreError::Corrupt(format!("member role {role:?}")))?,
         read_seq: row.try_get("read_seq")?,
         unread: row.try_get("unread")?,
+        mentions: row.try_get("mentions")?,
     })
 }
 
@@ -121,6 +126,7 @@ impl Store {
             role: Role::Owner,
             read_seq: 1,
             unread: 0,
+            mentions: 0,
         };
         Ok((room, event))
     }

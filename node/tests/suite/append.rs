@@ -205,6 +205,7 @@ impl Post {
             sender_id: self.sender,
             body: self.body,
             client_msg_id: self.key,
+            reply_to_seq: None,
             created_at: now_millis(),
         }
     }

@@ -11,6 +11,7 @@ mod cors;
 mod errors;
 mod faults;
 mod input;
+mod message_changes;
 mod messages;
 mod metrics;
 mod openapi;

@@ -451,7 +451,11 @@ async fn a_removed_member_stops_receiving_at_the_removal(mode: Mode) {
         vec![
             &EventKind::MessageCreated {
                 body: "before".into(),
-                client_msg_id: None
+                client_msg_id: None,
+                reply_to_seq: None,
+                edited_at: None,
+                deleted_at: None,
+                reactions: Vec::new(),
             },
             &EventKind::MemberRemoved { user_id: bob.id }
         ],
@@ -541,6 +545,7 @@ async fn an_event_whose_publish_was_lost_is_recovered_from_the_store(mode: Mode)
             sender_id: alice.id,
             body: "lost in transit",
             client_msg_id: None,
+            reply_to_seq: None,
             created_at: shared::model::now_millis(),
         })
         .await
