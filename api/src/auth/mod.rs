@@ -122,10 +122,7 @@ async fn login(
         just_locked,
     } = state.limits.begin_login(&guard, &key).await
     {
-        let (user, mut detail) = match &key {
-            LoginKey::Account(id) => (Some(*id), json!({})),
-            LoginKey::Unknown(name) => (None, json!({"login": audit::detail_text(name)})),
-        };
+        let (user, mut detail) = audit_subject(&key);
         let kind = if just_locked {
             detail["lockout_secs"] = json!(retry_after_secs);
             SecurityEventKind::LoginLockedOut
@@ -150,10 +147,7 @@ async fn login(
     let Some(user) = user.filter(|_| valid) else {
         metrics::counter!("api_logins_total", "outcome" => "failed").increment(1);
         tracing::warn!(target: "security", login = %login, "failed login");
-        let (user, detail) = match &key {
-            LoginKey::Account(id) => (Some(*id), json!({})),
-            LoginKey::Unknown(name) => (None, json!({"login": audit::detail_text(name)})),
-        };
+        let (user, detail) = audit_subject(&key);
         audit::record(&state, SecurityEventKind::LoginFailed, user, &meta, detail).await;
         return Err(ApiError::InvalidCredentials);
     };
@@ -377,6 +371,15 @@ fn user_agent(headers: &HeaderMap) -> Option<&str> {
         Some((cut, _)) => &ua[..cut],
         None => ua,
     })
+}
+
+/// Who a login attempt's security event is about: the account, or (naming
+/// none) no account and the name tried, bounded.
+fn audit_subject(key: &LoginKey) -> (Option<UserId>, serde_json::Value) {
+    match key {
+        LoginKey::Account(id) => (Some(*id), json!({})),
+        LoginKey::Unknown(name) => (None, json!({"login": audit::detail_text(name)})),
+    }
 }
 
 /// Bytes of randomness in a refresh token's secret.
