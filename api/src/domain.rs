@@ -126,6 +126,35 @@ impl RoomName {
     }
 }
 
+/// A room's topic: up to 500 characters after trimming (empty clears it);
+/// newlines and tabs are fine, other control characters are not.
+pub struct RoomTopic(String);
+
+pub const MAX_TOPIC_CHARS: usize = 500;
+
+impl RoomTopic {
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        let s = s.trim();
+        if s.chars().count() > MAX_TOPIC_CHARS {
+            return Err(ApiError::validation(
+                "topic",
+                "topic must be at most 500 characters",
+            ));
+        }
+        if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+            return Err(ApiError::validation(
+                "topic",
+                "topic must not contain control characters other than newline and tab",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
 /// A message body: 1 to 4000 characters, not blank, no NUL (which
 /// PostgreSQL text cannot hold). Newlines and tabs are fine.
 pub struct MessageBody(String);
@@ -452,6 +481,13 @@ mod tests {
         assert!(RoomName::parse("   ").is_err());
         assert!(RoomName::parse("a\u{7}b").is_err());
         assert!(RoomName::parse(&"n".repeat(101)).is_err());
+        assert_eq!(
+            RoomTopic::parse(" plans\nand notes ").unwrap().into_inner(),
+            "plans\nand notes"
+        );
+        assert_eq!(RoomTopic::parse("  ").unwrap().into_inner(), "");
+        assert!(RoomTopic::parse("a\u{1b}[31m").is_err());
+        assert!(RoomTopic::parse(&"t".repeat(501)).is_err());
         assert!(ClientMsgId::parse("0b8e2c5e-1f7a-4c3e-9d7a-3b2f1e0c9a8b".into()).is_ok());
         assert!(ClientMsgId::parse(String::new()).is_err());
         assert!(ClientMsgId::parse("has space".into()).is_err());

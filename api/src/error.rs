@@ -70,6 +70,12 @@ pub enum ApiError {
     OwnerCannotLeave,
     #[error("direct rooms have exactly their two members")]
     DirectRoom,
+    #[error("the user already has a pending invitation to this room")]
+    AlreadyInvited,
+    #[error("no pending invitation to this room")]
+    InvitationNotFound,
+    #[error("this room takes new members by invitation only")]
+    InvitationRequired,
     #[error("users with this prefix exist already")]
     PrefixTaken,
     #[error("this endpoint needs an `Authorization: Bearer pk_...` header with an API key")]
@@ -142,12 +148,14 @@ impl ApiError {
             }
             MessageNotFound => StatusCode::NOT_FOUND,
             InvalidReplyTarget | TooManyReactions { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            RoomNotFound | UserNotFound | SessionNotFound | MemberNotFound | NotFound
-            | ApiKeyNotFound => StatusCode::NOT_FOUND,
+            RoomNotFound | UserNotFound | SessionNotFound | MemberNotFound | InvitationNotFound
+            | NotFound | ApiKeyNotFound => StatusCode::NOT_FOUND,
             IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             UsernameTaken | EmailTaken | AlreadyMember | IdempotencyConflict | OwnerCannotLeave
-            | DirectRoom | PrefixTaken => StatusCode::CONFLICT,
+            | DirectRoom | PrefixTaken | AlreadyInvited | InvitationRequired => {
+                StatusCode::CONFLICT
+            }
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -181,6 +189,9 @@ impl ApiError {
         "idempotency_conflict",
         "owner_cannot_leave",
         "direct_room",
+        "already_invited",
+        "invitation_not_found",
+        "invitation_required",
         "prefix_taken",
         "missing_api_key",
         "invalid_api_key",
@@ -229,6 +240,9 @@ impl ApiError {
             IdempotencyConflict => "idempotency_conflict",
             OwnerCannotLeave => "owner_cannot_leave",
             DirectRoom => "direct_room",
+            AlreadyInvited => "already_invited",
+            InvitationNotFound => "invitation_not_found",
+            InvitationRequired => "invitation_required",
             PrefixTaken => "prefix_taken",
             MissingApiKey => "missing_api_key",
             InvalidApiKey => "invalid_api_key",
@@ -316,6 +330,7 @@ mod tests {
             Forbidden(_) | RoomNotFound | UserNotFound | SessionNotFound | MemberNotFound => {}
             NotFound | MethodNotAllowed | UsernameTaken | EmailTaken | AlreadyMember => {}
             IdempotencyConflict | OwnerCannotLeave | DirectRoom | PrefixTaken => {}
+            AlreadyInvited | InvitationNotFound | InvitationRequired => {}
             MissingApiKey | InvalidApiKey | ApiKeyRevoked | MissingScope(_) => {}
             RoomNotAllowed | ApiKeyNotFound | IdempotencyKeyReused => {}
             EventPayloadTooLarge { .. } => {}
@@ -354,6 +369,9 @@ mod tests {
             IdempotencyConflict,
             OwnerCannotLeave,
             DirectRoom,
+            AlreadyInvited,
+            InvitationNotFound,
+            InvitationRequired,
             PrefixTaken,
             MissingApiKey,
             InvalidApiKey,

@@ -277,6 +277,28 @@ impl Chat {
                     event.seq
                 )
             }
+            EventKind::RoomUpdated { name, topic, .. } => {
+                println!("[{}] {who} set the room to #{name}: {topic}", event.seq)
+            }
+            EventKind::OwnerChanged { user_id } => {
+                println!(
+                    "[{}] {who} made {} the owner",
+                    event.seq,
+                    self.name(*user_id)
+                )
+            }
+            EventKind::RoomDeleted {} => println!("[{}] {who} deleted the room", event.seq),
+            EventKind::MemberInvited { user_id, .. } => {
+                println!("[{}] {who} invited {}", event.seq, self.name(*user_id))
+            }
+            EventKind::InvitationDeclined { .. } => {
+                println!("[{}] {who} declined the invitation", event.seq)
+            }
+            EventKind::InvitationRevoked { user_id } => println!(
+                "[{}] {who} withdrew the invitation of {}",
+                event.seq,
+                self.name(*user_id)
+            ),
         }
     }
 

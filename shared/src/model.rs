@@ -68,6 +68,35 @@ impl RoomKind {
     }
 }
 
+/// How users become members of a group room.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinPolicy {
+    /// Owners and admins add members directly (`POST /v1/rooms/{id}/members`),
+    /// or invite them.
+    #[default]
+    Add,
+    /// Only by invitation: the invited user accepts or declines.
+    Invite,
+}
+
+impl JoinPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinPolicy::Add => "add",
+            JoinPolicy::Invite => "invite",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JoinPolicy> {
+        match s {
+            "add" => Some(JoinPolicy::Add),
+            "invite" => Some(JoinPolicy::Invite),
+            _ => None,
+        }
+    }
+}
+
 /// A user as other users see them (no email, never a password hash).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PublicUser {
@@ -90,10 +119,20 @@ pub struct Room {
     pub id: RoomId,
     pub kind: RoomKind,
     pub name: String,
+    /// Free text set by owners and admins (empty when unset).
+    pub topic: String,
+    pub join_policy: JoinPolicy,
     pub created_by: UserId,
     pub created_at: DateTime<Utc>,
     /// The `seq` of the newest event in the room's timeline (0 when empty).
     pub last_seq: i64,
+    /// The newest message of the room (a tombstone if it was deleted);
+    /// absent while the room has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<MessagePreview>,
+    /// When the room last saw a message, or when the caller joined it if
+    /// that is later: the order of `GET /v1/rooms`, newest first.
+    pub last_activity_at: DateTime<Utc>,
     /// The caller's role in the room.
     pub role: Role,
     /// The newest `seq` the caller has read (0: nothing yet).
@@ -106,6 +145,38 @@ pub struct Room {
     /// (`@username`), exact up to [`UNREAD_CAP`] like `unread`.
     pub mentions: i64,
 }
+
+/// A pending invitation to a group room.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Invitation {
+    pub room_id: RoomId,
+    pub room_name: String,
+    /// The invited user.
+    pub user_id: UserId,
+    /// The role they get on accepting.
+    pub role: Role,
+    pub invited_by: UserId,
+    pub invited_by_username: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The newest message of a room, for a rooms list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MessagePreview {
+    pub seq: i64,
+    pub sender_id: UserId,
+    /// The first [`PREVIEW_CHARS`] characters of the current body (empty
+    /// once deleted).
+    pub body: String,
+    /// Whether `body` was cut short.
+    pub truncated: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Characters of a body a [`MessagePreview`] keeps.
+pub const PREVIEW_CHARS: usize = 140;
 
 /// Largest `unread` a room reports: counting stops here, so a long-unread
 /// room costs no more than a short index range.
@@ -197,6 +268,32 @@ pub enum EventKind {
     /// A user stopped being a member (removed by an admin, or left).
     #[serde(rename = "member.removed")]
     MemberRemoved { user_id: UserId },
+    /// An owner or admin changed the room's profile: the event carries it
+    /// whole, as it is now.
+    #[serde(rename = "room.updated")]
+    RoomUpdated {
+        name: String,
+        topic: String,
+        join_policy: JoinPolicy,
+    },
+    /// The owner (`sender_id`) handed the room to member `user_id`, and is
+    /// now an admin.
+    #[serde(rename = "room.owner_changed")]
+    OwnerChanged { user_id: UserId },
+    /// The owner deleted the room: its timeline and members are gone, this
+    /// is its last event. Every member's connections leave it.
+    #[serde(rename = "room.deleted")]
+    RoomDeleted {},
+    /// `sender_id` invited `user_id` to join with `role`; they are not a
+    /// member until they accept (a `member.added` whose sender is them).
+    #[serde(rename = "member.invited")]
+    MemberInvited { user_id: UserId, role: Role },
+    /// `user_id` declined their invitation.
+    #[serde(rename = "invitation.declined")]
+    InvitationDeclined { user_id: UserId },
+    /// An owner or admin (`sender_id`) withdrew `user_id`'s invitation.
+    #[serde(rename = "invitation.revoked")]
+    InvitationRevoked { user_id: UserId },
     /// An application's own event, published by a backend with an API key
     /// (`POST /v1/server/rooms/{room_id}/events`): numbered and stored like
     /// a message. `name` is the application's dotted name
@@ -237,6 +334,12 @@ impl EventKind {
             EventKind::ReactionRemoved { .. } => "reaction.removed",
             EventKind::MemberAdded { .. } => "member.added",
             EventKind::MemberRemoved { .. } => "member.removed",
+            EventKind::RoomUpdated { .. } => "room.updated",
+            EventKind::OwnerChanged { .. } => "room.owner_changed",
+            EventKind::RoomDeleted {} => "room.deleted",
+            EventKind::MemberInvited { .. } => "member.invited",
+            EventKind::InvitationDeclined { .. } => "invitation.declined",
+            EventKind::InvitationRevoked { .. } => "invitation.revoked",
             EventKind::Custom { .. } => "custom",
         }
     }

@@ -7,7 +7,7 @@
 //! keep the two in step.
 
 use crate::ids::{RoomId, SessionId, UserId};
-use crate::model::{Role, RoomEvent};
+use crate::model::{Invitation, Role, RoomEvent};
 use bytes::Bytes;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -253,6 +253,8 @@ pub enum LeftReason {
     Requested,
     /// The user is no longer a member of the room.
     Removed,
+    /// The room was deleted (after its `room.deleted` event).
+    RoomDeleted,
 }
 
 /// Frames a gateway sends.
@@ -359,6 +361,12 @@ pub enum ServerFrame {
     RoomAdded { room_id: RoomId, role: Role },
     /// The user is no longer a member of a room.
     RoomRemoved { room_id: RoomId },
+    /// The user was invited to a room: accept or decline it with
+    /// `POST /v1/invitations/{room_id}/accept` or `/decline`.
+    RoomInvited { invitation: Invitation },
+    /// The user's pending invitation to a room ended without them (it was
+    /// revoked, or the room deleted).
+    InvitationEnded { room_id: RoomId },
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
@@ -430,6 +438,12 @@ pub enum UserNotice {
         role: Role,
     },
     RoomRemoved {
+        room_id: RoomId,
+    },
+    RoomInvited {
+        invitation: Invitation,
+    },
+    InvitationEnded {
         room_id: RoomId,
     },
     SessionRevoked {

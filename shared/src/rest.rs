@@ -5,7 +5,7 @@
 //! parses and produces.
 
 use crate::ids::{ApiKeyId, RoomId, SessionId, UserId};
-use crate::model::{Member, PublicUser, Role, Room, RoomEvent, User};
+use crate::model::{Invitation, JoinPolicy, Member, PublicUser, Role, Room, RoomEvent, User};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -88,6 +88,60 @@ pub struct CreateRoomRequest {
     /// 1 to 100 characters after trimming, no control characters.
     #[schema(min_length = 1, max_length = 100)]
     pub name: String,
+    /// Up to 500 characters (default empty).
+    #[serde(default)]
+    #[schema(max_length = 500)]
+    pub topic: Option<String>,
+    /// How members join (default `add`).
+    #[serde(default)]
+    pub join_policy: Option<JoinPolicy>,
+}
+
+/// `PATCH /v1/rooms/{id}`: what to change; absent fields stay as they are.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRoomRequest {
+    /// 1 to 100 characters after trimming, no control characters.
+    #[schema(min_length = 1, max_length = 100)]
+    pub name: Option<String>,
+    /// Up to 500 characters after trimming; empty clears it.
+    #[schema(max_length = 500)]
+    pub topic: Option<String>,
+    pub join_policy: Option<JoinPolicy>,
+}
+
+/// `POST /v1/rooms/{id}/owner`: hand the room to another member.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferOwnershipRequest {
+    pub user_id: UserId,
+}
+
+/// `POST /v1/rooms/{id}/invitations`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InviteRequest {
+    pub user_id: UserId,
+    /// `member` (default) or `admin` (owners only).
+    #[serde(default)]
+    pub role: Option<Role>,
+}
+
+/// `GET /v1/invitations` and `GET /v1/rooms/{id}/invitations`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct InvitationList {
+    pub invitations: Vec<Invitation>,
+}
+
+/// Query of `GET /v1/rooms`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RoomListQuery {
+    /// `next_cursor` of the previous page (default: from the most recently active room).
+    pub cursor: Option<String>,
+    /// Page size, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u32>,
 }
 
 /// `POST /v1/rooms/direct`: the direct room between the caller and `user_id`,
@@ -143,6 +197,15 @@ pub struct HistoryQuery {
     /// Only events with a smaller `seq` (default: from the newest).
     #[param(minimum = 1)]
     pub before_seq: Option<i64>,
+    /// Only events with a larger `seq`: the `limit` events just after it
+    /// (paging towards the newest). At most one of `before_seq`,
+    /// `after_seq` and `around_seq`.
+    #[param(minimum = 0)]
+    pub after_seq: Option<i64>,
+    /// The events around this `seq` (it included): half the page before,
+    /// half after (a search hit in its context).
+    #[param(minimum = 1)]
+    pub around_seq: Option<i64>,
     /// Page size, 1 to 100 (default 50).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
@@ -151,15 +214,25 @@ pub struct HistoryQuery {
 /// A page of a room's timeline, newest first.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct HistoryPage {
+    /// Newest first, whichever way the page was asked for.
     pub events: Vec<RoomEvent>,
-    /// Pass as `before_seq` for the next (older) page; absent on the last page.
+    /// Pass as `before_seq` for the next older page; absent when the page
+    /// reaches the room's first event.
     pub next_before_seq: Option<i64>,
+    /// Pass as `after_seq` for the next newer page; absent when the page
+    /// reaches the room's newest event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after_seq: Option<i64>,
 }
 
-/// `GET /v1/rooms`
+/// `GET /v1/rooms`: a page of the caller's rooms, the most recently
+/// active first (`last_activity_at`).
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct RoomList {
     pub rooms: Vec<Room>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `POST /v1/rooms/{id}/read`

@@ -132,6 +132,34 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<RoomEvent> {
         "member.removed" => EventKind::MemberRemoved {
             user_id: target(row)?,
         },
+        "room.updated" => {
+            let payload: Option<String> = row.try_get("payload")?;
+            let profile: StoredProfile = payload
+                .as_deref()
+                .and_then(|json| serde_json::from_str(json).ok())
+                .ok_or_else(|| StoreError::Corrupt("a room.updated without its profile".into()))?;
+            EventKind::RoomUpdated {
+                name: row
+                    .try_get::<Option<String>, _>("room_name")?
+                    .unwrap_or_default(),
+                topic: profile.topic,
+                join_policy: profile.join_policy,
+            }
+        }
+        "room.owner_changed" => EventKind::OwnerChanged {
+            user_id: target(row)?,
+        },
+        "room.deleted" => EventKind::RoomDeleted {},
+        "member.invited" => EventKind::MemberInvited {
+            user_id: target(row)?,
+            role: role(row)?,
+        },
+        "invitation.declined" => EventKind::InvitationDeclined {
+            user_id: target(row)?,
+        },
+        "invitation.revoked" => EventKind::InvitationRevoked {
+            user_id: target(row)?,
+        },
         "room.created" => EventKind::RoomCreated {
             name: row
                 .try_get::<Option<String>, _>("room_name")?
@@ -160,6 +188,14 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<RoomEvent> {
         created_at: time_from_millis(row.try_get("created_at")?),
         kind,
     })
+}
+
+/// The part of a `room.updated` event kept in `payload` (the name has its
+/// own column).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredProfile {
+    topic: String,
+    join_policy: shared::model::JoinPolicy,
 }
 
 /// Takes the next number of `room`'s timeline inside the caller's
@@ -220,7 +256,28 @@ pub(crate) async fn insert_event(
             target = Some(user_id.0);
             role = Some(r.as_str());
         }
-        EventKind::MemberRemoved { user_id } => target = Some(user_id.0),
+        EventKind::MemberRemoved { user_id }
+        | EventKind::OwnerChanged { user_id }
+        | EventKind::InvitationDeclined { user_id }
+        | EventKind::InvitationRevoked { user_id } => target = Some(user_id.0),
+        EventKind::MemberInvited { user_id, role: r } => {
+            target = Some(user_id.0);
+            role = Some(r.as_str());
+        }
+        EventKind::RoomUpdated {
+            name,
+            topic,
+            join_policy,
+        } => {
+            room_name = Some(name.as_str());
+            let profile = StoredProfile {
+                topic: topic.clone(),
+                join_policy: *join_policy,
+            };
+            payload =
+                Some(serde_json::to_string(&profile).map_err(|e| sqlx::Error::Encode(e.into()))?);
+        }
+        EventKind::RoomDeleted {} => {}
         EventKind::RoomCreated { name } => room_name = Some(name.as_str()),
         EventKind::Custom { name, payload: p } => {
             event_name = Some(name.as_str());
@@ -389,6 +446,35 @@ impl Store {
             })
             .await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    /// A page of `room`'s timeline strictly after `after_seq`: the `limit`
+    /// events that follow it, returned newest first like [`Store::history`].
+    #[tracing::instrument(skip(self))]
+    pub async fn history_after(
+        &self,
+        room: RoomId,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<RoomEvent>> {
+        let pool = &self.pool;
+        let rows = self
+            .read(|| {
+                sqlx::query(select_events!(
+                    "WHERE room_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                ))
+                .bind(room.0)
+                .bind(after_seq)
+                .bind(i64::from(limit.clamp(1, MAX_HISTORY_PAGE)))
+                .fetch_all(pool)
+            })
+            .await?;
+        let mut events = rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        events.reverse();
+        Ok(events)
     }
 
     /// Events `from..=to` of `room`, oldest first, at most `MAX_HISTORY_PAGE`

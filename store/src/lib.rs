@@ -27,6 +27,7 @@ mod liveness;
 mod markers;
 mod messages;
 mod provision;
+mod room_admin;
 mod rooms;
 mod sessions;
 mod tickets;
@@ -43,7 +44,11 @@ pub use events::{MAX_HISTORY_PAGE, NewMessage, PostOutcome};
 pub use markers::{FLUSH_INTERVAL, MarkerChange, MarkerStats, MarkerUpdate, MarkerWriter};
 pub use messages::{ChangeOutcome, MAX_DISTINCT_REACTIONS, MessageChange};
 pub use provision::{ProvisionError, ProvisionSpec, Provisioned, UNUSABLE_PASSWORD};
-pub use rooms::{AddMemberError, DirectRoom, Membership, RemoveMemberError};
+pub use room_admin::{DeletedRoom, InvitationError, ProfileChange, RoomChangeError};
+pub use rooms::{
+    AddMemberError, DirectRoom, MAX_ROOMS_PAGE, Membership, RemoveMemberError, RoomCursor,
+    RoomProfile,
+};
 pub use sessions::{NewSession, RefreshOutcome, SessionRecord};
 pub use tickets::{NewTicket, TicketGrant};
 pub use users::{CreateUserError, NewUser, UserCredentials};

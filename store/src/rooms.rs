@@ -4,7 +4,10 @@
 use crate::error::{is_foreign_key_violation, unique_violation};
 use crate::events::{insert_event, next_seq};
 use crate::{Result, Store, StoreError};
-use shared::model::{EventKind, Member, Role, Room, RoomEvent, RoomKind, time_from_millis};
+use shared::model::{
+    EventKind, JoinPolicy, Member, MessagePreview, PREVIEW_CHARS, Role, Room, RoomEvent, RoomKind,
+    time_from_millis,
+};
 use shared::{RoomId, UserId};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -14,6 +17,7 @@ use sqlx::any::AnyRow;
 pub struct Membership {
     pub role: Role,
     pub kind: RoomKind,
+    pub join_policy: JoinPolicy,
     /// The room's newest `seq` when this was read.
     pub last_seq: i64,
 }
@@ -50,11 +54,16 @@ pub struct DirectRoom {
 /// macro cannot splice a constant into the literal) of the partial index
 /// `room_events_messages_idx`, so a long-unread room costs no more than a
 /// short one; `mentions` likewise at most 100 rows of `message_mentions_user_idx`.
+/// The newest message (`lm_*`) is one probe of the same partial index
+/// (`max(seq)`) and one primary-key read; `last_activity` is its time, or
+/// the member's `joined_at` when that is later (a room you were just added
+/// to comes first). CASE rather than `greatest`/`max`, which the two
+/// dialects spell differently.
 macro_rules! select_rooms {
     ($rest:literal) => {
         concat!(
-            "SELECT r.id, r.kind, r.name, r.created_by, r.created_at, r.last_seq, m.role, \
-                 m.read_seq, \
+            "SELECT r.id, r.kind, r.name, r.topic, r.join_policy, r.created_by, r.created_at, \
+                 r.last_seq, m.role, m.read_seq, \
                  (SELECT count(*) FROM ( \
                      SELECT 1 FROM room_events e \
                      WHERE e.room_id = m.room_id AND e.seq > m.read_seq \
@@ -63,8 +72,15 @@ macro_rules! select_rooms {
                  (SELECT count(*) FROM ( \
                      SELECT 1 FROM message_mentions mm \
                      WHERE mm.room_id = m.room_id AND mm.user_id = m.user_id AND mm.seq > m.read_seq \
-                     LIMIT 100) mention_window) AS mentions \
-             FROM room_members m JOIN rooms r ON r.id = m.room_id ",
+                     LIMIT 100) mention_window) AS mentions, \
+                 lm.seq AS lm_seq, lm.sender_id AS lm_sender_id, lm.body AS lm_body, \
+                 lm.deleted_at AS lm_deleted_at, lm.created_at AS lm_created_at, \
+                 CASE WHEN lm.created_at > m.joined_at THEN lm.created_at ELSE m.joined_at END \
+                     AS last_activity \
+             FROM room_members m JOIN rooms r ON r.id = m.room_id \
+             LEFT JOIN room_events lm ON lm.room_id = m.room_id AND lm.seq = ( \
+                 SELECT max(e.seq) FROM room_events e \
+                 WHERE e.room_id = m.room_id AND e.kind = 'message.created') ",
             $rest
         )
     };
@@ -73,20 +89,67 @@ macro_rules! select_rooms {
 fn room_from_row(row: &AnyRow) -> Result<Room> {
     let kind: String = row.try_get("kind")?;
     let role: String = row.try_get("role")?;
+    let policy: String = row.try_get("join_policy")?;
+    let last_message = match row.try_get::<Option<i64>, _>("lm_seq")? {
+        None => None,
+        Some(seq) => {
+            let deleted = row.try_get::<Option<i64>, _>("lm_deleted_at")?.is_some();
+            let body = row
+                .try_get::<Option<String>, _>("lm_body")?
+                .unwrap_or_default();
+            let mut preview: String = body.chars().take(PREVIEW_CHARS).collect();
+            let truncated = preview.len() < body.len();
+            if deleted {
+                preview.clear();
+            }
+            Some(MessagePreview {
+                seq,
+                sender_id: UserId(row.try_get("lm_sender_id")?),
+                body: preview,
+                truncated: truncated && !deleted,
+                deleted,
+                created_at: time_from_millis(row.try_get("lm_created_at")?),
+            })
+        }
+    };
     Ok(Room {
         id: RoomId(row.try_get("id")?),
         kind: RoomKind::parse(&kind)
             .ok_or_else(|| StoreError::Corrupt(format!("room kind {kind:?}")))?,
         name: row.try_get("name")?,
+        topic: row.try_get("topic")?,
+        join_policy: JoinPolicy::parse(&policy)
+            .ok_or_else(|| StoreError::Corrupt(format!("join policy {policy:?}")))?,
         created_by: UserId(row.try_get("created_by")?),
         created_at: time_from_millis(row.try_get("created_at")?),
         last_seq: row.try_get("last_seq")?,
+        last_message,
+        last_activity_at: time_from_millis(row.try_get("last_activity")?),
         role: Role::parse(&role)
             .ok_or_else(|| StoreError::Corrupt(format!("member role {role:?}")))?,
         read_seq: row.try_get("read_seq")?,
         unread: row.try_get("unread")?,
         mentions: row.try_get("mentions")?,
     })
+}
+
+/// Where a page of a user's rooms list starts: strictly after the room
+/// with this `last_activity` (milliseconds) and id, in the list's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomCursor {
+    pub last_activity: i64,
+    pub room_id: RoomId,
+}
+
+/// Largest page of `GET /v1/rooms`.
+pub const MAX_ROOMS_PAGE: u32 = 100;
+
+/// What owners and admins set about a group room (a direct room's are empty).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoomProfile {
+    pub name: String,
+    pub topic: String,
+    pub join_policy: JoinPolicy,
 }
 
 /// Both users of a direct room, smallest id first, as stored in `direct_key`.
@@ -101,14 +164,14 @@ impl Store {
     pub async fn create_group_room(
         &self,
         owner: UserId,
-        name: &str,
+        profile: &RoomProfile,
         now: i64,
     ) -> Result<(Room, RoomEvent)> {
         let mut tx = self.begin_write().await?;
         let event = insert_room(
             &mut tx,
             RoomKind::Group,
-            name,
+            profile,
             None,
             &[(owner, Role::Owner)],
             now,
@@ -119,10 +182,14 @@ impl Store {
         let room = Room {
             id: room_id,
             kind: RoomKind::Group,
-            name: name.to_owned(),
+            name: profile.name.clone(),
+            topic: profile.topic.clone(),
+            join_policy: profile.join_policy,
             created_by: owner,
             created_at: event.created_at,
             last_seq: 1,
+            last_message: None,
+            last_activity_at: event.created_at,
             role: Role::Owner,
             read_seq: 1,
             unread: 0,
@@ -149,8 +216,15 @@ impl Store {
         let created = async {
             let mut tx = self.begin_write().await?;
             let members = [(me, Role::Member), (other, Role::Member)];
-            let event =
-                insert_room(&mut tx, RoomKind::Direct, "", Some(&key), &members, now).await?;
+            let event = insert_room(
+                &mut tx,
+                RoomKind::Direct,
+                &RoomProfile::default(),
+                Some(&key),
+                &members,
+                now,
+            )
+            .await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(event)
         }
@@ -190,15 +264,31 @@ impl Store {
         row.as_ref().map(room_from_row).transpose()
     }
 
-    /// The rooms `user` is a member of, oldest first.
+    /// A page of the rooms `user` is a member of, the most recently active
+    /// first (ties: the newer room first), after `cursor`.
     #[tracing::instrument(skip(self))]
-    pub async fn rooms_of(&self, user: UserId) -> Result<Vec<Room>> {
+    pub async fn rooms_of(
+        &self,
+        user: UserId,
+        cursor: Option<RoomCursor>,
+        limit: u32,
+    ) -> Result<Vec<Room>> {
+        let (activity, after_id) =
+            cursor.map_or((i64::MAX, i64::MAX), |c| (c.last_activity, c.room_id.0));
         let pool = &self.pool;
         let rows = self
             .read(|| {
-                sqlx::query(select_rooms!("WHERE m.user_id = $1 ORDER BY r.id"))
-                    .bind(user.0)
-                    .fetch_all(pool)
+                sqlx::query(concat!(
+                    "SELECT * FROM (",
+                    select_rooms!("WHERE m.user_id = $1"),
+                    ") x WHERE x.last_activity < $2 OR (x.last_activity = $2 AND x.id < $3) \
+                     ORDER BY x.last_activity DESC, x.id DESC LIMIT $4"
+                ))
+                .bind(user.0)
+                .bind(activity)
+                .bind(after_id)
+                .bind(i64::from(limit.clamp(1, MAX_ROOMS_PAGE)))
+                .fetch_all(pool)
             })
             .await?;
         rows.iter().map(room_from_row).collect()
@@ -225,6 +315,7 @@ impl Store {
         Ok(self.room_for(room, user).await?.map(|r| Membership {
             role: r.role,
             kind: r.kind,
+            join_policy: r.join_policy,
             last_seq: r.last_seq,
         }))
     }
@@ -286,6 +377,8 @@ impl Store {
                 return Ok(None);
             };
             add_member_row(&mut tx, room, user, role, now, seq).await?;
+            // Added directly: a pending invitation has nothing left to do.
+            crate::room_admin::end_invitation(&mut tx, room, user).await?;
             let event = RoomEvent {
                 room_id: room,
                 seq,
@@ -360,21 +453,23 @@ impl Store {
 async fn insert_room(
     conn: &mut sqlx::AnyConnection,
     kind: RoomKind,
-    name: &str,
+    profile: &RoomProfile,
     direct_key: Option<&str>,
     members: &[(UserId, Role)],
     now: i64,
 ) -> Result<RoomEvent, sqlx::Error> {
     let creator = members.first().map(|(u, _)| *u).unwrap_or(UserId(0));
     let row = sqlx::query(
-        "INSERT INTO rooms (kind, name, direct_key, created_by, created_at, last_seq) \
-         VALUES ($1, $2, $3, $4, $5, 1) RETURNING id",
+        "INSERT INTO rooms (kind, name, topic, join_policy, direct_key, created_by, created_at, last_seq) \
+         VALUES ($1, $2, $6, $7, $3, $4, $5, 1) RETURNING id",
     )
     .bind(kind.as_str())
-    .bind(name)
+    .bind(&profile.name)
     .bind(direct_key)
     .bind(creator.0)
     .bind(now)
+    .bind(&profile.topic)
+    .bind(profile.join_policy.as_str())
     .fetch_one(&mut *conn)
     .await?;
     let room_id = RoomId(row.try_get("id")?);
@@ -388,14 +483,14 @@ async fn insert_room(
         sender_id: creator,
         created_at: time_from_millis(now),
         kind: EventKind::RoomCreated {
-            name: name.to_owned(),
+            name: profile.name.clone(),
         },
     };
     insert_event(conn, &event).await?;
     Ok(event)
 }
 
-async fn add_member_row(
+pub(crate) async fn add_member_row(
     conn: &mut sqlx::AnyConnection,
     room: RoomId,
     user: UserId,

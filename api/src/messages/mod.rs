@@ -106,16 +106,17 @@ async fn post_message(
 }
 
 /// A page of the room's timeline (messages, their changes and membership
-/// changes), newest first (members only). Each message shows its current
-/// body, `edited_at`, `reply_to_seq`, and its reactions with whether the
-/// caller is among them; a deleted message is a tombstone (`deleted_at`,
-/// empty body).
+/// changes), newest first (members only): from the newest (default), older
+/// than `before_seq`, newer than `after_seq`, or around `around_seq`. Each
+/// message shows its current body, `edited_at`, `reply_to_seq`, and its
+/// reactions with whether the caller is among them; a deleted message is a
+/// tombstone (`deleted_at`, empty body).
 #[utoipa::path(get, path = "/rooms/{room_id}/messages", tag = "messages", security(("bearer" = [])),
     params(("room_id" = i64, Path), HistoryQuery),
     responses(
         (status = 200, description = "A page of events, newest first", body = HistoryPage),
         (status = 404, description = "`room_not_found`", body = ErrorBody),
-        (status = 422, description = "`validation_failed`: limit or before_seq out of range, or text the store cannot hold (`field` names it)", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: limit, before_seq, after_seq or around_seq out of range, more than one of them, or text the store cannot hold (`field` names it)", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id, %room_id))]
 async fn history(
@@ -128,25 +129,70 @@ async fn history(
     if !(1..=store::MAX_HISTORY_PAGE).contains(&limit) {
         return Err(ApiError::validation("limit", "limit must be 1 to 100"));
     }
+    let anchors = [
+        query.before_seq.is_some(),
+        query.after_seq.is_some(),
+        query.around_seq.is_some(),
+    ];
+    if anchors.iter().filter(|given| **given).count() > 1 {
+        return Err(ApiError::validation(
+            "before_seq",
+            "give at most one of before_seq, after_seq and around_seq",
+        ));
+    }
     if query.before_seq.is_some_and(|s| s < 1) {
         return Err(ApiError::validation(
             "before_seq",
             "before_seq must be at least 1",
         ));
     }
-    membership_of(&state, room_id, caller.user_id).await?;
-    let mut events = state
-        .store
-        .history(room_id, query.before_seq, limit)
-        .await?;
-    with_reactions(&state, room_id, caller.user_id, &mut events).await?;
-    let next_before_seq = match events.last() {
-        Some(oldest) if events.len() == limit as usize && oldest.seq > 1 => Some(oldest.seq),
-        _ => None,
+    if query.after_seq.is_some_and(|s| s < 0) {
+        return Err(ApiError::validation(
+            "after_seq",
+            "after_seq must be at least 0",
+        ));
+    }
+    if query.around_seq.is_some_and(|s| s < 1) {
+        return Err(ApiError::validation(
+            "around_seq",
+            "around_seq must be at least 1",
+        ));
+    }
+    let membership = membership_of(&state, room_id, caller.user_id).await?;
+    let mut events = match (query.after_seq, query.around_seq) {
+        (Some(after), _) => state.store.history_after(room_id, after, limit).await?,
+        (_, Some(around)) => {
+            // The anchor and what precedes it get the larger half.
+            let older = limit.div_ceil(2);
+            let mut page = match limit - older {
+                0 => Vec::new(),
+                newer => state.store.history_after(room_id, around, newer).await?,
+            };
+            page.extend(
+                state
+                    .store
+                    .history(room_id, Some(around.saturating_add(1)), older)
+                    .await?,
+            );
+            page
+        }
+        _ => {
+            state
+                .store
+                .history(room_id, query.before_seq, limit)
+                .await?
+        }
     };
+    with_reactions(&state, room_id, caller.user_id, &mut events).await?;
+    let next_before_seq = events.last().map(|e| e.seq).filter(|&oldest| oldest > 1);
+    let next_after_seq = events
+        .first()
+        .map(|e| e.seq)
+        .filter(|&newest| newest < membership.last_seq);
     Ok(Json(HistoryPage {
         events,
         next_before_seq,
+        next_after_seq,
     }))
 }
 

@@ -1,21 +1,24 @@
 //! Rooms and membership. A non-member asking about a room gets the same 404
 //! as for a room that does not exist: nobody learns which rooms exist.
 
-use crate::domain::RoomName;
+mod invitations;
+mod manage;
+
+use crate::domain::{RoomName, RoomTopic};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiPath, AuthUser};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, AuthUser};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use shared::model::{Member, Receipt, Role, Room, RoomKind, now_millis};
+use shared::model::{JoinPolicy, Member, Receipt, Role, Room, RoomKind, now_millis};
 use shared::protocol::UserNotice;
 use shared::rest::{
     AddMemberRequest, CreateRoomRequest, DirectRoomRequest, ErrorBody, MemberList, ReadRequest,
-    ReceiptList, RoomList,
+    ReceiptList, RoomList, RoomListQuery,
 };
 use shared::{RoomId, UserId};
-use store::{AddMemberError, MarkerUpdate, Membership, RemoveMemberError};
+use store::{AddMemberError, MarkerUpdate, Membership, RemoveMemberError, RoomCursor, RoomProfile};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -23,7 +26,13 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_room, list_rooms))
         .routes(routes!(direct_room))
-        .routes(routes!(get_room))
+        .routes(routes!(get_room, manage::update_room, manage::delete_room))
+        .routes(routes!(manage::transfer_ownership))
+        .routes(routes!(invitations::invite, invitations::room_invitations))
+        .routes(routes!(invitations::revoke))
+        .routes(routes!(invitations::my_invitations))
+        .routes(routes!(invitations::accept))
+        .routes(routes!(invitations::decline))
         .routes(routes!(list_members, add_member))
         .routes(routes!(remove_member))
         .routes(routes!(mark_read))
@@ -104,30 +113,67 @@ pub(crate) async fn membership_of(
 
 /// Creates a group room; the caller becomes its owner.
 #[utoipa::path(post, path = "/rooms", tag = "rooms", security(("bearer" = [])), request_body = CreateRoomRequest,
-    responses((status = 201, description = "Created; the caller is its owner", body = Room)))]
+    responses((status = 201, description = "Created; the caller is its owner", body = Room),
+        (status = 422, description = "`validation_failed` (`field` names it)", body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
 async fn create_room(
     State(state): State<AppState>,
     caller: AuthUser,
     ApiJson(req): ApiJson<CreateRoomRequest>,
 ) -> ApiResult<(StatusCode, Json<Room>)> {
-    let name = RoomName::parse(&req.name)?;
+    let profile = RoomProfile {
+        name: RoomName::parse(&req.name)?.as_str().to_owned(),
+        topic: RoomTopic::parse(req.topic.as_deref().unwrap_or_default())?.into_inner(),
+        join_policy: req.join_policy.unwrap_or_default(),
+    };
     let (room, event) = state
         .store
-        .create_group_room(caller.user_id, name.as_str(), now_millis())
+        .create_group_room(caller.user_id, &profile, now_millis())
         .await?;
     state.events.room_event(&event).await;
     Ok((StatusCode::CREATED, Json(room)))
 }
 
-/// The rooms the caller is a member of.
-#[utoipa::path(get, path = "/rooms", tag = "rooms", security(("bearer" = [])),
-    responses((status = 200, description = "The caller's rooms, with the caller's role", body = RoomList)))]
+/// A page of the rooms the caller is a member of, the most recently active
+/// first (`last_activity_at`: the newest message, or when the caller joined
+/// if later), each with a preview of its newest message.
+#[utoipa::path(get, path = "/rooms", tag = "rooms", security(("bearer" = [])), params(RoomListQuery),
+    responses((status = 200, description = "A page of the caller's rooms, with the caller's role", body = RoomList),
+        (status = 422, description = "`validation_failed`: `limit` out of range or a `cursor` this endpoint did not give", body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
-async fn list_rooms(State(state): State<AppState>, caller: AuthUser) -> ApiResult<Json<RoomList>> {
-    Ok(Json(RoomList {
-        rooms: state.store.rooms_of(caller.user_id).await?,
-    }))
+async fn list_rooms(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiQuery(query): ApiQuery<RoomListQuery>,
+) -> ApiResult<Json<RoomList>> {
+    let limit = query.limit.unwrap_or(DEFAULT_ROOMS_PAGE);
+    if !(1..=store::MAX_ROOMS_PAGE).contains(&limit) {
+        return Err(ApiError::validation("limit", "limit must be 1 to 100"));
+    }
+    let cursor = query.cursor.as_deref().map(parse_cursor).transpose()?;
+    let rooms = state.store.rooms_of(caller.user_id, cursor, limit).await?;
+    let next_cursor = match rooms.last() {
+        Some(last) if rooms.len() == limit as usize => Some(format!(
+            "{}.{}",
+            last.last_activity_at.timestamp_millis(),
+            last.id
+        )),
+        _ => None,
+    };
+    Ok(Json(RoomList { rooms, next_cursor }))
+}
+
+const DEFAULT_ROOMS_PAGE: u32 = 50;
+
+/// A rooms-list cursor (`<last_activity ms>.<room id>`, as `list_rooms`
+/// writes it). Opaque to clients; anything else is a 422.
+fn parse_cursor(cursor: &str) -> ApiResult<RoomCursor> {
+    let bad = || ApiError::validation("cursor", "not a cursor this endpoint gave");
+    let (activity, id) = cursor.split_once('.').ok_or_else(bad)?;
+    Ok(RoomCursor {
+        last_activity: activity.parse().map_err(|_| bad())?,
+        room_id: RoomId(id.parse().map_err(|_| bad())?),
+    })
 }
 
 /// The direct (1:1) room between the caller and another user, created on
@@ -221,7 +267,7 @@ async fn list_members(
         (status = 201, description = "Added; the body is the new member", body = Member),
         (status = 403, description = "`forbidden`: the caller may not add (this role)", body = ErrorBody),
         (status = 404, description = "`room_not_found` or `user_not_found`", body = ErrorBody),
-        (status = 409, description = "`already_member` or `direct_room`", body = ErrorBody),
+        (status = 409, description = "`already_member`, `direct_room`, or `invitation_required` (the room's join policy is `invite`)", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id, %room_id))]
 async fn add_member(
@@ -235,24 +281,9 @@ async fn add_member(
         return Err(ApiError::DirectRoom);
     }
     let role = req.role.unwrap_or(Role::Member);
-    match (me.role, role) {
-        (_, Role::Owner) => {
-            return Err(ApiError::validation(
-                "role",
-                "a room has one owner; add as admin or member",
-            ));
-        }
-        (Role::Owner, _) | (Role::Admin, Role::Member) => {}
-        (Role::Admin, Role::Admin) => {
-            return Err(deny(&caller, room_id, "only the owner may add admins"));
-        }
-        (Role::Member, _) => {
-            return Err(deny(
-                &caller,
-                room_id,
-                "only owners and admins may add members",
-            ));
-        }
+    may_grant(&caller, room_id, me.role, role)?;
+    if me.join_policy == JoinPolicy::Invite {
+        return Err(ApiError::InvitationRequired);
     }
     let event = state
         .store
@@ -341,6 +372,25 @@ async fn remove_member(
         .user_notice(target, &UserNotice::RoomRemoved { room_id })
         .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whether a member with role `mine` may give a new member `role` (by
+/// adding or inviting them, or revoking such an invitation): owners any
+/// but owner, admins plain members only.
+fn may_grant(caller: &AuthUser, room_id: RoomId, mine: Role, role: Role) -> ApiResult<()> {
+    match (mine, role) {
+        (_, Role::Owner) => Err(ApiError::validation(
+            "role",
+            "a room has one owner; use admin or member",
+        )),
+        (Role::Owner, _) | (Role::Admin, Role::Member) => Ok(()),
+        (Role::Admin, Role::Admin) => Err(deny(caller, room_id, "only the owner may add admins")),
+        (Role::Member, _) => Err(deny(
+            caller,
+            room_id,
+            "only owners and admins may add members",
+        )),
+    }
 }
 
 fn deny(caller: &AuthUser, room_id: RoomId, why: &'static str) -> ApiError {

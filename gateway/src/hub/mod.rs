@@ -409,6 +409,8 @@ impl Hub {
         let frame = match notice {
             UserNotice::RoomAdded { room_id, role } => ServerFrame::RoomAdded { room_id, role },
             UserNotice::RoomRemoved { room_id } => ServerFrame::RoomRemoved { room_id },
+            UserNotice::RoomInvited { invitation } => ServerFrame::RoomInvited { invitation },
+            UserNotice::InvitationEnded { room_id } => ServerFrame::InvitationEnded { room_id },
             UserNotice::ReadMarker { room_id, read_seq } => {
                 ServerFrame::ReadMarker { room_id, read_seq }
             }

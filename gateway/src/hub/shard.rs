@@ -263,6 +263,8 @@ enum Effect {
     None,
     Added(UserId),
     Removed(UserId),
+    /// The room is gone: every connection leaves it.
+    Deleted,
     /// A message: its sender is no longer typing.
     Posted(UserId),
 }
@@ -286,6 +288,7 @@ impl Incoming {
         let effect = match (header.kind.as_ref(), header.user_id, header.sender_id) {
             ("member.added", Some(u), _) => Effect::Added(u),
             ("member.removed", Some(u), _) => Effect::Removed(u),
+            ("room.deleted", _, _) => Effect::Deleted,
             ("message.created", _, Some(u)) => Effect::Posted(u),
             _ => Effect::None,
         };
@@ -1094,6 +1097,20 @@ impl Shard {
                             room,
                             conn,
                             Some(LeftReason::Removed),
+                            true,
+                        );
+                    }
+                }
+                Effect::Deleted => {
+                    let gone: Vec<ConnId> = state.members.iter().map(|c| c.id).collect();
+                    for conn in gone {
+                        remove_from(
+                            state,
+                            &mut self.conn_rooms,
+                            &self.presence.handle,
+                            room,
+                            conn,
+                            Some(LeftReason::RoomDeleted),
                             true,
                         );
                     }

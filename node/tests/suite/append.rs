@@ -125,7 +125,14 @@ impl TestStore {
     async fn room(&self, owner: UserId, name: &str, members: &[UserId]) -> RoomId {
         let (room, _) = self
             .store
-            .create_group_room(owner, name, now_millis())
+            .create_group_room(
+                owner,
+                &store::RoomProfile {
+                    name: name.into(),
+                    ..Default::default()
+                },
+                now_millis(),
+            )
             .await
             .expect("creating a room");
         for member in members {

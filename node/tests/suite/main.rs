@@ -21,6 +21,7 @@ mod realtime;
 mod receipts;
 mod refresh;
 mod resume;
+mod room_management;
 mod rooms;
 mod schema;
 mod server_api;
