@@ -70,6 +70,20 @@ pub enum ApiError {
     OwnerCannotLeave,
     #[error("direct rooms have exactly their two members")]
     DirectRoom,
+    #[error("the password is not right")]
+    WrongPassword,
+    #[error("two-factor login is enabled already; disable it first")]
+    TotpAlreadyEnabled,
+    #[error("no two-factor enrolment waits for a code; enrol first")]
+    TotpNotPending,
+    #[error("two-factor login is not enabled")]
+    TotpNotEnabled,
+    #[error("the code is not a current authenticator code or an unused recovery code")]
+    InvalidTwoFactorCode,
+    #[error("the code is not a current authenticator code or an unused recovery code")]
+    TwoFactorLoginFailed,
+    #[error("the login challenge is unknown, expired, used, or out of attempts; log in again")]
+    InvalidChallenge,
     #[error("the user already has a pending invitation to this room")]
     AlreadyInvited,
     #[error("no pending invitation to this room")]
@@ -140,12 +154,11 @@ impl ApiError {
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge | EventPayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             MissingToken | InvalidToken | TokenExpired | SessionRevoked | InvalidCredentials
-            | InvalidRefreshToken | MissingApiKey | InvalidApiKey | ApiKeyRevoked => {
-                StatusCode::UNAUTHORIZED
-            }
-            Forbidden(_) | MissingScope(_) | RoomNotAllowed | NotAuthor | DeleteNotAllowed => {
-                StatusCode::FORBIDDEN
-            }
+            | InvalidRefreshToken | MissingApiKey | InvalidApiKey | ApiKeyRevoked
+            | TwoFactorLoginFailed | InvalidChallenge => StatusCode::UNAUTHORIZED,
+            Forbidden(_) | MissingScope(_) | RoomNotAllowed | NotAuthor | DeleteNotAllowed
+            | WrongPassword => StatusCode::FORBIDDEN,
+            InvalidTwoFactorCode => StatusCode::UNPROCESSABLE_ENTITY,
             MessageNotFound => StatusCode::NOT_FOUND,
             InvalidReplyTarget | TooManyReactions { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             RoomNotFound | UserNotFound | SessionNotFound | MemberNotFound | InvitationNotFound
@@ -153,9 +166,8 @@ impl ApiError {
             IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             UsernameTaken | EmailTaken | AlreadyMember | IdempotencyConflict | OwnerCannotLeave
-            | DirectRoom | PrefixTaken | AlreadyInvited | InvitationRequired => {
-                StatusCode::CONFLICT
-            }
+            | DirectRoom | PrefixTaken | AlreadyInvited | InvitationRequired
+            | TotpAlreadyEnabled | TotpNotPending | TotpNotEnabled => StatusCode::CONFLICT,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -192,6 +204,13 @@ impl ApiError {
         "already_invited",
         "invitation_not_found",
         "invitation_required",
+        "wrong_password",
+        "totp_already_enabled",
+        "totp_not_pending",
+        "totp_not_enabled",
+        "invalid_two_factor_code",
+        "invalid_two_factor_code",
+        "invalid_challenge",
         "prefix_taken",
         "missing_api_key",
         "invalid_api_key",
@@ -241,6 +260,12 @@ impl ApiError {
             OwnerCannotLeave => "owner_cannot_leave",
             DirectRoom => "direct_room",
             AlreadyInvited => "already_invited",
+            WrongPassword => "wrong_password",
+            TotpAlreadyEnabled => "totp_already_enabled",
+            TotpNotPending => "totp_not_pending",
+            TotpNotEnabled => "totp_not_enabled",
+            InvalidTwoFactorCode | TwoFactorLoginFailed => "invalid_two_factor_code",
+            InvalidChallenge => "invalid_challenge",
             InvitationNotFound => "invitation_not_found",
             InvitationRequired => "invitation_required",
             PrefixTaken => "prefix_taken",
@@ -331,6 +356,8 @@ mod tests {
             NotFound | MethodNotAllowed | UsernameTaken | EmailTaken | AlreadyMember => {}
             IdempotencyConflict | OwnerCannotLeave | DirectRoom | PrefixTaken => {}
             AlreadyInvited | InvitationNotFound | InvitationRequired => {}
+            WrongPassword | TotpAlreadyEnabled | TotpNotPending | TotpNotEnabled => {}
+            InvalidTwoFactorCode | TwoFactorLoginFailed | InvalidChallenge => {}
             MissingApiKey | InvalidApiKey | ApiKeyRevoked | MissingScope(_) => {}
             RoomNotAllowed | ApiKeyNotFound | IdempotencyKeyReused => {}
             EventPayloadTooLarge { .. } => {}
@@ -372,6 +399,13 @@ mod tests {
             AlreadyInvited,
             InvitationNotFound,
             InvitationRequired,
+            WrongPassword,
+            TotpAlreadyEnabled,
+            TotpNotPending,
+            TotpNotEnabled,
+            InvalidTwoFactorCode,
+            TwoFactorLoginFailed,
+            InvalidChallenge,
             PrefixTaken,
             MissingApiKey,
             InvalidApiKey,

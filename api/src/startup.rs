@@ -176,6 +176,11 @@ pub fn maintenance(state: AppState, shutdown: CancellationToken) -> tokio::task:
                         Ok(n) => tracing::debug!(tickets = n, "deleted expired SSE tickets"),
                         Err(e) => tracing::warn!(error = %e, "deleting expired SSE tickets failed"),
                     }
+                    match state.store.delete_expired_login_challenges(shared::model::now_millis()).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(challenges = n, "deleted expired two-factor login challenges"),
+                        Err(e) => tracing::warn!(error = %e, "deleting expired login challenges failed"),
+                    }
                     let cutoff = shared::model::now_millis() - store::IDEMPOTENCY_TTL_MS;
                     match state.store.delete_idempotency_before(cutoff).await {
                         Ok(0) => {}

@@ -59,6 +59,88 @@ pub struct TokenResponse {
     pub user: User,
 }
 
+/// The answer to a correct password at `POST /v1/auth/login`: the tokens,
+/// or, for an account with two-factor login, a challenge to answer with a
+/// code at `POST /v1/auth/login/totp` (no tokens until then).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum LoginResponse {
+    Tokens(TokenResponse),
+    TwoFactor(TwoFactorChallenge),
+}
+
+/// A login waiting for its second factor.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TwoFactorChallenge {
+    /// Always true: tell this answer from the tokens.
+    pub two_factor_required: bool,
+    /// Send back with the code; good for a few attempts until `expires_at`.
+    pub challenge: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `POST /v1/auth/login/totp`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TwoFactorLoginRequest {
+    pub challenge: String,
+    /// The authenticator's current 6-digit code, or an unused recovery code.
+    pub code: String,
+}
+
+/// `POST /v1/auth/totp/enrol`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpEnrolRequest {
+    /// The account's password.
+    pub password: String,
+}
+
+/// A new authenticator secret, to scan into an app; it guards the login
+/// only once confirmed with a code.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TotpEnrolment {
+    /// base32, for typing into an authenticator app.
+    pub secret: String,
+    /// `otpauth://totp/Parley:alice?secret=...&issuer=Parley` (SHA-1, 6 digits, 30 s).
+    pub otpauth_uri: String,
+    /// The URI as a QR code: a PNG, base64.
+    pub qr_png_base64: String,
+}
+
+/// `POST /v1/auth/totp/confirm`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpConfirmRequest {
+    /// The authenticator's current code.
+    pub code: String,
+}
+
+/// `POST /v1/auth/totp/disable` and `POST /v1/auth/totp/recovery-codes`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpChangeRequest {
+    pub password: String,
+    /// The authenticator's current code, or an unused recovery code.
+    pub code: String,
+}
+
+/// Single-use recovery codes: shown this once, stored only hashed.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct RecoveryCodes {
+    pub recovery_codes: Vec<String>,
+}
+
+/// `GET /v1/auth/totp`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TotpStatus {
+    /// Whether logins need a code.
+    pub enabled: bool,
+    /// An enrolment waits for its confirming code.
+    pub pending: bool,
+    pub recovery_codes_left: i64,
+}
+
 /// `POST /v1/sse/tickets`: a single-use ticket for `GET /sse?ticket=`.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct SseTicket {
@@ -515,6 +597,16 @@ pub enum SecurityEventKind {
     ApiKeyRevoked,
     /// An admin provisioned load-test accounts and rooms (`detail.prefix`).
     Provisioned,
+    /// Two-factor login was turned on (a code confirmed the authenticator).
+    TotpEnabled,
+    /// Two-factor login was turned off (password and code given).
+    TotpDisabled,
+    /// A login's second factor was wrong (`detail.reason`).
+    TwoFactorFailed,
+    /// A recovery code was spent (`detail.left`: how many remain).
+    RecoveryCodeUsed,
+    /// New recovery codes replaced the old ones.
+    RecoveryCodesRegenerated,
 }
 
 impl SecurityEventKind {
@@ -531,6 +623,11 @@ impl SecurityEventKind {
             Self::ApiKeyCreated => "api_key_created",
             Self::ApiKeyRevoked => "api_key_revoked",
             Self::Provisioned => "provisioned",
+            Self::TotpEnabled => "totp_enabled",
+            Self::TotpDisabled => "totp_disabled",
+            Self::TwoFactorFailed => "two_factor_failed",
+            Self::RecoveryCodeUsed => "recovery_code_used",
+            Self::RecoveryCodesRegenerated => "recovery_codes_regenerated",
         }
     }
 }

@@ -31,6 +31,7 @@ mod room_admin;
 mod rooms;
 mod sessions;
 mod tickets;
+mod totp;
 mod users;
 
 pub use api_keys::{
@@ -51,6 +52,7 @@ pub use rooms::{
 };
 pub use sessions::{NewSession, RefreshOutcome, SessionRecord};
 pub use tickets::{NewTicket, TicketGrant};
+pub use totp::{LoginChallenge, TotpRecord};
 pub use users::{CreateUserError, NewUser, UserCredentials};
 
 use liveness::Liveness;

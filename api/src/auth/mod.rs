@@ -2,6 +2,7 @@
 //! session management.
 
 pub mod password;
+mod totp;
 
 use crate::audit::{self, ClientMeta};
 use crate::domain::{Email, MAX_PASSWORD_BYTES, Password, Username};
@@ -20,8 +21,8 @@ use sha2::{Digest, Sha256};
 use shared::model::{User, now_millis};
 use shared::protocol::UserNotice;
 use shared::rest::{
-    ErrorBody, LoginRequest, RefreshRequest, SecurityEventKind, Session, SessionList,
-    SignupRequest, TokenResponse,
+    ErrorBody, LoginRequest, LoginResponse, RefreshRequest, SecurityEventKind, Session,
+    SessionList, SignupRequest, TokenResponse,
 };
 use shared::{SessionId, UserId};
 use store::{CreateUserError, NewSession, NewUser, RefreshOutcome};
@@ -33,6 +34,7 @@ pub fn credential_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(signup))
         .routes(routes!(login))
+        .routes(routes!(totp::login))
         .routes(routes!(refresh))
 }
 
@@ -42,6 +44,11 @@ pub fn session_router() -> OpenApiRouter<AppState> {
         .routes(routes!(logout))
         .routes(routes!(list_sessions))
         .routes(routes!(revoke_session))
+        .routes(routes!(totp::status))
+        .routes(routes!(totp::enrol))
+        .routes(routes!(totp::confirm))
+        .routes(routes!(totp::disable))
+        .routes(routes!(totp::regenerate_recovery_codes))
 }
 
 /// Longest User-Agent kept with a session.
@@ -92,10 +99,12 @@ async fn signup(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
-/// Logs in with a username or email and a password; starts a session.
+/// Logs in with a username or email and a password; starts a session. An
+/// account with two-factor login answers a challenge instead of tokens:
+/// finish with `POST /v1/auth/login/totp`.
 #[utoipa::path(post, path = "/login", tag = "auth", request_body = LoginRequest,
     responses(
-        (status = 200, description = "Logged in", body = TokenResponse),
+        (status = 200, description = "Logged in (the tokens), or a two-factor challenge (`two_factor_required`)", body = LoginResponse),
         (status = 401, description = "`invalid_credentials` (unknown account and wrong password alike)", body = ErrorBody),
         (status = 429, description = "`rate_limited`: too many attempts from this IP or on this account", body = ErrorBody),
     ))]
@@ -105,7 +114,7 @@ async fn login(
     headers: HeaderMap,
     meta: ClientMeta,
     ApiJson(req): ApiJson<LoginRequest>,
-) -> ApiResult<Json<TokenResponse>> {
+) -> ApiResult<Json<LoginResponse>> {
     let login = req.login.trim().to_lowercase();
     if login.is_empty() {
         return Err(ApiError::InvalidCredentials);
@@ -151,7 +160,32 @@ async fn login(
         audit::record(&state, SecurityEventKind::LoginFailed, user, &meta, detail).await;
         return Err(ApiError::InvalidCredentials);
     };
+    if state
+        .store
+        .totp(user.id)
+        .await?
+        .is_some_and(|t| t.confirmed)
+    {
+        // The password was right; the attempt stays counted until the
+        // second factor is (totp::login).
+        tracing::info!(target: "security", user_id = %user.id, "password accepted; waiting for the second factor");
+        let challenge = totp::challenge(&state, user.id, user_agent(&headers)).await?;
+        return Ok(Json(LoginResponse::TwoFactor(challenge)));
+    }
     state.limits.login_succeeded(&guard, &key).await;
+    let tokens = start_session(&state, &headers, &meta, user, "password").await?;
+    Ok(Json(LoginResponse::Tokens(tokens)))
+}
+
+/// Opens a session for `user`, who just proved who they are (`method`:
+/// `password`, `totp` or `recovery_code`), and answers its tokens.
+async fn start_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    meta: &ClientMeta,
+    user: User,
+    method: &'static str,
+) -> ApiResult<TokenResponse> {
     let session_id = SessionId::new();
     let (refresh_token, refresh_hash) = new_refresh_token(session_id);
     let now = now_millis();
@@ -162,26 +196,21 @@ async fn login(
             user_id: user.id,
             refresh_hash: &refresh_hash,
             created_at: now,
-            expires_at: now + refresh_ttl_millis(&state),
-            user_agent: user_agent(&headers),
+            expires_at: now + refresh_ttl_millis(state),
+            user_agent: user_agent(headers),
         })
         .await?;
     metrics::counter!("api_logins_total", "outcome" => "ok").increment(1);
-    tracing::info!(target: "security", user_id = %user.id, %session_id, "login");
+    tracing::info!(target: "security", user_id = %user.id, %session_id, method, "login");
     audit::record(
-        &state,
+        state,
         SecurityEventKind::Login,
         Some(user.id),
-        &meta,
-        json!({"session_id": session_id}),
+        meta,
+        json!({"session_id": session_id, "method": method}),
     )
     .await;
-    Ok(Json(token_response(
-        &state,
-        user,
-        session_id,
-        refresh_token,
-    )?))
+    token_response(state, user, session_id, refresh_token)
 }
 
 /// Trades a refresh token for a new access token and a new refresh token.

@@ -27,4 +27,5 @@ mod schema;
 mod server_api;
 mod single_node;
 mod sse;
+mod totp;
 mod typing;
