@@ -36,6 +36,15 @@ pub struct PolicyArgs {
     /// attempts are refused, whatever IP they come from.
     #[arg(long, env = "PARLEY_RATE_LOGIN_FAILURES", default_value_t = 10)]
     pub login_failures_per_15min: u32,
+    /// Logins (each password and each second-factor code, right or wrong)
+    /// one client IP may try per 15 minutes on all api nodes together; the
+    /// next attempt from it is refused until the window ends. Set it above
+    /// the busiest NAT your users share.
+    #[arg(long, env = "PARLEY_RATE_LOGINS_PER_IP", default_value_t = 100)]
+    pub logins_per_ip_per_15min: u32,
+    /// Signups one client IP may make per hour on all api nodes together.
+    #[arg(long, env = "PARLEY_RATE_SIGNUPS_PER_IP", default_value_t = 20)]
+    pub signups_per_ip_per_hour: u32,
     /// How long an account is locked out the first time it spends its
     /// failed-login budget; each further lockout within a day lasts twice
     /// as long as the one before.
@@ -120,6 +129,8 @@ impl Default for PolicyArgs {
         Self {
             auth_per_minute: 60,
             login_failures_per_15min: 10,
+            logins_per_ip_per_15min: 100,
+            signups_per_ip_per_hour: 20,
             login_lockout: std::time::Duration::from_secs(15 * 60),
             login_lockout_max: std::time::Duration::from_secs(24 * 3600),
             messages_per_second: 20,

@@ -42,6 +42,26 @@ impl LoginKey {
     }
 }
 
+/// What a client IP's cluster-wide budget is spent on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpBudget {
+    /// Passwords and second-factor codes tried.
+    Login,
+    Signup,
+}
+
+impl IpBudget {
+    fn as_str(self) -> &'static str {
+        match self {
+            IpBudget::Login => "login",
+            IpBudget::Signup => "signup",
+        }
+    }
+}
+
+/// The window of [`IpBudget::Signup`].
+pub const SIGNUP_WINDOW: Duration = Duration::from_secs(3600);
+
 /// Whether a login may go on to its password check.
 #[derive(Debug, PartialEq, Eq)]
 pub enum LoginGate {
@@ -66,6 +86,8 @@ pub struct Limits {
     /// Server publishes per API key (every `/v1/server/...` request).
     server_publishes: DefaultKeyedRateLimiter<ApiKeyId>,
     login_policy: GuardPolicy,
+    ip_login_policy: GuardPolicy,
+    ip_signup_policy: GuardPolicy,
     /// Used when the shared guard (Redis) does not answer: logins keep a
     /// per-node limit instead of none.
     fallback_guard: MemoryGuard,
@@ -94,7 +116,56 @@ impl Limits {
                 longest_lock: args.login_lockout_max.max(args.login_lockout),
                 strikes_for: LOCKOUT_MEMORY,
             },
+            // An IP's budget refills when its window ends: the "lockout" is
+            // the rest of the window, and does not grow.
+            ip_login_policy: window_budget(args.logins_per_ip_per_15min, LOGIN_FAILURE_WINDOW),
+            ip_signup_policy: window_budget(args.signups_per_ip_per_hour, SIGNUP_WINDOW),
             fallback_guard: MemoryGuard::new(),
+        }
+    }
+
+    /// Counts one login attempt or signup from client `ip` against its
+    /// budget, shared by every api node (in Redis; in process on a single
+    /// node), or answers 429 while it is spent. Nothing gives an attempt
+    /// back: one valid account must not let an IP guess at others. The
+    /// per-node tower-governor limit stays in front of this.
+    pub async fn begin_ip(
+        &self,
+        guard: &DynLoginGuard,
+        budget: IpBudget,
+        ip: Option<&str>,
+    ) -> Result<(), IpRefused> {
+        let Some(ip) = ip else { return Ok(()) };
+        let policy = match budget {
+            IpBudget::Login => &self.ip_login_policy,
+            IpBudget::Signup => &self.ip_signup_policy,
+        };
+        let digest = Sha256::digest(ip.as_bytes());
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let key = format!("{}{hex}", &budget.as_str()[..1]);
+        let verdict = match guard.begin(&key, policy).await {
+            Ok(verdict) => verdict,
+            Err(e) => {
+                metrics::counter!("api_login_guard_fallbacks_total").increment(1);
+                tracing::warn!(error = %e, "the shared login guard did not answer; counting on this node");
+                self.fallback_guard
+                    .begin(&key, policy)
+                    .await
+                    .unwrap_or(Verdict::Allowed)
+            }
+        };
+        match verdict {
+            Verdict::Allowed => Ok(()),
+            Verdict::Locked {
+                retry_after,
+                just_locked,
+            } => {
+                tracing::warn!(target: "security", ip, budget = budget.as_str(), "per-IP budget spent on all api nodes");
+                Err(IpRefused {
+                    retry_after_secs: retry_after.as_secs().max(1),
+                    just_spent: just_locked,
+                })
+            }
         }
     }
 
@@ -166,6 +237,25 @@ impl Limits {
         self.tickets.retain_recent();
         self.server_publishes.retain_recent();
         self.fallback_guard.evict_stale();
+    }
+}
+
+/// A client IP whose budget is spent.
+#[derive(Debug, PartialEq, Eq)]
+pub struct IpRefused {
+    pub retry_after_secs: u64,
+    /// This request spent it (worth one audit event; the rest are not).
+    pub just_spent: bool,
+}
+
+/// `max` attempts per `window`, then none until the window ends.
+fn window_budget(max: u32, window: Duration) -> GuardPolicy {
+    GuardPolicy {
+        max_attempts: max.max(1),
+        window,
+        first_lock: window,
+        longest_lock: window,
+        strikes_for: window,
     }
 }
 

@@ -607,6 +607,9 @@ pub enum SecurityEventKind {
     RecoveryCodeUsed,
     /// New recovery codes replaced the old ones.
     RecoveryCodesRegenerated,
+    /// A client IP spent its login or signup budget on all api nodes
+    /// together (`detail.budget`, `detail.retry_after_secs`; admins only).
+    IpRateLimited,
 }
 
 impl SecurityEventKind {
@@ -628,6 +631,7 @@ impl SecurityEventKind {
             Self::TwoFactorFailed => "two_factor_failed",
             Self::RecoveryCodeUsed => "recovery_code_used",
             Self::RecoveryCodesRegenerated => "recovery_codes_regenerated",
+            Self::IpRateLimited => "ip_rate_limited",
         }
     }
 }

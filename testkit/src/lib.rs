@@ -108,6 +108,8 @@ impl Default for Options {
             policy: PolicyArgs {
                 auth_per_minute: 1_000_000,
                 login_failures_per_15min: 1_000,
+                logins_per_ip_per_15min: 1_000_000,
+                signups_per_ip_per_hour: 1_000_000,
                 messages_per_second: 1_000_000,
                 messages_burst: 1_000_000,
                 ..PolicyArgs::default()

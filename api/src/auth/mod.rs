@@ -8,7 +8,7 @@ use crate::audit::{self, ClientMeta};
 use crate::domain::{Email, MAX_PASSWORD_BYTES, Password, Username};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, AuthUser};
-use crate::limits::{LoginGate, LoginKey};
+use crate::limits::{IpBudget, LoginGate, LoginKey};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -71,6 +71,7 @@ async fn signup(
     let username = Username::parse(&req.username)?;
     let email = Email::parse(&req.email)?;
     let password = Password::parse(&req.password)?;
+    ip_budget(&state, &meta, IpBudget::Signup).await?;
     let password_hash = state.passwords.hash(password).await?;
     let user = state
         .store
@@ -119,6 +120,7 @@ async fn login(
     if login.is_empty() {
         return Err(ApiError::InvalidCredentials);
     }
+    ip_budget(&state, &meta, IpBudget::Login).await?;
     let credentials = state.store.user_credentials(&login).await?;
     // One budget per account, however it is named (docs/api.md, "login").
     let key = match &credentials {
@@ -400,6 +402,38 @@ fn user_agent(headers: &HeaderMap) -> Option<&str> {
         Some((cut, _)) => &ua[..cut],
         None => ua,
     })
+}
+
+/// Spends one of the client IP's cluster-wide `budget`, or answers 429
+/// (with one `ip_rate_limited` security event when this request spent it).
+async fn ip_budget(state: &AppState, meta: &ClientMeta, budget: IpBudget) -> ApiResult<()> {
+    let guard = state.broker.login_guard();
+    match state
+        .limits
+        .begin_ip(&guard, budget, meta.ip.as_deref())
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(refused) => {
+            if refused.just_spent {
+                let what = match budget {
+                    IpBudget::Login => "login",
+                    IpBudget::Signup => "signup",
+                };
+                audit::record(
+                    state,
+                    SecurityEventKind::IpRateLimited,
+                    None,
+                    meta,
+                    json!({"budget": what, "retry_after_secs": refused.retry_after_secs}),
+                )
+                .await;
+            }
+            Err(ApiError::RateLimited {
+                retry_after_secs: refused.retry_after_secs,
+            })
+        }
+    }
 }
 
 /// Who a login attempt's security event is about: the account, or (naming

@@ -468,6 +468,7 @@ pub(super) async fn login(
     meta: ClientMeta,
     ApiJson(req): ApiJson<TwoFactorLoginRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
+    super::ip_budget(&state, &meta, crate::limits::IpBudget::Login).await?;
     let hash = sha256_hex(&req.challenge);
     let Some(challenge) = state
         .store

@@ -15,6 +15,7 @@ both_modes!(
     failures_on_an_unknown_identifier_are_counted_for_that_identifier,
     the_auth_endpoints_are_rate_limited_per_ip,
     lockouts_grow_with_each_repeat,
+    an_ips_login_budget_holds_in_either_mode,
 );
 
 /// A login on api node `node`: its status, `Retry-After` and body.
@@ -463,5 +464,83 @@ async fn lockouts_grow_with_each_repeat(mode: Mode) {
     }
     let (status, _, body) = login_on(&app, 0, "alice", "alice-correct-horse").await;
     assert_eq!(status, StatusCode::OK, "after the lockout: {body}");
+    app.stop().await;
+}
+
+/// A signup on api node `node`: its status and body.
+async fn signup_on(app: &TestApp, node: usize, name: &str) -> (StatusCode, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/auth/signup", app.api_urls[node]))
+        .json(&json!({"username": name, "email": format!("{name}@example.com"), "password": "long enough pw"}))
+        .send()
+        .await
+        .expect("signup");
+    let status = response.status();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// One client IP's logins and signups are counted on all api nodes
+/// together (Redis), whichever accounts it tries: a valid account does not
+/// refill the budget, and neither does spreading requests over nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ips_logins_and_signups_are_counted_on_every_api_node_together() {
+    let mut options = Options {
+        api_nodes: 2,
+        ..Options::default()
+    };
+    options.policy.logins_per_ip_per_15min = 6;
+    options.policy.signups_per_ip_per_hour = 3;
+    let app = TestApp::spawn_with(Mode::Cluster, options).await;
+
+    for (i, name) in ["ip_a", "ip_b", "ip_c"].iter().enumerate() {
+        let (status, body) = signup_on(&app, i % 2, name).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = signup_on(&app, 1, "ip_d").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")),
+        "the fourth signup from this IP, on the other node"
+    );
+
+    // Six login attempts, right and wrong, on three accounts and two nodes.
+    for i in 0..6 {
+        let name = ["ip_a", "ip_b", "ip_c"][i % 3];
+        let password = if i % 2 == 0 {
+            "long enough pw"
+        } else {
+            "wrong guess"
+        };
+        let (status, _, body) = login_on(&app, i % 2, name, password).await;
+        assert_ne!(status, StatusCode::TOO_MANY_REQUESTS, "attempt {i}: {body}");
+    }
+    let (status, retry_after, _) = login_on(&app, 0, "ip_a", "long enough pw").await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password"
+    );
+    assert!(retry_after.is_some_and(|s| s > 0 && s <= 900));
+    let (status, _, _) = login_on(&app, 1, "ip_c", "long enough pw").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    app.stop().await;
+}
+
+/// An IP's login budget: in Redis in a cluster, in process on a single node.
+async fn an_ips_login_budget_holds_in_either_mode(mode: Mode) {
+    let mut options = Options::default();
+    options.policy.logins_per_ip_per_15min = 3;
+    let app = TestApp::spawn_with(mode, options).await;
+    app.user("alice").await;
+    // app.user logged in once already.
+    for _ in 0..2 {
+        let (status, _, _) = login_on(&app, 0, "alice", "alice-correct-horse").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, _, body) = login_on(&app, 0, "alice", "alice-correct-horse").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
+    );
     app.stop().await;
 }
