@@ -1,9 +1,11 @@
 //! Which browser pages may call the api (CORS).
 //!
-//! The api authenticates with a bearer token in the `Authorization` header,
-//! never with cookies, so CORS here only decides which pages may *read*
-//! answers; it never lets a page act with a user's ambient credentials, and
-//! credentials mode is never enabled (so `*` stays safe to configure).
+//! Bearer clients authenticate with the `Authorization` header, which
+//! nothing ambient supplies: for them CORS only decides which pages may
+//! *read* answers. Cookie sessions (`auth::cookies`) are ambient, so
+//! credentials mode is granted only to origins listed by name in
+//! `PARLEY_CORS_ALLOW_ORIGINS`: never for `*`, never for the loopback
+//! default. (A listed origin still needs the CSRF token to change anything.)
 //!
 //! The policy, decided once at start-up:
 //! - `PARLEY_CORS_ALLOW_ORIGINS` set: exactly those origins (or any, for `*`);
@@ -69,6 +71,8 @@ impl CorsPolicy {
 
     /// The layer that applies the policy, or `None` for same-origin only.
     pub fn layer(&self) -> Option<CorsLayer> {
+        // Cookies only for origins an operator named.
+        let credentials = matches!(self, CorsPolicy::List(_));
         let allow = match self {
             CorsPolicy::SameOrigin => return None,
             CorsPolicy::Loopback => {
@@ -92,7 +96,9 @@ impl CorsPolicy {
                     header::AUTHORIZATION,
                     header::CONTENT_TYPE,
                     HeaderName::from_static("x-request-id"),
+                    HeaderName::from_static(crate::auth::cookies::CSRF_HEADER),
                 ])
+                .allow_credentials(credentials)
                 .expose_headers([HeaderName::from_static("x-request-id"), header::RETRY_AFTER])
                 .max_age(PREFLIGHT_MAX_AGE),
         )
@@ -109,6 +115,7 @@ pub async fn drop_ungranted(request: Request, next: Next) -> Response {
     let headers = response.headers_mut();
     if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
         for name in [
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
             header::ACCESS_CONTROL_ALLOW_METHODS,
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             header::ACCESS_CONTROL_EXPOSE_HEADERS,

@@ -72,6 +72,8 @@ pub enum ApiError {
     DirectRoom,
     #[error("the password is not right")]
     WrongPassword,
+    #[error("a request with the session cookie must echo its CSRF token in `X-CSRF-Token`")]
+    CsrfFailed,
     #[error("two-factor login is enabled already; disable it first")]
     TotpAlreadyEnabled,
     #[error("no two-factor enrolment waits for a code; enrol first")]
@@ -157,7 +159,7 @@ impl ApiError {
             | InvalidRefreshToken | MissingApiKey | InvalidApiKey | ApiKeyRevoked
             | TwoFactorLoginFailed | InvalidChallenge => StatusCode::UNAUTHORIZED,
             Forbidden(_) | MissingScope(_) | RoomNotAllowed | NotAuthor | DeleteNotAllowed
-            | WrongPassword => StatusCode::FORBIDDEN,
+            | WrongPassword | CsrfFailed => StatusCode::FORBIDDEN,
             InvalidTwoFactorCode => StatusCode::UNPROCESSABLE_ENTITY,
             MessageNotFound => StatusCode::NOT_FOUND,
             InvalidReplyTarget | TooManyReactions { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -205,6 +207,7 @@ impl ApiError {
         "invitation_not_found",
         "invitation_required",
         "wrong_password",
+        "csrf_failed",
         "totp_already_enabled",
         "totp_not_pending",
         "totp_not_enabled",
@@ -261,6 +264,7 @@ impl ApiError {
             DirectRoom => "direct_room",
             AlreadyInvited => "already_invited",
             WrongPassword => "wrong_password",
+            CsrfFailed => "csrf_failed",
             TotpAlreadyEnabled => "totp_already_enabled",
             TotpNotPending => "totp_not_pending",
             TotpNotEnabled => "totp_not_enabled",
@@ -357,6 +361,7 @@ mod tests {
             IdempotencyConflict | OwnerCannotLeave | DirectRoom | PrefixTaken => {}
             AlreadyInvited | InvitationNotFound | InvitationRequired => {}
             WrongPassword | TotpAlreadyEnabled | TotpNotPending | TotpNotEnabled => {}
+            CsrfFailed => {}
             InvalidTwoFactorCode | TwoFactorLoginFailed | InvalidChallenge => {}
             MissingApiKey | InvalidApiKey | ApiKeyRevoked | MissingScope(_) => {}
             RoomNotAllowed | ApiKeyNotFound | IdempotencyKeyReused => {}
@@ -400,6 +405,7 @@ mod tests {
             InvitationNotFound,
             InvitationRequired,
             WrongPassword,
+            CsrfFailed,
             TotpAlreadyEnabled,
             TotpNotPending,
             TotpNotEnabled,

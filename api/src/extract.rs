@@ -168,19 +168,31 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or(ApiError::MissingToken)?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or(ApiError::MissingToken)?;
+        // A bearer token, or else a cookie session's cookie (docs/api.md,
+        // "Browser sessions").
+        let cookie;
+        let (token, via_cookie) = match parts.headers.get(AUTHORIZATION) {
+            Some(header) => (
+                header
+                    .to_str()
+                    .ok()
+                    .and_then(|h| {
+                        h.strip_prefix("Bearer ")
+                            .or_else(|| h.strip_prefix("bearer "))
+                    })
+                    .map(str::trim)
+                    .ok_or(ApiError::MissingToken)?,
+                false,
+            ),
+            None => {
+                cookie = crate::auth::cookies::cookie_value(
+                    &parts.headers,
+                    crate::auth::cookies::SESSION_COOKIE,
+                )
+                .ok_or(ApiError::MissingToken)?;
+                (cookie.as_str(), true)
+            }
+        };
         let identity = state.tokens.verify(token).map_err(|e| match e {
             TokenError::Expired => ApiError::TokenExpired,
             TokenError::Invalid => {
@@ -196,6 +208,24 @@ impl FromRequestParts<AppState> for AuthUser {
             tracing::warn!(target: "security", user_id = %identity.user_id, session_id = %identity.session_id,
                 "request with a token of a revoked session");
             return Err(ApiError::SessionRevoked);
+        }
+        // The browser attaches the cookie to any request to this site: one
+        // that changes something must prove the page read the CSRF token.
+        if via_cookie && !parts.method.is_safe() {
+            let echoed = parts
+                .headers
+                .get(crate::auth::cookies::CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if !crate::auth::cookies::csrf_valid(
+                &state.tokens.csrf_key,
+                identity.session_id,
+                echoed,
+            ) {
+                tracing::warn!(target: "security", user_id = %identity.user_id, session_id = %identity.session_id,
+                    method = %parts.method, "cookie-authenticated request without its CSRF token");
+                return Err(ApiError::CsrfFailed);
+            }
         }
         Ok(AuthUser {
             user_id: identity.user_id,

@@ -38,6 +38,8 @@ pub struct Tokens {
     pub signer: TokenSigner,
     pub verifier: Arc<TokenVerifier>,
     pub refresh_ttl: Duration,
+    /// Makes and checks the CSRF tokens of cookie sessions (`auth::cookies`).
+    pub csrf_key: [u8; 32],
     /// Tokens already verified, until they expire: an Ed25519 verification
     /// was about a sixth of the api's CPU per post (perf, docs/benchmarks.md),
     /// and a client sends the same token for minutes.
@@ -88,6 +90,10 @@ impl Tokens {
                 &jwt.verify.jwt_issuer,
             )?),
             refresh_ttl: jwt.refresh_token_ttl,
+            csrf_key: {
+                use secrecy::ExposeSecret;
+                crate::auth::cookies::csrf_key(pair.private_pem.expose_secret())
+            },
             verified: DashMap::new(),
         })
     }

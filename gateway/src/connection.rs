@@ -237,16 +237,42 @@ where
             });
         }
     };
-    let identity = node.verifier.verify(&token).map_err(|e| match e {
-        TokenError::Expired => TOKEN_EXPIRED,
-        TokenError::Invalid => {
-            tracing::warn!(target: "security", "WebSocket auth with an invalid token");
-            CloseReason {
-                code: close::UNAUTHORIZED,
-                reason: "invalid access token",
+    let identity = match shared::auth::sse_ticket::hash(&token) {
+        // A single-use ticket (POST /v1/sse/tickets) instead of a token:
+        // what a browser page in cookie mode, which cannot read its
+        // access token, opens a socket with.
+        Some(hash) => match node.store.take_sse_ticket(&hash, now_millis()).await {
+            Ok(Some(grant)) => shared::auth::Identity {
+                user_id: grant.user_id,
+                session_id: grant.session_id,
+                expires_at: u64::try_from(grant.token_expires_at / 1000).unwrap_or(0),
+            },
+            Ok(None) => {
+                tracing::warn!(target: "security", "WebSocket auth with an unknown, used or expired ticket");
+                return Err(CloseReason {
+                    code: close::UNAUTHORIZED,
+                    reason: "invalid ticket",
+                });
             }
-        }
-    })?;
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take a WebSocket ticket");
+                return Err(CloseReason {
+                    code: close::TRY_AGAIN_LATER,
+                    reason: "unavailable",
+                });
+            }
+        },
+        None => node.verifier.verify(&token).map_err(|e| match e {
+            TokenError::Expired => TOKEN_EXPIRED,
+            TokenError::Invalid => {
+                tracing::warn!(target: "security", "WebSocket auth with an invalid token");
+                CloseReason {
+                    code: close::UNAUTHORIZED,
+                    reason: "invalid access token",
+                }
+            }
+        })?,
+    };
     match node
         .store
         .session_active(identity.session_id, now_millis())

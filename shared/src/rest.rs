@@ -33,13 +33,54 @@ pub struct LoginRequest {
     #[serde(alias = "username", alias = "email")]
     pub login: String,
     pub password: String,
+    /// `bearer` (default): tokens in the body. `cookie`: for a browser app
+    /// served from the api's site: HttpOnly cookies and a CSRF token.
+    #[serde(default)]
+    pub session: SessionMode,
+}
+
+/// How a session's credentials travel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionMode {
+    #[default]
+    Bearer,
+    Cookie,
 }
 
 /// `POST /v1/auth/refresh` and `POST /v1/auth/logout`
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
-    pub refresh_token: String,
+    /// Absent for a cookie session: the refresh cookie is used (with the
+    /// `X-CSRF-Token` header).
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+}
+
+/// A cookie session's answer to a login or refresh: the tokens are in
+/// HttpOnly cookies, not here.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CookieSession {
+    /// Always `Cookie`.
+    pub token_type: String,
+    /// Seconds until the session cookie's access token expires (refresh before).
+    pub expires_in: u64,
+    pub refresh_expires_in: u64,
+    pub session_id: SessionId,
+    pub user: User,
+    /// Echo in an `X-CSRF-Token` header on every request that changes
+    /// something (also readable from the `parley_csrf` cookie).
+    pub csrf_token: String,
+}
+
+/// The answer to `POST /v1/auth/refresh`: tokens, or for a cookie session
+/// new cookies.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum RefreshResponse {
+    Tokens(TokenResponse),
+    Cookie(CookieSession),
 }
 
 /// The answer to a login or a refresh.
@@ -66,6 +107,7 @@ pub struct TokenResponse {
 #[serde(untagged)]
 pub enum LoginResponse {
     Tokens(TokenResponse),
+    Cookie(CookieSession),
     TwoFactor(TwoFactorChallenge),
 }
 
@@ -86,6 +128,9 @@ pub struct TwoFactorLoginRequest {
     pub challenge: String,
     /// The authenticator's current 6-digit code, or an unused recovery code.
     pub code: String,
+    /// As for the login.
+    #[serde(default)]
+    pub session: SessionMode,
 }
 
 /// `POST /v1/auth/totp/enrol`

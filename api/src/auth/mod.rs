@@ -1,6 +1,7 @@
 //! Accounts and sessions: signup, login, refresh-token rotation, logout and
 //! session management.
 
+pub mod cookies;
 pub mod password;
 mod totp;
 
@@ -21,8 +22,8 @@ use sha2::{Digest, Sha256};
 use shared::model::{User, now_millis};
 use shared::protocol::UserNotice;
 use shared::rest::{
-    ErrorBody, LoginRequest, LoginResponse, RefreshRequest, SecurityEventKind, Session,
-    SessionList, SignupRequest, TokenResponse,
+    CookieSession, ErrorBody, LoginRequest, LoginResponse, RefreshRequest, RefreshResponse,
+    SecurityEventKind, Session, SessionList, SessionMode, SignupRequest, TokenResponse,
 };
 use shared::{SessionId, UserId};
 use store::{CreateUserError, NewSession, NewUser, RefreshOutcome};
@@ -115,7 +116,8 @@ async fn login(
     headers: HeaderMap,
     meta: ClientMeta,
     ApiJson(req): ApiJson<LoginRequest>,
-) -> ApiResult<Json<LoginResponse>> {
+) -> ApiResult<(HeaderMap, Json<LoginResponse>)> {
+    let mode = req.session;
     let login = req.login.trim().to_lowercase();
     if login.is_empty() {
         return Err(ApiError::InvalidCredentials);
@@ -172,11 +174,58 @@ async fn login(
         // second factor is (totp::login).
         tracing::info!(target: "security", user_id = %user.id, "password accepted; waiting for the second factor");
         let challenge = totp::challenge(&state, user.id, user_agent(&headers)).await?;
-        return Ok(Json(LoginResponse::TwoFactor(challenge)));
+        return Ok((HeaderMap::new(), Json(LoginResponse::TwoFactor(challenge))));
     }
     state.limits.login_succeeded(&guard, &key).await;
     let tokens = start_session(&state, &headers, &meta, user, "password").await?;
-    Ok(Json(LoginResponse::Tokens(tokens)))
+    Ok(deliver(&state, &headers, mode, tokens))
+}
+
+/// A new session's tokens as the client asked for them: in the body
+/// (bearer), or as cookies with a CSRF token in the body (cookie).
+fn deliver(
+    state: &AppState,
+    request: &HeaderMap,
+    mode: SessionMode,
+    tokens: TokenResponse,
+) -> (HeaderMap, Json<LoginResponse>) {
+    match mode {
+        SessionMode::Bearer => (HeaderMap::new(), Json(LoginResponse::Tokens(tokens))),
+        SessionMode::Cookie => {
+            let (headers, session) = cookie_session(state, request, tokens);
+            (headers, Json(LoginResponse::Cookie(session)))
+        }
+    }
+}
+
+/// Sets `tokens` as a cookie session's cookies; the body that goes with them.
+fn cookie_session(
+    state: &AppState,
+    request: &HeaderMap,
+    tokens: TokenResponse,
+) -> (HeaderMap, CookieSession) {
+    let csrf_token = cookies::csrf_token(&state.tokens.csrf_key, tokens.session_id);
+    let mut headers = HeaderMap::new();
+    cookies::set_session(
+        request,
+        &mut headers,
+        &cookies::SessionCookies {
+            access_token: &tokens.access_token,
+            access_ttl_secs: tokens.expires_in,
+            refresh_token: &tokens.refresh_token,
+            refresh_ttl_secs: tokens.refresh_expires_in,
+            csrf_token: &csrf_token,
+        },
+    );
+    let session = CookieSession {
+        token_type: "Cookie".into(),
+        expires_in: tokens.expires_in,
+        refresh_expires_in: tokens.refresh_expires_in,
+        session_id: tokens.session_id,
+        user: tokens.user,
+        csrf_token,
+    };
+    (headers, session)
 }
 
 /// Opens a session for `user`, who just proved who they are (`method`:
@@ -219,18 +268,40 @@ async fn start_session(
 /// Each refresh token works once; presenting a used one revokes its session.
 #[utoipa::path(post, path = "/refresh", tag = "auth", request_body = RefreshRequest,
     responses(
-        (status = 200, description = "New tokens", body = TokenResponse),
+        (status = 200, description = "New tokens (or, for a cookie session, new cookies)", body = RefreshResponse),
         (status = 401, description = "`invalid_refresh_token`", body = ErrorBody),
+        (status = 403, description = "`csrf_failed`: a cookie refresh without its `X-CSRF-Token`", body = ErrorBody),
         (status = 429, description = "`rate_limited`: too many requests from this IP", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all)]
 async fn refresh(
     State(state): State<AppState>,
+    headers: HeaderMap,
     meta: ClientMeta,
     ApiJson(req): ApiJson<RefreshRequest>,
-) -> ApiResult<Json<TokenResponse>> {
+) -> ApiResult<(HeaderMap, Json<RefreshResponse>)> {
+    // A cookie session refreshes with its cookie, and (the browser sends
+    // the cookie by itself) only with its CSRF token.
+    let (presented, mode) = match req.refresh_token {
+        Some(token) => (token, SessionMode::Bearer),
+        None => (
+            cookies::cookie_value(&headers, cookies::REFRESH_COOKIE)
+                .ok_or(ApiError::InvalidRefreshToken)?,
+            SessionMode::Cookie,
+        ),
+    };
     let (session_id, presented_hash) =
-        parse_refresh_token(&req.refresh_token).ok_or(ApiError::InvalidRefreshToken)?;
+        parse_refresh_token(&presented).ok_or(ApiError::InvalidRefreshToken)?;
+    if mode == SessionMode::Cookie {
+        let echoed = headers
+            .get(cookies::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !cookies::csrf_valid(&state.tokens.csrf_key, session_id, echoed) {
+            tracing::warn!(target: "security", %session_id, "cookie refresh without its CSRF token");
+            return Err(ApiError::CsrfFailed);
+        }
+    }
     let (refresh_token, replacement_hash) = new_refresh_token(session_id);
     let now = now_millis();
     let outcome = state
@@ -267,12 +338,14 @@ async fn refresh(
         .user(user_id)
         .await?
         .ok_or(ApiError::InvalidRefreshToken)?;
-    Ok(Json(token_response(
-        &state,
-        user,
-        session_id,
-        refresh_token,
-    )?))
+    let tokens = token_response(&state, user, session_id, refresh_token)?;
+    Ok(match mode {
+        SessionMode::Bearer => (HeaderMap::new(), Json(RefreshResponse::Tokens(tokens))),
+        SessionMode::Cookie => {
+            let (cookies, session) = cookie_session(&state, &headers, tokens);
+            (cookies, Json(RefreshResponse::Cookie(session)))
+        }
+    })
 }
 
 /// Ends the caller's current session: its refresh token stops working and
@@ -282,9 +355,10 @@ async fn refresh(
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
 async fn logout(
     State(state): State<AppState>,
+    headers: HeaderMap,
     meta: ClientMeta,
     caller: AuthUser,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<(StatusCode, HeaderMap)> {
     state
         .store
         .revoke_session(caller.session_id, caller.user_id, now_millis())
@@ -299,7 +373,12 @@ async fn logout(
         json!({"session_id": caller.session_id}),
     )
     .await;
-    Ok(StatusCode::NO_CONTENT)
+    // A cookie session's cookies go with it (nothing for a bearer client).
+    let mut cleared = HeaderMap::new();
+    if cookies::cookie_value(&headers, cookies::SESSION_COOKIE).is_some() {
+        cookies::clear_session(&headers, &mut cleared);
+    }
+    Ok((StatusCode::NO_CONTENT, cleared))
 }
 
 /// The caller's live sessions.

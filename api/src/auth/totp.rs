@@ -32,7 +32,7 @@ use serde_json::json;
 use shared::UserId;
 use shared::model::now_millis;
 use shared::rest::{
-    ErrorBody, RecoveryCodes, SecurityEventKind, TokenResponse, TotpChangeRequest,
+    ErrorBody, LoginResponse, RecoveryCodes, SecurityEventKind, TotpChangeRequest,
     TotpConfirmRequest, TotpEnrolRequest, TotpEnrolment, TotpStatus, TwoFactorChallenge,
     TwoFactorLoginRequest,
 };
@@ -457,7 +457,7 @@ pub(super) async fn challenge(
 /// Answers the tokens.
 #[utoipa::path(post, path = "/login/totp", tag = "auth", request_body = TwoFactorLoginRequest,
     responses(
-        (status = 200, description = "Logged in", body = TokenResponse),
+        (status = 200, description = "Logged in: the tokens, or a cookie session", body = LoginResponse),
         (status = 401, description = "`invalid_challenge` (unknown, expired, used, or out of attempts) or `invalid_two_factor_code`", body = ErrorBody),
         (status = 429, description = "`rate_limited`: the account's login budget is spent, or too many requests from this IP", body = ErrorBody),
     ))]
@@ -467,7 +467,7 @@ pub(super) async fn login(
     headers: HeaderMap,
     meta: ClientMeta,
     ApiJson(req): ApiJson<TwoFactorLoginRequest>,
-) -> ApiResult<Json<TokenResponse>> {
+) -> ApiResult<(HeaderMap, Json<LoginResponse>)> {
     super::ip_budget(&state, &meta, crate::limits::IpBudget::Login).await?;
     let hash = sha256_hex(&req.challenge);
     let Some(challenge) = state
@@ -526,5 +526,5 @@ pub(super) async fn login(
         .await?
         .ok_or(ApiError::InvalidChallenge)?;
     let tokens = start_session(&state, &headers, &meta, account, factor.as_str()).await?;
-    Ok(Json(tokens))
+    Ok(super::deliver(&state, &headers, req.session, tokens))
 }

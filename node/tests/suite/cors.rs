@@ -60,7 +60,9 @@ fn items(headers: &HeaderMap, name: &str) -> Vec<String> {
         .collect()
 }
 
-fn assert_allowed(origin: &str, (status, headers): &(StatusCode, HeaderMap)) {
+/// `credentials`: whether the origin may send cookies (only origins an
+/// operator listed by name).
+fn assert_allowed(origin: &str, (status, headers): &(StatusCode, HeaderMap), credentials: bool) {
     assert!(status.is_success(), "preflight from {origin}: {status}");
     assert_eq!(header(headers, "access-control-allow-origin"), origin);
     let methods = items(headers, "access-control-allow-methods");
@@ -74,8 +76,12 @@ fn assert_allowed(origin: &str, (status, headers): &(StatusCode, HeaderMap)) {
     for name in ["authorization", "content-type"] {
         assert!(allowed.iter().any(|h| h == name), "{name} in {allowed:?}");
     }
-    // Credentials mode would let a page act with cookies; the api uses none.
-    assert!(headers.get("access-control-allow-credentials").is_none());
+    // Credentials mode lets a page act with cookies: only for named origins.
+    if credentials {
+        assert_eq!(header(headers, "access-control-allow-credentials"), "true");
+    } else {
+        assert!(headers.get("access-control-allow-credentials").is_none());
+    }
 }
 
 /// No `access-control-*` header at all: what a refused page gets, the same
@@ -97,7 +103,7 @@ async fn pages_from_loopback_origins_may_call_a_loopback_listener(mode: Mode) {
         "http://127.0.0.1:5173",
         "http://[::1]:3000",
     ] {
-        assert_allowed(origin, &preflight(&app, origin).await);
+        assert_allowed(origin, &preflight(&app, origin).await, false);
 
         let headers = get_from(&app, origin, &alice.token).await;
         assert_eq!(header(&headers, "access-control-allow-origin"), origin);
@@ -143,7 +149,7 @@ async fn configured_origins_replace_the_loopback_default(mode: Mode) {
     let alice = app.user("alice").await;
 
     let origin = "https://app.example.com";
-    assert_allowed(origin, &preflight(&app, origin).await);
+    assert_allowed(origin, &preflight(&app, origin).await, true);
     let headers = get_from(&app, origin, &alice.token).await;
     assert_eq!(header(&headers, "access-control-allow-origin"), origin);
     assert!(items(&headers, "access-control-expose-headers").contains(&"x-request-id".to_owned()));

@@ -7,6 +7,7 @@ mod admin;
 mod append;
 mod audit;
 mod auth;
+mod browser_sessions;
 mod cors;
 mod errors;
 mod faults;
