@@ -82,7 +82,11 @@ pub enum Command {
 #[derive(Args, Clone, Debug)]
 pub struct UploadsArgs {
     /// Base URL of the REST api (or of a single `parley` node).
-    #[arg(long, env = "PARLEY_LOADTEST_API", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "PARLEY_LOADTEST_API",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub api: String,
     /// Files to upload in all.
     #[arg(long, short = 'n', default_value = "100")]

@@ -59,7 +59,9 @@ impl UploadsReport {
             );
         }
         if let (Some(before), Some(peak)) = (self.server_rss_before_mib, self.server_peak_rss_mib) {
-            out += &format!("  server memory: {before:.0} MiB resident before, {peak:.0} MiB at peak\n");
+            out += &format!(
+                "  server memory: {before:.0} MiB resident before, {peak:.0} MiB at peak\n"
+            );
         }
         for (why, n) in &self.failures {
             out += &format!("  failed: {n} x {why}\n");
