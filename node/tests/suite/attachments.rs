@@ -23,6 +23,7 @@ both_modes!(
     nobody_reads_or_posts_an_attachment_they_should_not,
     a_deleted_messages_files_are_gone_from_every_path_and_the_store,
     uploads_never_posted_are_removed_after_the_orphan_time,
+    concurrent_posts_of_one_upload_attach_it_to_exactly_one_message,
 );
 
 /// Reads frames until an event of `kind` arrives; returns it as JSON.
@@ -632,5 +633,38 @@ async fn uploads_never_posted_are_removed_after_the_orphan_time(mode: Mode) {
     );
     let (status, body) = post_with(&app, &alice, room, "late", &[&orphan]).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    app.stop().await;
+}
+
+async fn concurrent_posts_of_one_upload_attach_it_to_exactly_one_message(mode: Mode) {
+    let app = TestApp::spawn(mode).await;
+    let (alice, _bob, room) = a_room_of_two(&app).await;
+    let attachment = uploaded(&app, &alice, room, "once.pdf", pdf(2000)).await;
+    let last_seq = app.last_seq(&alice, room).await;
+
+    let posts = (0..6).map(|i| {
+        let (app, alice, attachment) = (&app, &alice, &attachment);
+        async move { post_with(app, alice, room, &format!("try {i}"), &[attachment]).await }
+    });
+    let answers = futures::future::join_all(posts).await;
+
+    let created: Vec<&Value> = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::CREATED)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(created.len(), 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(status, body)| *status == StatusCode::CREATED
+                || body["error"]["code"] == "invalid_attachment"),
+        "{answers:?}"
+    );
+    assert_eq!(
+        app.last_seq(&alice, room).await,
+        last_seq + 1,
+        "the refused posts took no number"
+    );
     app.stop().await;
 }
