@@ -23,7 +23,94 @@ pub struct ApiConfig {
     #[command(flatten)]
     pub policy: PolicyArgs,
     #[command(flatten)]
+    pub attachments: AttachmentArgs,
+    #[command(flatten)]
     pub telemetry: TelemetryArgs,
+}
+
+/// Attachments: where their bytes are kept, how large they may be, and the
+/// thumbnail worker's limits. See docs/operations.md ("Attachments").
+#[derive(Clone, Debug, Args)]
+pub struct AttachmentArgs {
+    /// Keep attachments in this S3-compatible bucket. Unset: in the data
+    /// directory (`<data dir>/attachments`), which only a single node (or
+    /// api nodes sharing that directory) can use.
+    #[arg(long, env = "PARLEY_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// The S3 endpoint (`https://s3.eu-west-1.amazonaws.com`, a MinIO or
+    /// Ceph URL). Unset: AWS's endpoint for the region.
+    #[arg(long, env = "PARLEY_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "PARLEY_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// Access key; unset: the usual AWS sources (instance or pod role, `AWS_*` variables).
+    #[arg(long, env = "PARLEY_S3_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+    #[arg(long, env = "PARLEY_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<SecretString>,
+    /// Allow a plain `http://` endpoint (a store on the same host or network).
+    #[arg(long, env = "PARLEY_S3_ALLOW_HTTP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub s3_allow_http: bool,
+    /// Largest attachment, in bytes; an upload is refused (413) as soon as
+    /// it passes this, without reading the rest.
+    #[arg(long, env = "PARLEY_ATTACHMENT_MAX_BYTES", default_value_t = DEFAULT_ATTACHMENT_MAX_BYTES)]
+    pub max_bytes: u64,
+    /// Uploads this api node receives at once; more are refused with 503
+    /// and Retry-After. Each holds at most one part of the upload in memory
+    /// (5 MiB for S3, 1 MiB on disk).
+    #[arg(long, env = "PARLEY_ATTACHMENT_MAX_UPLOADS", default_value_t = DEFAULT_MAX_UPLOADS)]
+    pub max_uploads: usize,
+    /// Uploads never posted in a message are deleted after this long.
+    #[arg(long, env = "PARLEY_ATTACHMENT_ORPHAN_TTL", default_value = "24h", value_parser = shared::config::parse_duration)]
+    pub orphan_ttl: std::time::Duration,
+    /// Thumbnails made at once on this api node (each on a blocking thread).
+    #[arg(long, env = "PARLEY_THUMBNAIL_WORKERS", default_value_t = DEFAULT_THUMBNAIL_WORKERS)]
+    pub thumbnail_workers: usize,
+    /// Thumbnail jobs waiting at most; beyond, a job waits for the periodic
+    /// sweep of pending thumbnails instead.
+    #[arg(long, env = "PARLEY_THUMBNAIL_QUEUE", default_value_t = DEFAULT_THUMBNAIL_QUEUE)]
+    pub thumbnail_queue: usize,
+    /// Widest or tallest image a thumbnail is made of, in pixels; larger
+    /// ones (and decompression bombs declaring such sizes) get none.
+    #[arg(long, env = "PARLEY_THUMBNAIL_MAX_DIMENSION", default_value_t = DEFAULT_THUMBNAIL_MAX_DIMENSION)]
+    pub thumbnail_max_dimension: u32,
+    /// Most memory one image decode may allocate, in bytes.
+    #[arg(long, env = "PARLEY_THUMBNAIL_MAX_ALLOC", default_value_t = DEFAULT_THUMBNAIL_MAX_ALLOC)]
+    pub thumbnail_max_alloc: u64,
+}
+
+/// 25 MiB: photos and documents people share in chat, not videos to archive.
+pub const DEFAULT_ATTACHMENT_MAX_BYTES: u64 = 25 * 1024 * 1024;
+/// 64 uploads of at most one 5 MiB part each: a bound of about 320 MiB.
+pub const DEFAULT_MAX_UPLOADS: usize = 64;
+/// Two: one per core of a small node; thumbnails are not urgent.
+pub const DEFAULT_THUMBNAIL_WORKERS: usize = 2;
+/// A burst of uploads' worth; the sweep picks up what does not fit.
+pub const DEFAULT_THUMBNAIL_QUEUE: usize = 256;
+/// 16384 px: larger than any camera's photo (a 100 MP sensor is 12288 px
+/// wide), far below what a bomb declares.
+pub const DEFAULT_THUMBNAIL_MAX_DIMENSION: u32 = 16_384;
+/// 512 MiB: a 100 MP RGBA photo decodes into 400 MB.
+pub const DEFAULT_THUMBNAIL_MAX_ALLOC: u64 = 512 * 1024 * 1024;
+
+impl Default for AttachmentArgs {
+    fn default() -> Self {
+        Self {
+            s3_bucket: None,
+            s3_endpoint: None,
+            s3_region: "us-east-1".into(),
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            s3_allow_http: false,
+            max_bytes: DEFAULT_ATTACHMENT_MAX_BYTES,
+            max_uploads: DEFAULT_MAX_UPLOADS,
+            orphan_ttl: std::time::Duration::from_secs(24 * 3600),
+            thumbnail_workers: DEFAULT_THUMBNAIL_WORKERS,
+            thumbnail_queue: DEFAULT_THUMBNAIL_QUEUE,
+            thumbnail_max_dimension: DEFAULT_THUMBNAIL_MAX_DIMENSION,
+            thumbnail_max_alloc: DEFAULT_THUMBNAIL_MAX_ALLOC,
+        }
+    }
 }
 
 /// Abuse limits and HTTP policy. Limits are per api node; see docs/operations.md.

@@ -182,9 +182,41 @@ impl MessageBody {
         Ok(Self(s))
     }
 
+    /// The body of a message that carries attachments: empty (a file
+    /// without a caption), or a body as [`MessageBody::parse`] takes it.
+    pub fn parse_caption(s: String) -> Result<Self, ApiError> {
+        if s.is_empty() {
+            Ok(Self(s))
+        } else {
+            Self::parse(s)
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The attachments a post names: at most
+/// [`shared::model::MAX_ATTACHMENTS_PER_MESSAGE`], each once. Ids that do
+/// not look like ids are left to the store to refuse with the rest
+/// (`invalid_attachment`), so every unusable id gets the same answer.
+pub fn attachment_ids(ids: Vec<String>) -> Result<Vec<String>, ApiError> {
+    if ids.len() > shared::model::MAX_ATTACHMENTS_PER_MESSAGE {
+        return Err(ApiError::validation(
+            "attachment_ids",
+            "a message carries at most 10 attachments",
+        ));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        if ids[..i].contains(id) {
+            return Err(ApiError::validation(
+                "attachment_ids",
+                "an attachment can only be posted once",
+            ));
+        }
+    }
+    Ok(ids)
 }
 
 /// A client's id for a message: 1 to 64 of `A-Z a-z 0-9 - _ . :` (a UUID fits).

@@ -120,6 +120,26 @@ pub enum ApiError {
     InvalidReplyTarget,
     #[error("a message has at most {max} distinct reactions")]
     TooManyReactions { max: i64 },
+    #[error("the attachment is over the limit of {max_bytes} bytes")]
+    AttachmentTooLarge { max_bytes: u64 },
+    #[error(
+        "the file is not one of the allowed types (decided from its bytes, not its name or Content-Type)"
+    )]
+    AttachmentTypeNotAllowed,
+    #[error("no such attachment")]
+    AttachmentNotFound,
+    #[error(
+        "this attachment has no thumbnail (not an image, not made yet, or it could not be made)"
+    )]
+    ThumbnailNotFound,
+    #[error(
+        "attachment {0} is not an upload of yours into this room that is complete and not posted yet"
+    )]
+    InvalidAttachment(String),
+    #[error("the upload ended before its body was complete")]
+    UploadIncomplete,
+    #[error("the range is outside the {size} bytes of the file")]
+    RangeNotSatisfiable { size: u64 },
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("a backing service is unavailable; retry shortly")]
@@ -154,7 +174,14 @@ impl ApiError {
             InvalidJson(_) | InvalidQuery(_) => StatusCode::BAD_REQUEST,
             Validation { .. } | InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            PayloadTooLarge | EventPayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            PayloadTooLarge | EventPayloadTooLarge { .. } | AttachmentTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            AttachmentTypeNotAllowed => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AttachmentNotFound | ThumbnailNotFound => StatusCode::NOT_FOUND,
+            InvalidAttachment(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            UploadIncomplete => StatusCode::BAD_REQUEST,
+            RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             MissingToken | InvalidToken | TokenExpired | SessionRevoked | InvalidCredentials
             | InvalidRefreshToken | MissingApiKey | InvalidApiKey | ApiKeyRevoked
             | TwoFactorLoginFailed | InvalidChallenge => StatusCode::UNAUTHORIZED,
@@ -228,6 +255,13 @@ impl ApiError {
         "delete_not_allowed",
         "invalid_reply_to",
         "too_many_reactions",
+        "attachment_too_large",
+        "attachment_type_not_allowed",
+        "attachment_not_found",
+        "thumbnail_not_found",
+        "invalid_attachment",
+        "upload_incomplete",
+        "range_not_satisfiable",
         "rate_limited",
         "unavailable",
         "internal",
@@ -286,6 +320,13 @@ impl ApiError {
             DeleteNotAllowed => "delete_not_allowed",
             InvalidReplyTarget => "invalid_reply_to",
             TooManyReactions { .. } => "too_many_reactions",
+            AttachmentTooLarge { .. } => "attachment_too_large",
+            AttachmentTypeNotAllowed => "attachment_type_not_allowed",
+            AttachmentNotFound => "attachment_not_found",
+            ThumbnailNotFound => "thumbnail_not_found",
+            InvalidAttachment(_) => "invalid_attachment",
+            UploadIncomplete => "upload_incomplete",
+            RangeNotSatisfiable { .. } => "range_not_satisfiable",
             RateLimited { .. } => "rate_limited",
             Unavailable(_) => "unavailable",
             Internal(_) => "internal",
@@ -307,6 +348,7 @@ impl IntoResponse for ApiError {
         let field = match &self {
             ApiError::Validation { field, .. } => field.as_deref().map(str::to_owned),
             ApiError::InvalidReplyTarget => Some("reply_to_seq".to_owned()),
+            ApiError::InvalidAttachment(_) => Some("attachment_ids".to_owned()),
             _ => None,
         };
         let body = ErrorBody {
@@ -322,6 +364,11 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) => Some(shared::health::UNAVAILABLE_RETRY_AFTER_SECS),
             _ => None,
         };
+        if let ApiError::RangeNotSatisfiable { size } = self
+            && let Ok(range) = HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            response.headers_mut().insert(header::CONTENT_RANGE, range);
+        }
         if let Some(secs) = retry_after {
             response
                 .headers_mut()
@@ -368,6 +415,9 @@ mod tests {
             EventPayloadTooLarge { .. } => {}
             MessageNotFound | NotAuthor | DeleteNotAllowed | InvalidReplyTarget => {}
             TooManyReactions { .. } => {}
+            AttachmentTooLarge { .. } | AttachmentTypeNotAllowed | AttachmentNotFound => {}
+            ThumbnailNotFound | InvalidAttachment(_) | UploadIncomplete => {}
+            RangeNotSatisfiable { .. } => {}
             RateLimited { .. } | Unavailable(_) | Internal(_) => {}
         }
     }
@@ -426,6 +476,13 @@ mod tests {
             DeleteNotAllowed,
             InvalidReplyTarget,
             TooManyReactions { max: 1 },
+            AttachmentTooLarge { max_bytes: 1 },
+            AttachmentTypeNotAllowed,
+            AttachmentNotFound,
+            ThumbnailNotFound,
+            InvalidAttachment(String::new()),
+            UploadIncomplete,
+            RangeNotSatisfiable { size: 1 },
             RateLimited {
                 retry_after_secs: 1,
             },

@@ -167,6 +167,7 @@ mod tests {
                 edited_at: None,
                 deleted_at: None,
                 reactions: Vec::new(),
+                attachments: Vec::new(),
             },
         };
 

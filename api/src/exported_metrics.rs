@@ -85,6 +85,7 @@ pub fn register(openapi: &OpenApi) {
         counter!("http_requests_total", "method" => method, "route" => route, "status" => status)
             .increment(0);
     }
+    crate::attachments::register_metrics();
     store::register_metrics();
     broker::register_metrics();
 }

@@ -10,6 +10,7 @@
 //! is the standalone service.
 
 pub mod admin;
+pub mod attachments;
 pub mod audit;
 pub mod auth;
 pub mod config;
@@ -32,6 +33,6 @@ pub mod state;
 pub mod text;
 pub mod users;
 
-pub use config::{ApiConfig, PolicyArgs};
+pub use config::{ApiConfig, AttachmentArgs, PolicyArgs};
 pub use startup::{Application, maintenance, router};
 pub use state::{AppState, Tokens};

@@ -30,6 +30,7 @@ use utoipa::{Modify, OpenApi, PartialSchema};
         (name = "auth", description = "Accounts and sessions"),
         (name = "rooms", description = "Rooms and membership"),
         (name = "messages", description = "Posting and history"),
+        (name = "attachments", description = "Files posted with messages: upload, download, thumbnails"),
         (name = "users", description = "Accounts as others see them"),
         (name = "presence", description = "Who is online and who is in a room"),
         (name = "sse", description = "Tickets for the gateways' Server-Sent Events streams"),

@@ -5,7 +5,9 @@ use crate::cors::CorsPolicy;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, Tokens};
-use crate::{admin, audit, auth, health, messages, presence, rooms, server, sse, users};
+use crate::{
+    admin, attachments, audit, auth, health, messages, presence, rooms, server, sse, users,
+};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -69,6 +71,7 @@ pub fn router(state: AppState, policy: &PolicyArgs, listen: IpAddr) -> Router {
             "/v1",
             rooms::router()
                 .merge(messages::router())
+                .merge(attachments::router())
                 .merge(users::router())
                 .merge(audit::user_router())
                 .merge(presence::router())
@@ -181,6 +184,7 @@ pub fn maintenance(state: AppState, shutdown: CancellationToken) -> tokio::task:
                         Ok(n) => tracing::debug!(challenges = n, "deleted expired two-factor login challenges"),
                         Err(e) => tracing::warn!(error = %e, "deleting expired login challenges failed"),
                     }
+                    attachments::sweep(&state).await;
                     let cutoff = shared::model::now_millis() - store::IDEMPOTENCY_TTL_MS;
                     match state.store.delete_idempotency_before(cutoff).await {
                         Ok(0) => {}
@@ -220,7 +224,14 @@ impl Application {
         }
         let broker = broker::connect(&config.redis).await?;
         let tokens = Tokens::from_config(&config.jwt, &config.data_dir)?;
-        let state = AppState::new(store, broker, tokens, &config.policy);
+        let state = AppState::new(
+            store,
+            broker,
+            tokens,
+            &config.policy,
+            &config.attachments,
+            &config.data_dir,
+        )?;
         let router = router(state.clone(), &config.policy, config.listen.ip());
         let listener = shared::system::listen(config.listen)
             .with_context(|| format!("binding {}", config.listen))?;
@@ -255,6 +266,7 @@ impl Application {
         shutdown.cancel();
         let _ = upkeep.await;
         self.state.appender.close().await;
+        self.state.attachments.close().await;
         self.state.broker.close().await;
         self.state.store.close().await;
         served.context("serving the api")

@@ -31,6 +31,8 @@ pub struct AppState {
     pub trust_proxy_headers: bool,
     /// Security events older than this are deleted.
     pub audit_retention: Duration,
+    /// The attachment store, its limits and the thumbnail worker.
+    pub attachments: Arc<crate::attachments::Attachments>,
 }
 
 /// Signing and verifying access tokens; minting refresh tokens.
@@ -130,11 +132,28 @@ fn unix_now() -> u64 {
 }
 
 impl AppState {
-    /// Also starts the message appender (so it needs a Tokio runtime); the
-    /// host closes `appender` after serving and before closing the store.
-    pub fn new(store: Store, broker: DynBroker, tokens: Tokens, limits: &PolicyArgs) -> Self {
-        Self {
-            events: Events::new(broker.clone(), limits.receipt_room_limit),
+    /// Also starts the message appender and the thumbnail worker (so it
+    /// needs a Tokio runtime) and opens the attachment store; the host
+    /// closes `appender` and `attachments` after serving and before closing
+    /// the store.
+    pub fn new(
+        store: Store,
+        broker: DynBroker,
+        tokens: Tokens,
+        limits: &PolicyArgs,
+        attachments: &crate::config::AttachmentArgs,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        let events = Events::new(broker.clone(), limits.receipt_room_limit);
+        let attachments = Arc::new(crate::attachments::Attachments::start(
+            attachments,
+            data_dir,
+            store.clone(),
+            events.clone(),
+        )?);
+        Ok(Self {
+            events,
+            attachments,
             appender: Arc::new(MessageAppender::start(
                 store.clone(),
                 limits.commit_interval,
@@ -149,7 +168,7 @@ impl AppState {
             admin_token: limits.admin_token.clone(),
             trust_proxy_headers: limits.trust_proxy_headers,
             audit_retention: limits.audit_retention,
-        }
+        })
     }
 }
 

@@ -67,12 +67,39 @@ pub enum Command {
     /// duplicates across the drop, database reads and Redis commands per
     /// resumed client (in this process only).
     Storm(StormArgs),
+    /// Upload files through the api (one user, one room) with a number of
+    /// uploads in flight: uploads/s, MiB/s, latency, and the server's CPU
+    /// per GiB and peak memory given its pid (in this process only).
+    Uploads(UploadsArgs),
     /// Run as an agent for a distributed coordinator.
     Agent(AgentArgs),
     /// Measure this machine's floor without Parley: CPU per small TCP
     /// segment over loopback, sent and received (what every delivery costs
     /// at least when it is its own segment).
     Loopback(LoopbackArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct UploadsArgs {
+    /// Base URL of the REST api (or of a single `parley` node).
+    #[arg(
+        long,
+        env = "PARLEY_LOADTEST_API",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub api: String,
+    /// Files to upload in all.
+    #[arg(long, short = 'n', default_value = "100")]
+    pub count: u64,
+    /// Uploads in flight at once.
+    #[arg(long, short = 'c', default_value = "4", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: u32,
+    /// Bytes per file (10 MiB by default).
+    #[arg(long, default_value = "10485760", value_parser = clap::value_parser!(u64).range(16..=(1 << 32)))]
+    pub size: u64,
+    /// The server's process id: its CPU time and peak memory are reported.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 #[derive(Args, Clone, Debug)]

@@ -725,6 +725,7 @@ mod tests {
                 edited_at: None,
                 deleted_at: None,
                 reactions: Vec::new(),
+                attachments: Vec::new(),
             },
         });
         let bytes = Encoding::MsgPack.encode(&frame);

@@ -17,7 +17,8 @@
 //! - [`report`], [`chart`], [`progress`]: what a person reads;
 //! - [`net`], [`clock`], [`memory`], [`provision`], [`body`]: the edges;
 //! - [`redis_stats`], [`db_stats`]: what Redis and PostgreSQL did in a window;
-//! - [`loopback`]: the machine's own floor (CPU per TCP segment), no Parley.
+//! - [`loopback`]: the machine's own floor (CPU per TCP segment), no Parley;
+//!   [`uploads`]: attachment upload throughput through the api.
 
 pub mod accounting;
 pub mod agent;
@@ -40,6 +41,7 @@ pub mod publish;
 pub mod redis_stats;
 pub mod report;
 pub mod scenario;
+pub mod uploads;
 pub mod wire;
 pub mod work;
 
@@ -58,7 +60,9 @@ pub async fn run_scenario(command: &Command, cancel: CancellationToken) -> anyho
         Command::PresenceKill(a) => (scenario::presence_kill::run(a, cancel).await?, &a.target),
         Command::Reads(a) => (scenario::reads::run(a, cancel).await?, &a.target),
         Command::Storm(a) => (scenario::storm::run(a, cancel).await?, &a.target),
-        Command::Agent(_) | Command::Loopback(_) => anyhow::bail!("not a scenario"),
+        Command::Agent(_) | Command::Loopback(_) | Command::Uploads(_) => {
+            anyhow::bail!("not a scenario")
+        }
     };
     if let Some(path) = &target.json {
         report.write_json(path)?;

@@ -43,6 +43,15 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", report.text());
             Ok(())
         }
+        Command::Uploads(args) => {
+            let report = tokio::time::timeout(
+                loadtest::uploads::UPLOAD_TIMEOUT,
+                loadtest::uploads::run(args),
+            )
+            .await??;
+            print!("{}", report.text());
+            Ok(())
+        }
         Command::Agent(args) => {
             let listener = tokio::net::TcpListener::bind(args.listen).await?;
             eprintln!("agent listening on {}", listener.local_addr()?);

@@ -3,6 +3,10 @@
 -- holds the same tables and columns.
 
 alter table rooms add column topic text not null default '';
+-- Set when the owner deleted the room: it has no members from then on (so
+-- no read path finds it) and takes no events; its attachments' bytes are
+-- purged, then the row goes with everything that cascades from it.
+alter table rooms add column deleted_at bigint;
 alter table rooms add column join_policy text not null default 'add'
     check (join_policy in ('add', 'invite'));
 

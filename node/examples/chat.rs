@@ -248,7 +248,17 @@ impl Chat {
         self.last_seq = Some(event.seq);
         let who = self.name(event.sender_id);
         match &event.kind {
-            EventKind::MessageCreated { body, .. } => println!("[{}] {who}: {body}", event.seq),
+            EventKind::MessageCreated {
+                body, attachments, ..
+            } => {
+                println!("[{}] {who}: {body}", event.seq);
+                for a in attachments {
+                    println!(
+                        "    [file] {} ({}, {} bytes) /v1/attachments/{}",
+                        a.filename, a.content_type, a.size, a.id
+                    );
+                }
+            }
             EventKind::RoomCreated { name } => println!("[{}] {who} created #{name}", event.seq),
             EventKind::MemberAdded { user_id, .. } => {
                 println!("[{}] {who} added {}", event.seq, self.name(*user_id))
@@ -299,6 +309,8 @@ impl Chat {
                 event.seq,
                 self.name(*user_id)
             ),
+            // A terminal shows no thumbnails.
+            EventKind::AttachmentThumbnailReady { .. } => {}
         }
     }
 

@@ -7,7 +7,7 @@
 //! and the same binary is a combined api+gateway member of a cluster.
 
 use anyhow::Context;
-use api::{AppState, PolicyArgs, Tokens};
+use api::{AppState, AttachmentArgs, PolicyArgs, Tokens};
 use clap::Args;
 use gateway::{Gateway, WsSettings};
 use shared::config::{DatabaseArgs, JwtArgs, RedisArgs, TelemetryArgs};
@@ -36,6 +36,8 @@ pub struct NodeConfig {
     pub jwt: JwtArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub attachments: AttachmentArgs,
     #[command(flatten)]
     pub ws: WsSettings,
     #[command(flatten)]
@@ -88,7 +90,14 @@ impl Node {
         let broker = broker::connect(&config.redis).await?;
         let tokens = Tokens::from_config(&config.jwt, &config.data_dir)?;
         let verifier = tokens.verifier.clone();
-        let api = AppState::new(store.clone(), broker.clone(), tokens, &config.policy);
+        let api = AppState::new(
+            store.clone(),
+            broker.clone(),
+            tokens,
+            &config.policy,
+            &config.attachments,
+            &config.data_dir,
+        )?;
         let gateway =
             Gateway::start(store.clone(), broker.clone(), verifier, config.ws.clone()).await?;
         // The listener's address decides the default CORS policy: on loopback
@@ -127,6 +136,11 @@ impl Node {
         &self.gateway
     }
 
+    /// The api's state (for tests that run its upkeep on demand).
+    pub fn api_state(&self) -> &AppState {
+        &self.api
+    }
+
     /// What the node runs on, for the start-up banner.
     pub fn description(&self) -> &str {
         &self.description
@@ -154,6 +168,7 @@ impl Node {
         };
         let _ = upkeep.await;
         self.api.appender.close().await;
+        self.api.attachments.close().await;
         self.api.broker.close().await;
         self.api.store.close().await;
         served

@@ -243,6 +243,10 @@ pub enum EventKind {
         /// them (history pages only; live changes are `reaction.*` events).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         reactions: Vec<Reaction>,
+        /// Files posted with the message, in the order the author gave
+        /// (live and in history; gone once the message is deleted).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<Attachment>,
     },
     /// The author changed the body of message `target_seq`.
     #[serde(rename = "message.edited")]
@@ -262,6 +266,19 @@ pub enum EventKind {
     /// `sender_id` took back their `emoji` reaction to message `target_seq`.
     #[serde(rename = "reaction.removed")]
     ReactionRemoved { target_seq: i64, emoji: String },
+    /// The thumbnail of attachment `attachment_id` of message `target_seq`
+    /// is ready to download (`GET /v1/attachments/{id}/thumbnail`). Its
+    /// `sender_id` is the uploader. `attachment` is the attachment as it is
+    /// now (with the thumbnail's size); absent in history once the message
+    /// was deleted.
+    #[serde(rename = "attachment.thumbnail_ready")]
+    AttachmentThumbnailReady {
+        target_seq: i64,
+        attachment_id: String,
+        /// Boxed: the largest kind sets the size of every event.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attachment: Option<Box<Attachment>>,
+    },
     /// A user became a member.
     #[serde(rename = "member.added")]
     MemberAdded { user_id: UserId, role: Role },
@@ -317,6 +334,72 @@ pub struct Reaction {
     pub me: bool,
 }
 
+/// A file posted with a message (or uploaded and not posted yet: then only
+/// its uploader can see it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Attachment {
+    /// Random, 32 hex digits: `GET /v1/attachments/{id}` downloads it.
+    pub id: String,
+    /// The uploader's file name, made safe (no path, no control characters).
+    pub filename: String,
+    /// Decided by the server from the bytes (never the client's header).
+    pub content_type: String,
+    /// Bytes.
+    pub size: i64,
+    /// Hex SHA-256 of the bytes.
+    pub sha256: String,
+    pub thumbnail: ThumbnailState,
+    /// The image's size in pixels, once its thumbnail is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<i64>,
+    /// The thumbnail's size in pixels, when `thumbnail` is `ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_width: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_height: Option<i64>,
+}
+
+/// Where an attachment's thumbnail is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ThumbnailState {
+    /// Not an image: no thumbnail is made.
+    None,
+    /// Being made; an `attachment.thumbnail_ready` event follows when the
+    /// attachment is in a message.
+    Pending,
+    Ready,
+    /// The image could not be decoded within the limits (corrupt, or too
+    /// large, such as a decompression bomb): the file itself is still there.
+    Failed,
+}
+
+impl ThumbnailState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThumbnailState::None => "none",
+            ThumbnailState::Pending => "pending",
+            ThumbnailState::Ready => "ready",
+            ThumbnailState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ThumbnailState> {
+        match s {
+            "none" => Some(ThumbnailState::None),
+            "pending" => Some(ThumbnailState::Pending),
+            "ready" => Some(ThumbnailState::Ready),
+            "failed" => Some(ThumbnailState::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// Most attachments on one message.
+pub const MAX_ATTACHMENTS_PER_MESSAGE: usize = 10;
+
 /// Largest payload of a custom event or a signal, in bytes of compact JSON:
 /// a notification's worth of data, small enough that a room's history pages
 /// and every gateway's fan-out stay cheap (a message is at most 4000 characters).
@@ -332,6 +415,7 @@ impl EventKind {
             EventKind::MessageDeleted { .. } => "message.deleted",
             EventKind::ReactionAdded { .. } => "reaction.added",
             EventKind::ReactionRemoved { .. } => "reaction.removed",
+            EventKind::AttachmentThumbnailReady { .. } => "attachment.thumbnail_ready",
             EventKind::MemberAdded { .. } => "member.added",
             EventKind::MemberRemoved { .. } => "member.removed",
             EventKind::RoomUpdated { .. } => "room.updated",
@@ -372,6 +456,7 @@ mod tests {
                 edited_at: None,
                 deleted_at: None,
                 reactions: Vec::new(),
+                attachments: Vec::new(),
             },
         }
     }

@@ -293,8 +293,9 @@ pub struct AddMemberRequest {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostMessageRequest {
-    /// 1 to 4000 characters, not blank.
-    #[schema(min_length = 1, max_length = 4000)]
+    /// 1 to 4000 characters, not blank; may be empty (`""`) when the
+    /// message carries attachments.
+    #[schema(max_length = 4000)]
     pub body: String,
     /// The client's own id for this message (1 to 64 of `A-Z a-z 0-9 - _ . :`).
     /// Retrying a post with the same id returns the first result instead of a duplicate.
@@ -306,6 +307,13 @@ pub struct PostMessageRequest {
     #[serde(default)]
     #[schema(minimum = 1)]
     pub reply_to_seq: Option<i64>,
+    /// Ids of the caller's uploads into this room (`POST
+    /// /v1/rooms/{room_id}/attachments`) to post with the message, in
+    /// order, at most 10, each once and never already posted; anything else
+    /// is 422 `invalid_attachment`, and nothing is posted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 10)]
+    pub attachment_ids: Vec<String>,
 }
 
 /// `PATCH /v1/rooms/{id}/messages/{seq}`

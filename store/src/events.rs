@@ -42,6 +42,7 @@ impl NewMessage<'_> {
                 edited_at: None,
                 deleted_at: None,
                 reactions: Vec::new(),
+                attachments: Vec::new(),
             },
         }
     }
@@ -62,8 +63,8 @@ macro_rules! select_events {
     ($rest:literal) => {
         concat!(
             "SELECT room_id, seq, kind, sender_id, body, client_msg_id, target_user_id, role, room_name, \
-             event_name, payload, reply_to_seq, edited_at, deleted_at, target_seq, emoji, created_at \
-             FROM room_events ",
+             event_name, payload, reply_to_seq, edited_at, deleted_at, target_seq, emoji, attachment_id, \
+             created_at FROM room_events ",
             $rest
         )
     };
@@ -108,6 +109,7 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<RoomEvent> {
             edited_at: time(row, "edited_at")?,
             deleted_at: time(row, "deleted_at")?,
             reactions: Vec::new(),
+            attachments: Vec::new(),
         },
         "message.edited" => EventKind::MessageEdited {
             target_seq: target_seq(row)?,
@@ -124,6 +126,16 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<RoomEvent> {
         "reaction.removed" => EventKind::ReactionRemoved {
             target_seq: target_seq(row)?,
             emoji: emoji(row)?,
+        },
+        // Only this kind reads `attachment_id`: the group commit's own
+        // select of posted rows does not carry the column.
+        "attachment.thumbnail_ready" => EventKind::AttachmentThumbnailReady {
+            target_seq: target_seq(row)?,
+            attachment_id: row
+                .try_get::<Option<String>, _>("attachment_id")?
+                .unwrap_or_default(),
+            // Filled in from the attachments table by the reader.
+            attachment: None,
         },
         "member.added" => EventKind::MemberAdded {
             user_id: target(row)?,
@@ -204,11 +216,13 @@ pub(crate) async fn next_seq(
     conn: &mut AnyConnection,
     room: RoomId,
 ) -> Result<Option<i64>, sqlx::Error> {
-    let row =
-        sqlx::query("UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq")
-            .bind(room.0)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let row = sqlx::query(
+        "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 AND deleted_at IS NULL \
+             RETURNING last_seq",
+    )
+    .bind(room.0)
+    .fetch_optional(&mut *conn)
+    .await?;
     row.map(|r| r.try_get("last_seq")).transpose()
 }
 
@@ -221,6 +235,7 @@ pub(crate) async fn insert_event(
         (None, None, None, None, None);
     let (mut event_name, mut payload) = (None, None);
     let (mut reply_to_seq, mut target_seq, mut emoji) = (None, None, None);
+    let mut attachment_id = None;
     match &event.kind {
         EventKind::MessageCreated {
             body: b,
@@ -251,6 +266,14 @@ pub(crate) async fn insert_event(
         } => {
             target_seq = Some(*t);
             emoji = Some(e.as_str());
+        }
+        EventKind::AttachmentThumbnailReady {
+            target_seq: t,
+            attachment_id: a,
+            ..
+        } => {
+            target_seq = Some(*t);
+            attachment_id = Some(a.as_str());
         }
         EventKind::MemberAdded { user_id, role: r } => {
             target = Some(user_id.0);
@@ -286,8 +309,8 @@ pub(crate) async fn insert_event(
     }
     sqlx::query(
         "INSERT INTO room_events (room_id, seq, kind, sender_id, body, client_msg_id, target_user_id, role, room_name, \
-         event_name, payload, reply_to_seq, target_seq, emoji, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+         event_name, payload, reply_to_seq, target_seq, emoji, created_at, attachment_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
     .bind(event.room_id.0)
     .bind(event.seq)
@@ -304,6 +327,7 @@ pub(crate) async fn insert_event(
     .bind(target_seq)
     .bind(emoji)
     .bind(event.created_at.timestamp_millis())
+    .bind(attachment_id)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -445,7 +469,12 @@ impl Store {
                 .fetch_all(pool)
             })
             .await?;
-        rows.iter().map(event_from_row).collect()
+        let mut events = rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        self.fill_attachments(room, &mut events).await?;
+        Ok(events)
     }
 
     /// A page of `room`'s timeline strictly after `after_seq`: the `limit`
@@ -494,6 +523,11 @@ impl Store {
                 .fetch_all(pool)
             })
             .await?;
-        rows.iter().map(event_from_row).collect()
+        let mut events = rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        self.fill_attachments(room, &mut events).await?;
+        Ok(events)
     }
 }

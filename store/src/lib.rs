@@ -23,6 +23,7 @@ mod audit;
 mod error;
 #[macro_use]
 mod events;
+mod attachments;
 mod liveness;
 mod markers;
 mod messages;
@@ -39,6 +40,9 @@ pub use api_keys::{
     NewCustomEvent,
 };
 pub use append::{MAX_BATCH, MessageAppender, QUEUE_CAPACITY};
+pub use attachments::{
+    AttachedPostOutcome, NewUpload, ReadableAttachment, ThumbnailRecorded, ThumbnailResult,
+};
 pub use audit::{NewSecurityEvent, SecurityEventRecord};
 pub use error::StoreError;
 pub use events::{MAX_HISTORY_PAGE, NewMessage, PostOutcome};

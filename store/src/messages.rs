@@ -148,6 +148,8 @@ impl Store {
                 .bind(seq)
                 .execute(&mut *tx)
                 .await?;
+                // Its files become unreadable with it, and due for purging.
+                crate::attachments::delete_attachments_of(&mut tx, room, seq, now).await?;
                 for table in [
                     "DELETE FROM message_reactions WHERE room_id = $1 AND seq = $2",
                     "DELETE FROM message_mentions WHERE room_id = $1 AND seq = $2",

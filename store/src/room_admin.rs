@@ -253,11 +253,14 @@ impl Store {
         Ok(changed)
     }
 
-    /// Deletes a group room (its owner only) with everything in it: its
-    /// timeline, members, reactions, mentions and invitations go in one
-    /// transaction (foreign keys cascade). The `room.deleted` event it
-    /// answers takes the next seq but is not stored: there is no timeline
-    /// left to hold it; the api publishes it so live members leave.
+    /// Deletes a group room (its owner only). In its transaction the members
+    /// and invitations go (so no read path finds the room any more), its
+    /// attachments become due for purging, and the room is marked deleted
+    /// (it takes no more events). [`Store::purge_deleted_rooms`] removes the
+    /// row, and with it the timeline, reactions and mentions, once the
+    /// attachments' bytes are gone: dropping the rows first would lose track
+    /// of the bytes. The `room.deleted` event takes the next seq but is not
+    /// stored; the api publishes it so live members leave.
     #[tracing::instrument(skip(self))]
     pub async fn delete_room(
         &self,
@@ -280,16 +283,44 @@ impl Store {
             .bind(room.0)
             .fetch_all(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM rooms WHERE id = $1")
-            .bind(room.0)
-            .execute(&mut *tx)
-            .await?;
+        for statement in [
+            "DELETE FROM room_members WHERE room_id = $1",
+            "DELETE FROM room_invitations WHERE room_id = $1",
+        ] {
+            sqlx::query(statement)
+                .bind(room.0)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for statement in [
+            "UPDATE attachments SET deleted_at = $2 WHERE room_id = $1 AND deleted_at IS NULL",
+            "UPDATE rooms SET deleted_at = $2 WHERE id = $1",
+        ] {
+            sqlx::query(statement)
+                .bind(room.0)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(DeletedRoom {
             event: event(room, seq, actor, now, EventKind::RoomDeleted {}),
             members: user_ids(members)?,
             invited: user_ids(invited)?,
         })
+    }
+
+    /// Removes deleted rooms whose attachments are purged, with everything
+    /// that cascades from them (timeline, reactions, mentions); how many.
+    #[tracing::instrument(skip(self))]
+    pub async fn purge_deleted_rooms(&self) -> Result<u64> {
+        let purged = sqlx::query(
+            "DELETE FROM rooms WHERE deleted_at IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM attachments a WHERE a.room_id = rooms.id)",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(purged.rows_affected())
     }
 
     /// Invites `user` to a group room with `role` and appends

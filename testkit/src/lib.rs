@@ -17,7 +17,7 @@ mod sse;
 mod ws;
 
 pub use db::{TestDatabase, admin_url};
-pub use services::{PrivatePostgres, PrivateRedis, StopMode};
+pub use services::{PrivatePostgres, PrivateRedis, S3Server, StopMode, s3_server};
 pub use sse::{SseAuth, SseClient, SseMessage, SseNext};
 pub use ws::{FRAME_TIMEOUT, Received, WsClient};
 
@@ -98,6 +98,10 @@ pub struct Options {
     /// Api nodes in cluster mode, sharing the database, Redis and keys
     /// (`TestApp::api_urls`); requests go to the first unless a test picks.
     pub api_nodes: usize,
+    /// Attachment limits. Cluster mode keeps attachments in a fresh bucket
+    /// of the test process's S3 server (moto) unless a bucket is set here;
+    /// a single node keeps them in its data directory.
+    pub attachments: api::AttachmentArgs,
 }
 
 impl Default for Options {
@@ -128,6 +132,7 @@ impl Default for Options {
             redis_url: None,
             window_events: shared::config::DEFAULT_WINDOW_EVENTS,
             api_nodes: 1,
+            attachments: api::AttachmentArgs::default(),
         }
     }
 }
@@ -158,6 +163,11 @@ pub struct TestApp {
     keep_data: bool,
     database: Option<TestDatabase>,
     keys: KeyPair,
+    /// The attachment settings the services run with.
+    attachments: api::AttachmentArgs,
+    /// Each api node's state (the single node's api), for upkeep a test
+    /// cannot wait a minute for.
+    api_states: Vec<api::AppState>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -221,6 +231,16 @@ impl TestApp {
         };
         let mut tasks = Vec::new();
         let mut api_urls = Vec::new();
+        let mut api_states = Vec::new();
+        let mut attachments = options.attachments.clone();
+        if mode == Mode::Cluster && attachments.s3_bucket.is_none() {
+            let s3 = s3_server().await;
+            attachments.s3_bucket = Some(s3.create_bucket().await.expect("an S3 bucket"));
+            attachments.s3_endpoint = Some(s3.endpoint.clone());
+            attachments.s3_allow_http = true;
+            attachments.s3_access_key_id = Some("parley-test".into());
+            attachments.s3_secret_access_key = Some("parley-test-secret".to_owned().into());
+        }
         let (api, gateway_urls, gateways, database) = match mode {
             Mode::Cluster => {
                 let database = match &options.database_admin_url {
@@ -247,6 +267,7 @@ impl TestApp {
                         ..jwt.clone()
                     },
                     policy: options.policy.clone(),
+                    attachments: attachments.clone(),
                     telemetry: telemetry(),
                 };
                 for _ in 0..options.api_nodes.max(1) {
@@ -257,6 +278,7 @@ impl TestApp {
                         "http://{}",
                         reachable(app.local_addr().expect("api address"))
                     ));
+                    api_states.push(app.state().clone());
                     tasks.push(tokio::spawn(app.run(shutdown.clone())));
                 }
                 let api = api_urls[0].clone();
@@ -310,6 +332,7 @@ impl TestApp {
                         ..jwt
                     },
                     policy: options.policy.clone(),
+                    attachments: attachments.clone(),
                     ws: options.ws.clone(),
                     telemetry: telemetry(),
                 };
@@ -319,6 +342,7 @@ impl TestApp {
                 let addr = reachable(node.local_addr().expect("node address"));
                 api_urls.push(format!("http://{addr}"));
                 let gateway = node.gateway().clone();
+                api_states.push(node.api_state().clone());
                 tasks.push(tokio::spawn(node.run(shutdown.clone())));
                 (
                     format!("http://{addr}"),
@@ -341,9 +365,94 @@ impl TestApp {
             keep_data,
             database,
             keys,
+            attachments,
+            api_states,
             shutdown,
             tasks,
         }
+    }
+
+    /// Runs the attachment upkeep of the first api node now (expiring
+    /// unposted uploads, purging, re-queueing thumbnails), as its minutely
+    /// maintenance would.
+    pub async fn sweep_attachments(&self) {
+        api::attachments::sweep(&self.api_states[0]).await;
+    }
+
+    /// Every key in the deployment's attachment store (the bucket, or the
+    /// data directory), sorted.
+    pub async fn stored_attachment_keys(&self) -> Vec<String> {
+        use futures::TryStreamExt;
+        let (blobs, _) = api::attachments::storage::open(&self.attachments, &self.data_dir)
+            .expect("opening the attachment store");
+        let prefix = object_store::path::Path::from("attachments");
+        let mut keys: Vec<String> = blobs
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .expect("listing the attachment store");
+        keys.sort();
+        keys
+    }
+
+    /// Rows of the attachments table.
+    pub async fn attachment_rows(&self) -> i64 {
+        use sqlx::Row;
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&self.database_url())
+            .await
+            .expect("connecting to the database");
+        let n: i64 = sqlx::query("SELECT count(*) AS n FROM attachments")
+            .fetch_one(&pool)
+            .await
+            .expect("counting attachments")
+            .get("n");
+        pool.close().await;
+        n
+    }
+
+    /// Uploads `bytes` into `room` as `user` (with a `Content-Type` the
+    /// server ignores); the status and the JSON answer.
+    pub async fn upload(
+        &self,
+        user: &TestUser,
+        room: RoomId,
+        filename: &str,
+        declared_type: &str,
+        bytes: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(self.url(&format!("/v1/rooms/{room}/attachments")))
+            .query(&[("filename", filename)])
+            .bearer_auth(&user.token)
+            .header("content-type", declared_type)
+            .body(bytes)
+            .send()
+            .await
+            .expect("uploading");
+        let status = response.status();
+        let json = response.json().await.unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    /// GETs `path` as `user` with an optional `Range`; status, headers, bytes.
+    pub async fn download(
+        &self,
+        user: &TestUser,
+        path: &str,
+        range: Option<&str>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+        let mut request = self.http.get(self.url(path)).bearer_auth(&user.token);
+        if let Some(range) = range {
+            request = request.header("range", range);
+        }
+        let response = request.send().await.expect("downloading");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("reading a download").to_vec();
+        (status, headers, bytes)
     }
 
     /// An access token for `user`'s session, signed with the deployment's

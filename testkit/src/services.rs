@@ -319,3 +319,106 @@ async fn ping(port: u16) -> bool {
         Ok(Ok(_))
     ) && &answer == b"+PONG\r\n"
 }
+
+/// The S3-compatible server of this test process: one `moto_server` on a
+/// free loopback port, started by the first test that needs it (cluster
+/// mode keeps attachments in S3) and shared by all; each test uses a bucket
+/// of its own ([`S3Server::create_bucket`]).
+///
+/// `moto_server` comes from PyPI (`pip install 'moto[server]'`; `.ci/run`
+/// installs it). It is found as `$PARLEY_TEST_MOTO_SERVER`, on PATH, or
+/// as pyenv's shim.
+pub struct S3Server {
+    /// `http://127.0.0.1:port`
+    pub endpoint: String,
+}
+
+static S3_SERVER: tokio::sync::OnceCell<S3Server> = tokio::sync::OnceCell::const_new();
+
+/// The moto server of this process, started on first use.
+pub async fn s3_server() -> &'static S3Server {
+    S3_SERVER
+        .get_or_init(|| async {
+            S3Server::start()
+                .await
+                .expect("starting moto_server (pip install 'moto[server]')")
+        })
+        .await
+}
+
+impl S3Server {
+    async fn start() -> anyhow::Result<S3Server> {
+        let program = std::env::var("PARLEY_TEST_MOTO_SERVER")
+            .ok()
+            .or_else(|| {
+                let path = std::env::var_os("PATH")?;
+                std::env::split_paths(&path)
+                    .map(|dir| dir.join("moto_server"))
+                    .find(|p| p.is_file())
+                    .map(|p| p.display().to_string())
+            })
+            .unwrap_or_else(|| "/root/.pyenv/shims/moto_server".to_owned());
+        let port = free_port()?;
+        let (started, spawned) = std::sync::mpsc::channel();
+        // The server lives as long as the test process: it is spawned from
+        // a thread that never ends, and told (PR_SET_PDEATHSIG) to go when
+        // that thread does, i.e. when the process exits. A test's own
+        // thread would end with the test and take the server with it.
+        std::thread::Builder::new()
+            .name("moto_server".into())
+            .spawn(move || {
+                use std::os::unix::process::CommandExt;
+                let mut command = std::process::Command::new(&program);
+                command
+                    .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                // SAFETY: prctl is async-signal-safe; nothing else runs
+                // between fork and exec.
+                unsafe {
+                    command.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                        Ok(())
+                    });
+                }
+                let child = command.spawn();
+                let failed = child.is_err();
+                let _ = started.send(child.map(|_| ()).map_err(|e| format!("{program}: {e}")));
+                if !failed {
+                    loop {
+                        std::thread::park();
+                    }
+                }
+            })?;
+        spawned
+            .recv()
+            .context("the moto_server thread")?
+            .map_err(anyhow::Error::msg)?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if http.get(format!("{endpoint}/")).send().await.is_ok() {
+                return Ok(S3Server { endpoint });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("moto_server did not answer on {endpoint} within {START_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Creates an empty bucket of the caller's own and returns its name.
+    pub async fn create_bucket(&self) -> anyhow::Result<String> {
+        let name = format!("parley-test-{}", uuid::Uuid::new_v4().simple());
+        let response = reqwest::Client::new()
+            .put(format!("{}/{name}", self.endpoint))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("creating bucket {name}: {}", response.status());
+        }
+        Ok(name)
+    }
+}

@@ -6,7 +6,7 @@
 //! of the path, and the caller's membership of that room is checked first:
 //! a non-member gets the same 404 as for a room that does not exist.
 
-use crate::domain::{ClientMsgId, Emoji, MessageBody, mentioned_usernames};
+use crate::domain::{ClientMsgId, Emoji, MessageBody, attachment_ids, mentioned_usernames};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, AuthUser};
 use crate::rooms::membership_of;
@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use shared::model::{EventKind, RoomEvent, now_millis};
 use shared::rest::{EditMessageRequest, ErrorBody, HistoryPage, HistoryQuery, PostMessageRequest};
 use shared::{RoomId, UserId};
-use store::{ChangeOutcome, MessageChange, NewMessage, PostOutcome};
+use store::{AttachedPostOutcome, ChangeOutcome, MessageChange, NewMessage, PostOutcome};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -35,7 +35,10 @@ const DEFAULT_PAGE: u32 = 50;
 /// Posts a message (members only). It gets the room's next `seq` and is
 /// delivered live to every member connected to any gateway. A retry with
 /// the same `client_msg_id` returns the original with 200 instead of 201.
-/// `@username`s of members in the body are recorded as mentions.
+/// `@username`s of members in the body are recorded as mentions. With
+/// `attachment_ids` it carries the caller's uploads into this room (the
+/// body may then be empty); images among them get an
+/// `attachment.thumbnail_ready` event when their thumbnail is made.
 #[utoipa::path(post, path = "/rooms/{room_id}/messages", tag = "messages", security(("bearer" = [])),
     params(("room_id" = i64, Path)), request_body = PostMessageRequest,
     responses(
@@ -43,7 +46,7 @@ const DEFAULT_PAGE: u32 = 50;
         (status = 200, description = "Already posted with this client_msg_id: the original", body = RoomEvent),
         (status = 404, description = "`room_not_found` (also for non-members)", body = ErrorBody),
         (status = 409, description = "`idempotency_conflict`: the client_msg_id was used for another body", body = ErrorBody),
-        (status = 422, description = "`validation_failed` (with `field`), `invalid_body`, or `invalid_reply_to`: `reply_to_seq` is not an earlier message of this room", body = ErrorBody),
+        (status = 422, description = "`validation_failed` (with `field`), `invalid_body`, `invalid_reply_to`: `reply_to_seq` is not an earlier message of this room, or `invalid_attachment`: an id of `attachment_ids` is not the caller's complete, unposted upload into this room", body = ErrorBody),
         (status = 429, description = "`rate_limited`: the caller's message allowance is spent", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id, %room_id))]
@@ -54,7 +57,12 @@ async fn post_message(
     ApiJson(req): ApiJson<PostMessageRequest>,
 ) -> ApiResult<(StatusCode, Json<RoomEvent>)> {
     state.limits.check_message(caller.user_id)?;
-    let body = MessageBody::parse(req.body)?;
+    let attachment_ids = attachment_ids(req.attachment_ids)?;
+    let body = if attachment_ids.is_empty() {
+        MessageBody::parse(req.body)?
+    } else {
+        MessageBody::parse_caption(req.body)?
+    };
     let client_msg_id = req.client_msg_id.map(ClientMsgId::parse).transpose()?;
     if let Some(reply_to) = req.reply_to_seq {
         // Membership first, so a stranger learns nothing about the room's seqs.
@@ -63,20 +71,36 @@ async fn post_message(
             return Err(ApiError::InvalidReplyTarget);
         }
     }
-    let outcome = state
-        .appender
-        .post(NewMessage {
-            room_id,
-            sender_id: caller.user_id,
-            body: body.as_str(),
-            client_msg_id: client_msg_id.as_ref().map(ClientMsgId::as_str),
-            reply_to_seq: req.reply_to_seq,
-            created_at: now_millis(),
-        })
-        .await?;
+    let message = NewMessage {
+        room_id,
+        sender_id: caller.user_id,
+        body: body.as_str(),
+        client_msg_id: client_msg_id.as_ref().map(ClientMsgId::as_str),
+        reply_to_seq: req.reply_to_seq,
+        created_at: now_millis(),
+    };
+    let outcome = if attachment_ids.is_empty() {
+        state.appender.post(message).await?
+    } else {
+        match state
+            .store
+            .post_message_with_attachments(message, &attachment_ids)
+            .await?
+        {
+            AttachedPostOutcome::Created(event) => PostOutcome::Created(event),
+            AttachedPostOutcome::Existing(event) => PostOutcome::Existing(event),
+            AttachedPostOutcome::NotFound => PostOutcome::NotFound,
+            AttachedPostOutcome::InvalidAttachment(id) => {
+                return Err(ApiError::InvalidAttachment(id));
+            }
+        }
+    };
     match outcome {
         PostOutcome::Created(event) => {
             metrics::counter!("api_messages_posted_total").increment(1);
+            if let EventKind::MessageCreated { attachments, .. } = &event.kind {
+                crate::attachments::posted(&state, attachments);
+            }
             let mentions = mentioned_usernames(body.as_str());
             // After the post's own commit (posts are group-committed): a
             // failure here loses the mention marks, never the message, so
@@ -95,8 +119,12 @@ async fn post_message(
             EventKind::MessageCreated {
                 body: original,
                 reply_to_seq,
+                attachments,
                 ..
-            } if original == body.as_str() && *reply_to_seq == req.reply_to_seq => {
+            } if original == body.as_str()
+                && *reply_to_seq == req.reply_to_seq
+                && attachments.iter().map(|a| &a.id).eq(attachment_ids.iter()) =>
+            {
                 Ok((StatusCode::OK, Json(event)))
             }
             _ => Err(ApiError::IdempotencyConflict),
@@ -278,8 +306,9 @@ async fn edit_message(
 
 /// Deletes a message (its author, or a room owner or admin). Its seq stays
 /// in history as a tombstone (`message.created` with `deleted_at` and an
-/// empty body); its body, earlier edits, reactions and mentions are gone
-/// from every read of the store. A `message.deleted` event (`target_seq`)
+/// empty body); its body, earlier edits, reactions, mentions and
+/// attachments are gone from every read of the store (the attachments'
+/// files and thumbnails are removed from the attachment store). A `message.deleted` event (`target_seq`)
 /// tells clients to drop it. Deleting it again is 404 `message_not_found`.
 #[utoipa::path(delete, path = "/rooms/{room_id}/messages/{seq}", tag = "messages", security(("bearer" = [])),
     params(("room_id" = i64, Path), ("seq" = i64, Path, description = "The message's seq")),
@@ -308,6 +337,8 @@ async fn delete_message(
         .await?;
     let event = changed(outcome, ApiError::DeleteNotAllowed)?.ok_or(ApiError::MessageNotFound)?;
     state.events.room_event(&event).await;
+    // The delete made its files unreadable; now their bytes go.
+    crate::attachments::message_deleted(&state, room_id, seq).await;
     Ok(Json(event))
 }
 

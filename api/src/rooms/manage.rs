@@ -126,7 +126,8 @@ pub(super) async fn transfer_ownership(
 }
 
 /// Deletes a group room (its owner only), with its whole timeline, its
-/// members and pending invitations. Members' connections get the
+/// members, pending invitations and attachments (the files are purged in
+/// the background, then the timeline). Members' connections get the
 /// `room.deleted` event, then leave the room (`left`, reason
 /// `room_deleted`); every member's connections get `room_removed` and
 /// every invited user's `invitation_ended`.
@@ -153,6 +154,10 @@ pub(super) async fn delete_room(
         .await
         .map_err(|e| refused(e, &caller, room_id, "only the owner deletes a room"))?;
     tracing::info!(target: "security", user_id = %caller.user_id, %room_id, members = deleted.members.len(), "room deleted");
+    // The files' bytes and then the rows go now rather than at the next
+    // minutely sweep (which retries whatever fails here).
+    let sweeper = state.clone();
+    tokio::spawn(async move { crate::attachments::sweep(&sweeper).await });
     state.events.room_event(&deleted.event).await;
     for member in deleted.members {
         state

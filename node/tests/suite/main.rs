@@ -5,6 +5,7 @@
 
 mod admin;
 mod append;
+mod attachments;
 mod audit;
 mod auth;
 mod browser_sessions;

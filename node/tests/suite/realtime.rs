@@ -456,6 +456,7 @@ async fn a_removed_member_stops_receiving_at_the_removal(mode: Mode) {
                 edited_at: None,
                 deleted_at: None,
                 reactions: Vec::new(),
+                attachments: Vec::new(),
             },
             &EventKind::MemberRemoved { user_id: bob.id }
         ],

@@ -30,6 +30,14 @@ async fn patch(app: &TestApp, room: RoomId, user: &TestUser, body: Value) -> (St
     .await
 }
 
+/// A small PDF (attachments are sniffed: it must look like one).
+fn pdf() -> Vec<u8> {
+    let mut bytes = b"%PDF-1.4\n".to_vec();
+    bytes.extend(std::iter::repeat_n(b'x', 200));
+    bytes.extend(b"\n%%EOF\n");
+    bytes
+}
+
 fn code(body: &Value) -> Option<&str> {
     body["error"]["code"].as_str()
 }
@@ -298,8 +306,21 @@ async fn deleting_a_room_takes_everything_and_every_member_leaves_it(mode: Mode)
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    let posted = app.send_message(&bob, room, "soon gone").await;
+    let (status, file) = app
+        .upload(&bob, room, "notes.pdf", "application/pdf", pdf())
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{file}");
+    let (status, posted) = app
+        .post(
+            &format!("/v1/rooms/{room}/messages"),
+            Some(&bob.token),
+            json!({"body": "soon gone", "attachment_ids": [file["id"]]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{posted}");
+    let posted_seq = posted["seq"].as_i64().expect("seq");
     app.send_message(&alice, kept, "stays").await;
+    assert_eq!(app.stored_attachment_keys().await.len(), 1);
     let mut bobs = watching(&app, 1, &bob, room).await;
     let mut daves = app.ws(2, &dave).await;
 
@@ -348,7 +369,7 @@ async fn deleting_a_room_takes_everything_and_every_member_leaves_it(mode: Mode)
     }
     assert_eq!(
         deleted,
-        Some(posted.seq + 1),
+        Some(posted_seq + 1),
         "numbered after the last event"
     );
     loop {
@@ -387,6 +408,15 @@ async fn deleting_a_room_takes_everything_and_every_member_leaves_it(mode: Mode)
     // A reconnecting member cannot rejoin it.
     let mut again = app.ws(0, &bob).await;
     assert!(again.join(room).await.is_err());
+    // Its file is unreadable at once, and its bytes and rows go with the sweep.
+    let path = format!("/v1/attachments/{}", file["id"].as_str().expect("id"));
+    assert_eq!(
+        app.download(&bob, &path, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    app.sweep_attachments().await;
+    assert_eq!(app.stored_attachment_keys().await, Vec::<String>::new());
+    assert_eq!(app.attachment_rows().await, 0);
     assert_eq!(app.send_message(&alice, kept, "still here").await.seq, 3);
     app.stop().await;
 }
