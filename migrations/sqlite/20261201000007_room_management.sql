@@ -7,6 +7,9 @@ alter table rooms add column topic text not null default '';
 -- no read path finds it) and takes no events; its attachments' bytes are
 -- purged, then the row goes with everything that cascades from it.
 alter table rooms add column deleted_at integer;
+-- An image uploaded into the room (not posted in a message) shown as its
+-- avatar; members may download it. Replacing it purges the old one.
+alter table rooms add column avatar_attachment_id text references attachments (id) on delete set null;
 alter table rooms add column join_policy text not null default 'add'
     check (join_policy in ('add', 'invite'));
 

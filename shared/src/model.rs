@@ -122,6 +122,9 @@ pub struct Room {
     /// Free text set by owners and admins (empty when unset).
     pub topic: String,
     pub join_policy: JoinPolicy,
+    /// The room's avatar image (`GET /v1/attachments/{id}`), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_attachment_id: Option<String>,
     pub created_by: UserId,
     pub created_at: DateTime<Utc>,
     /// The `seq` of the newest event in the room's timeline (0 when empty).
@@ -292,6 +295,9 @@ pub enum EventKind {
         name: String,
         topic: String,
         join_policy: JoinPolicy,
+        /// The avatar image (`GET /v1/attachments/{id}`), absent when none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        avatar_attachment_id: Option<String>,
     },
     /// The owner (`sender_id`) handed the room to member `user_id`, and is
     /// now an admin.

@@ -235,6 +235,10 @@ pub struct UpdateRoomRequest {
     #[schema(max_length = 500)]
     pub topic: Option<String>,
     pub join_policy: Option<JoinPolicy>,
+    /// An image (PNG, JPEG, WebP or GIF, at most 5 MiB) the caller uploaded
+    /// into this room and did not post: the room's avatar from now on (the
+    /// previous one is deleted). `""` removes the avatar.
+    pub avatar_attachment_id: Option<String>,
 }
 
 /// `POST /v1/rooms/{id}/owner`: hand the room to another member.

@@ -199,7 +199,9 @@ impl Store {
             "SELECT {ATTACHMENT_COLUMNS}, thumb_type FROM attachments a \
              WHERE a.id = $1 AND a.status = 'stored' AND a.deleted_at IS NULL AND ( \
                  (a.seq IS NULL AND a.uploader_id = $2) \
-                 OR (a.seq IS NOT NULL AND EXISTS ( \
+                 OR ((a.seq IS NOT NULL OR EXISTS ( \
+                         SELECT 1 FROM rooms r WHERE r.avatar_attachment_id = a.id)) \
+                     AND EXISTS ( \
                      SELECT 1 FROM room_members m WHERE m.room_id = a.room_id AND m.user_id = $2)))"
         );
         let row = self
@@ -506,7 +508,8 @@ impl Store {
     pub async fn expire_orphan_uploads(&self, orphaned_before: i64, now: i64) -> Result<u64> {
         let marked = sqlx::query(
             "UPDATE attachments SET deleted_at = $2 \
-             WHERE seq IS NULL AND created_at < $1 AND deleted_at IS NULL",
+             WHERE seq IS NULL AND created_at < $1 AND deleted_at IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM rooms r WHERE r.avatar_attachment_id = attachments.id)",
         )
         .bind(orphaned_before)
         .bind(now)

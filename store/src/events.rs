@@ -156,6 +156,7 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<RoomEvent> {
                     .unwrap_or_default(),
                 topic: profile.topic,
                 join_policy: profile.join_policy,
+                avatar_attachment_id: profile.avatar_attachment_id,
             }
         }
         "room.owner_changed" => EventKind::OwnerChanged {
@@ -208,6 +209,8 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<RoomEvent> {
 struct StoredProfile {
     topic: String,
     join_policy: shared::model::JoinPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    avatar_attachment_id: Option<String>,
 }
 
 /// Takes the next number of `room`'s timeline inside the caller's
@@ -291,11 +294,13 @@ pub(crate) async fn insert_event(
             name,
             topic,
             join_policy,
+            avatar_attachment_id,
         } => {
             room_name = Some(name.as_str());
             let profile = StoredProfile {
                 topic: topic.clone(),
                 join_policy: *join_policy,
+                avatar_attachment_id: avatar_attachment_id.clone(),
             };
             payload =
                 Some(serde_json::to_string(&profile).map_err(|e| sqlx::Error::Encode(e.into()))?);

@@ -26,6 +26,8 @@ pub enum RoomChangeError {
     NotAllowed,
     #[error("that user is not a member")]
     MemberNotFound,
+    #[error("the avatar must be an image the caller uploaded into this room and did not post")]
+    InvalidAvatar,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -73,7 +75,7 @@ async fn standing(
     user: UserId,
 ) -> Result<Option<Standing>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT m.role, r.kind, r.name, r.topic, r.join_policy \
+        "SELECT m.role, r.kind, r.name, r.topic, r.join_policy, r.avatar_attachment_id \
          FROM room_members m JOIN rooms r ON r.id = m.room_id \
          WHERE m.room_id = $1 AND m.user_id = $2",
     )
@@ -94,6 +96,7 @@ async fn standing(
             topic: row.try_get("topic")?,
             join_policy: JoinPolicy::parse(&policy)
                 .ok_or_else(|| corrupt(format!("join policy {policy:?}")))?,
+            avatar_attachment_id: row.try_get("avatar_attachment_id")?,
         },
     }))
 }
@@ -119,7 +122,12 @@ pub struct ProfileChange {
     pub name: Option<String>,
     pub topic: Option<String>,
     pub join_policy: Option<JoinPolicy>,
+    /// `Some(None)` removes the avatar.
+    pub avatar_attachment_id: Option<Option<String>>,
 }
+
+/// Largest avatar image.
+pub const MAX_AVATAR_BYTES: i64 = 5 * 1024 * 1024;
 
 /// A room deleted by its owner.
 #[derive(Debug)]
@@ -181,18 +189,53 @@ impl Store {
             name: change.name.unwrap_or(current.profile.name.clone()),
             topic: change.topic.unwrap_or(current.profile.topic.clone()),
             join_policy: change.join_policy.unwrap_or(current.profile.join_policy),
+            avatar_attachment_id: change
+                .avatar_attachment_id
+                .unwrap_or(current.profile.avatar_attachment_id.clone()),
         };
         if new == current.profile {
             // Dropping the transaction gives the seq back.
             return Ok(None);
         }
-        sqlx::query("UPDATE rooms SET name = $2, topic = $3, join_policy = $4 WHERE id = $1")
-            .bind(room.0)
-            .bind(&new.name)
-            .bind(&new.topic)
-            .bind(new.join_policy.as_str())
-            .execute(&mut *tx)
-            .await?;
+        if new.avatar_attachment_id != current.profile.avatar_attachment_id {
+            if let Some(avatar) = &new.avatar_attachment_id {
+                let usable = sqlx::query(
+                    "SELECT 1 FROM attachments WHERE id = $1 AND room_id = $2 AND uploader_id = $3 \
+                     AND status = 'stored' AND deleted_at IS NULL AND seq IS NULL \
+                     AND content_type IN ('image/png', 'image/jpeg', 'image/webp', 'image/gif') \
+                     AND size <= $4 \
+                     AND NOT EXISTS (SELECT 1 FROM rooms r WHERE r.avatar_attachment_id = $1)",
+                )
+                .bind(avatar)
+                .bind(room.0)
+                .bind(actor.0)
+                .bind(MAX_AVATAR_BYTES)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if usable.is_none() {
+                    return Err(RoomChangeError::InvalidAvatar);
+                }
+            }
+            // The old image is no one's any more: purged by the sweep.
+            if let Some(old) = &current.profile.avatar_attachment_id {
+                sqlx::query("UPDATE attachments SET deleted_at = $2 WHERE id = $1")
+                    .bind(old)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        sqlx::query(
+            "UPDATE rooms SET name = $2, topic = $3, join_policy = $4, avatar_attachment_id = $5 \
+             WHERE id = $1",
+        )
+        .bind(room.0)
+        .bind(&new.name)
+        .bind(&new.topic)
+        .bind(new.join_policy.as_str())
+        .bind(new.avatar_attachment_id.as_deref())
+        .execute(&mut *tx)
+        .await?;
         let updated = event(
             room,
             seq,
@@ -202,6 +245,7 @@ impl Store {
                 name: new.name,
                 topic: new.topic,
                 join_policy: new.join_policy,
+                avatar_attachment_id: new.avatar_attachment_id,
             },
         );
         insert_event(&mut tx, &updated).await?;

@@ -62,7 +62,8 @@ pub struct DirectRoom {
 macro_rules! select_rooms {
     ($rest:literal) => {
         concat!(
-            "SELECT r.id, r.kind, r.name, r.topic, r.join_policy, r.created_by, r.created_at, \
+            "SELECT r.id, r.kind, r.name, r.topic, r.join_policy, r.avatar_attachment_id, \
+                 r.created_by, r.created_at, \
                  r.last_seq, m.role, m.read_seq, \
                  (SELECT count(*) FROM ( \
                      SELECT 1 FROM room_events e \
@@ -118,6 +119,7 @@ fn room_from_row(row: &AnyRow) -> Result<Room> {
             .ok_or_else(|| StoreError::Corrupt(format!("room kind {kind:?}")))?,
         name: row.try_get("name")?,
         topic: row.try_get("topic")?,
+        avatar_attachment_id: row.try_get("avatar_attachment_id")?,
         join_policy: JoinPolicy::parse(&policy)
             .ok_or_else(|| StoreError::Corrupt(format!("join policy {policy:?}")))?,
         created_by: UserId(row.try_get("created_by")?),
@@ -150,6 +152,7 @@ pub struct RoomProfile {
     pub name: String,
     pub topic: String,
     pub join_policy: JoinPolicy,
+    pub avatar_attachment_id: Option<String>,
 }
 
 /// Both users of a direct room, smallest id first, as stored in `direct_key`.
@@ -185,6 +188,7 @@ impl Store {
             name: profile.name.clone(),
             topic: profile.topic.clone(),
             join_policy: profile.join_policy,
+            avatar_attachment_id: None,
             created_by: owner,
             created_at: event.created_at,
             last_seq: 1,

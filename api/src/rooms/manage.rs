@@ -25,6 +25,10 @@ fn refused(e: RoomChangeError, caller: &AuthUser, room_id: RoomId, why: &'static
         RoomChangeError::DirectRoom => ApiError::DirectRoom,
         RoomChangeError::NotAllowed => deny(caller, room_id, why),
         RoomChangeError::MemberNotFound => ApiError::MemberNotFound,
+        RoomChangeError::InvalidAvatar => ApiError::InvalidAttachment(
+            "avatar_attachment_id must be a PNG, JPEG, WebP or GIF of at most 5 MiB that you uploaded into this room and did not post"
+                .into(),
+        ),
         RoomChangeError::Store(e) => e.into(),
     }
 }
@@ -39,7 +43,7 @@ fn refused(e: RoomChangeError, caller: &AuthUser, room_id: RoomId, why: &'static
         (status = 403, description = "`forbidden`: only owners and admins change a room", body = ErrorBody),
         (status = 404, description = "`room_not_found` (also for non-members)", body = ErrorBody),
         (status = 409, description = "`direct_room`: a direct room has no profile", body = ErrorBody),
-        (status = 422, description = "`validation_failed` (`field` names it)", body = ErrorBody),
+        (status = 422, description = "`validation_failed` (`field` names it), or `invalid_attachment` (the avatar)", body = ErrorBody),
         (status = 429, description = "`rate_limited` (shared with posting)", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id, %room_id))]
@@ -63,6 +67,9 @@ pub(super) async fn update_room(
             .transpose()?
             .map(RoomTopic::into_inner),
         join_policy: req.join_policy,
+        avatar_attachment_id: req
+            .avatar_attachment_id
+            .map(|id| Some(id).filter(|id| !id.is_empty())),
     };
     membership_of(&state, room_id, caller.user_id).await?;
     state.limits.check_message(caller.user_id)?;

@@ -125,6 +125,7 @@ async fn create_room(
         name: RoomName::parse(&req.name)?.as_str().to_owned(),
         topic: RoomTopic::parse(req.topic.as_deref().unwrap_or_default())?.into_inner(),
         join_policy: req.join_policy.unwrap_or_default(),
+        avatar_attachment_id: None,
     };
     let (room, event) = state
         .store

@@ -18,6 +18,7 @@ both_modes!(
     strangers_cannot_manage_a_room_or_answer_anothers_invitation,
     the_rooms_list_is_paged_by_latest_activity_with_a_preview,
     history_pages_both_ways_and_around_a_seq,
+    a_room_avatar_is_an_image_uploaded_into_it_that_members_see,
 );
 
 async fn patch(app: &TestApp, room: RoomId, user: &TestUser, body: Value) -> (StatusCode, Value) {
@@ -962,5 +963,99 @@ async fn history_pages_both_ways_and_around_a_seq(mode: Mode) {
             "{bad}"
         );
     }
+    app.stop().await;
+}
+
+/// A 1x1 PNG.
+fn png() -> Vec<u8> {
+    vec![
+        0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13, b'I', b'H', b'D', b'R', 0, 0,
+        0, 1, 0, 0, 0, 1, 8, 6, 0, 0, 0, 0x1f, 0x15, 0xc4, 0x89, 0, 0, 0, 13, b'I', b'D', b'A',
+        b'T', 0x78, 0x9c, 0x63, 0xf8, 0xcf, 0xc0, 0xf0, 0x1f, 0, 0x05, 0x00, 0x01, 0xff, 0x89,
+        0x99, 0x3d, 0x1d, 0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xae, 0x42, 0x60, 0x82,
+    ]
+}
+
+async fn a_room_avatar_is_an_image_uploaded_into_it_that_members_see(mode: Mode) {
+    let mut options = testkit::Options::default();
+    // Unposted uploads expire at once: an avatar must not.
+    options.attachments.orphan_ttl = std::time::Duration::ZERO;
+    let app = TestApp::spawn_with(mode, options).await;
+    let (alice, bob, eve) = (
+        app.user("alice").await,
+        app.user("bob").await,
+        app.user("eve").await,
+    );
+    let room = app.create_room(&alice, "general").await;
+    let other = app.create_room(&alice, "other").await;
+    app.add_member(&alice, room, &bob).await;
+    let upload = |user: &TestUser, room: RoomId, name: &'static str, bytes: Vec<u8>| {
+        let app = &app;
+        let user = user.clone();
+        async move {
+            let (status, body) = app.upload(&user, room, name, "image/png", bytes).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            body["id"].as_str().expect("id").to_owned()
+        }
+    };
+    let first = upload(&alice, room, "a.png", png()).await;
+    let mut bobs = watching(&app, 1, &bob, room).await;
+    let (status, body) = patch(&app, room, &alice, json!({"avatar_attachment_id": first})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["avatar_attachment_id"], json!(first));
+    let event = next_event(&mut bobs, "room.updated").await;
+    assert_eq!(event["avatar_attachment_id"], json!(first));
+    let path = format!("/v1/attachments/{first}");
+    assert_eq!(
+        app.download(&bob, &path, None).await.0,
+        StatusCode::OK,
+        "members see it"
+    );
+    assert_eq!(
+        app.download(&eve, &path, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    app.sweep_attachments().await;
+    assert_eq!(
+        app.download(&bob, &path, None).await.0,
+        StatusCode::OK,
+        "not an orphan"
+    );
+
+    // Not an image, someone else's, another room's: refused.
+    let (status, doc) = app
+        .upload(&alice, room, "doc.pdf", "application/pdf", pdf())
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let bobs_image = upload(&bob, room, "b.png", png()).await;
+    let elsewhere = upload(&alice, other, "c.png", png()).await;
+    for bad in [
+        doc["id"].as_str().expect("id").to_owned(),
+        bobs_image,
+        elsewhere,
+        "nope".into(),
+    ] {
+        let (status, body) = patch(&app, room, &alice, json!({"avatar_attachment_id": bad})).await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_attachment")),
+            "{bad}"
+        );
+    }
+
+    // Replaced: the old one goes.
+    let second = upload(&alice, room, "d.png", png()).await;
+    let (status, _) = patch(&app, room, &alice, json!({"avatar_attachment_id": second})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        app.download(&alice, &path, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, body) = patch(&app, room, &alice, json!({"avatar_attachment_id": ""})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.get("avatar_attachment_id").is_none(),
+        "removed: {body}"
+    );
     app.stop().await;
 }
