@@ -17,6 +17,7 @@
 //!
 //! All times are stored as milliseconds since the Unix epoch.
 
+mod account_tokens;
 mod api_keys;
 mod append;
 mod audit;
@@ -24,6 +25,7 @@ mod error;
 #[macro_use]
 mod events;
 mod liveness;
+mod mail;
 mod markers;
 mod messages;
 mod provision;
@@ -32,6 +34,7 @@ mod sessions;
 mod tickets;
 mod users;
 
+pub use account_tokens::{NewAccountToken, PasswordReset, TokenPurpose};
 pub use api_keys::{
     ApiKeyRecord, CreateApiKeyError, CustomOutcome, IDEMPOTENCY_TTL_MS, Idempotency, NewApiKey,
     NewCustomEvent,
@@ -40,13 +43,14 @@ pub use append::{MAX_BATCH, MessageAppender, QUEUE_CAPACITY};
 pub use audit::{NewSecurityEvent, SecurityEventRecord};
 pub use error::StoreError;
 pub use events::{MAX_HISTORY_PAGE, NewMessage, PostOutcome};
+pub use mail::{ClaimedMailJob, MailJob, NewMailJob, RetryAt};
 pub use markers::{FLUSH_INTERVAL, MarkerChange, MarkerStats, MarkerUpdate, MarkerWriter};
 pub use messages::{ChangeOutcome, MAX_DISTINCT_REACTIONS, MessageChange};
 pub use provision::{ProvisionError, ProvisionSpec, Provisioned, UNUSABLE_PASSWORD};
 pub use rooms::{AddMemberError, DirectRoom, Membership, RemoveMemberError};
 pub use sessions::{NewSession, RefreshOutcome, SessionRecord};
 pub use tickets::{NewTicket, TicketGrant};
-pub use users::{CreateUserError, NewUser, UserCredentials};
+pub use users::{ChangeEmailError, CreateUserError, EmailChange, NewUser, UserCredentials};
 
 use liveness::Liveness;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
