@@ -98,6 +98,22 @@ pub enum ApiError {
     InvalidReplyTarget,
     #[error("a message has at most {max} distinct reactions")]
     TooManyReactions { max: i64 },
+    #[error(
+        "verify your email address first (the link in the mail we sent; POST /v1/users/me/email/verification sends another)"
+    )]
+    EmailUnverified,
+    #[error("the email address is verified already")]
+    EmailAlreadyVerified,
+    #[error(
+        "the verification link is not valid: it was used, it expired, or the address changed since; ask for a new one"
+    )]
+    InvalidVerificationToken,
+    #[error("the password reset link is not valid: it was used or it expired; ask for a new one")]
+    InvalidResetToken,
+    #[error("the password is wrong")]
+    WrongPassword,
+    #[error("no parked mail job with this id")]
+    MailJobNotFound,
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("a backing service is unavailable; retry shortly")]
@@ -137,9 +153,11 @@ impl ApiError {
             | InvalidRefreshToken | MissingApiKey | InvalidApiKey | ApiKeyRevoked => {
                 StatusCode::UNAUTHORIZED
             }
-            Forbidden(_) | MissingScope(_) | RoomNotAllowed | NotAuthor | DeleteNotAllowed => {
-                StatusCode::FORBIDDEN
-            }
+            Forbidden(_) | MissingScope(_) | RoomNotAllowed | NotAuthor | DeleteNotAllowed
+            | EmailUnverified | WrongPassword => StatusCode::FORBIDDEN,
+            InvalidVerificationToken | InvalidResetToken => StatusCode::BAD_REQUEST,
+            EmailAlreadyVerified => StatusCode::CONFLICT,
+            MailJobNotFound => StatusCode::NOT_FOUND,
             MessageNotFound => StatusCode::NOT_FOUND,
             InvalidReplyTarget | TooManyReactions { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             RoomNotFound | UserNotFound | SessionNotFound | MemberNotFound | NotFound
@@ -195,6 +213,12 @@ impl ApiError {
         "delete_not_allowed",
         "invalid_reply_to",
         "too_many_reactions",
+        "email_unverified",
+        "email_already_verified",
+        "invalid_verification_token",
+        "invalid_reset_token",
+        "wrong_password",
+        "mail_job_not_found",
         "rate_limited",
         "unavailable",
         "internal",
@@ -243,6 +267,12 @@ impl ApiError {
             DeleteNotAllowed => "delete_not_allowed",
             InvalidReplyTarget => "invalid_reply_to",
             TooManyReactions { .. } => "too_many_reactions",
+            EmailUnverified => "email_unverified",
+            EmailAlreadyVerified => "email_already_verified",
+            InvalidVerificationToken => "invalid_verification_token",
+            InvalidResetToken => "invalid_reset_token",
+            WrongPassword => "wrong_password",
+            MailJobNotFound => "mail_job_not_found",
             RateLimited { .. } => "rate_limited",
             Unavailable(_) => "unavailable",
             Internal(_) => "internal",
@@ -321,6 +351,8 @@ mod tests {
             EventPayloadTooLarge { .. } => {}
             MessageNotFound | NotAuthor | DeleteNotAllowed | InvalidReplyTarget => {}
             TooManyReactions { .. } => {}
+            EmailUnverified | EmailAlreadyVerified | InvalidVerificationToken => {}
+            InvalidResetToken | WrongPassword | MailJobNotFound => {}
             RateLimited { .. } | Unavailable(_) | Internal(_) => {}
         }
     }
@@ -368,6 +400,12 @@ mod tests {
             DeleteNotAllowed,
             InvalidReplyTarget,
             TooManyReactions { max: 1 },
+            EmailUnverified,
+            EmailAlreadyVerified,
+            InvalidVerificationToken,
+            InvalidResetToken,
+            WrongPassword,
+            MailJobNotFound,
             RateLimited {
                 retry_after_secs: 1,
             },

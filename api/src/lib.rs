@@ -9,6 +9,7 @@
 //! the single-node `parley` binary next to the gateway); [`Application`]
 //! is the standalone service.
 
+pub mod accounts;
 pub mod admin;
 pub mod audit;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod exported_metrics;
 pub mod extract;
 pub mod health;
 pub mod limits;
+pub mod mail;
 pub mod messages;
 pub mod openapi;
 pub mod presence;
@@ -32,6 +34,6 @@ pub mod state;
 pub mod text;
 pub mod users;
 
-pub use config::{ApiConfig, PolicyArgs};
+pub use config::{ApiConfig, MailArgs, PolicyArgs};
 pub use startup::{Application, maintenance, router};
 pub use state::{AppState, Tokens};

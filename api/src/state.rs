@@ -31,6 +31,10 @@ pub struct AppState {
     pub trust_proxy_headers: bool,
     /// Security events older than this are deleted.
     pub audit_retention: Duration,
+    /// Outgoing mail: the mailer, its queue's settings, the sender's wake-up.
+    pub mail: Arc<crate::mail::Mail>,
+    /// Accounts recently found verified (see `crate::accounts`).
+    pub verified: Arc<crate::accounts::VerifiedCache>,
 }
 
 /// Signing and verifying access tokens; minting refresh tokens.
@@ -126,7 +130,13 @@ fn unix_now() -> u64 {
 impl AppState {
     /// Also starts the message appender (so it needs a Tokio runtime); the
     /// host closes `appender` after serving and before closing the store.
-    pub fn new(store: Store, broker: DynBroker, tokens: Tokens, limits: &PolicyArgs) -> Self {
+    pub fn new(
+        store: Store,
+        broker: DynBroker,
+        tokens: Tokens,
+        limits: &PolicyArgs,
+        mail: crate::mail::Mail,
+    ) -> Self {
         Self {
             events: Events::new(broker.clone(), limits.receipt_room_limit),
             appender: Arc::new(MessageAppender::start(
@@ -143,6 +153,8 @@ impl AppState {
             admin_token: limits.admin_token.clone(),
             trust_proxy_headers: limits.trust_proxy_headers,
             audit_retention: limits.audit_retention,
+            mail: Arc::new(mail),
+            verified: Arc::default(),
         }
     }
 }

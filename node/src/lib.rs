@@ -7,7 +7,7 @@
 //! and the same binary is a combined api+gateway member of a cluster.
 
 use anyhow::Context;
-use api::{AppState, PolicyArgs, Tokens};
+use api::{AppState, MailArgs, PolicyArgs, Tokens};
 use clap::Args;
 use gateway::{Gateway, WsSettings};
 use shared::config::{DatabaseArgs, JwtArgs, RedisArgs, TelemetryArgs};
@@ -36,6 +36,8 @@ pub struct NodeConfig {
     pub jwt: JwtArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub mail: MailArgs,
     #[command(flatten)]
     pub ws: WsSettings,
     #[command(flatten)]
@@ -88,7 +90,8 @@ impl Node {
         let broker = broker::connect(&config.redis).await?;
         let tokens = Tokens::from_config(&config.jwt, &config.data_dir)?;
         let verifier = tokens.verifier.clone();
-        let api = AppState::new(store.clone(), broker.clone(), tokens, &config.policy);
+        let mail = api::mail::Mail::from_config(&config.mail, &config.data_dir)?;
+        let api = AppState::new(store.clone(), broker.clone(), tokens, &config.policy, mail);
         let gateway =
             Gateway::start(store.clone(), broker.clone(), verifier, config.ws.clone()).await?;
         // The listener's address decides the default CORS policy: on loopback
@@ -137,6 +140,7 @@ impl Node {
     /// appender (committing what it holds), the broker and the store.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let upkeep = api::maintenance(self.api.clone(), shutdown.clone());
+        let mail_sender = api::mail::start(self.api.clone(), shutdown.clone());
         tracing::info!(addr = %self.listener.local_addr()?, "node listening");
         let stop_serving = CancellationToken::new();
         let served = gateway::server::serve(self.listener, self.router, stop_serving.clone());
@@ -153,6 +157,7 @@ impl Node {
             None => served.await,
         };
         let _ = upkeep.await;
+        let _ = mail_sender.await;
         self.api.appender.close().await;
         self.api.broker.close().await;
         self.api.store.close().await;

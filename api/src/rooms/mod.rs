@@ -104,13 +104,16 @@ pub(crate) async fn membership_of(
 
 /// Creates a group room; the caller becomes its owner.
 #[utoipa::path(post, path = "/rooms", tag = "rooms", security(("bearer" = [])), request_body = CreateRoomRequest,
-    responses((status = 201, description = "Created; the caller is its owner", body = Room)))]
+    responses((status = 201, description = "Created; the caller is its owner", body = Room),
+        (status = 403, description = "`email_unverified`: the caller's address is not verified and the server lets only verified accounts create rooms", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
 async fn create_room(
     State(state): State<AppState>,
     caller: AuthUser,
     ApiJson(req): ApiJson<CreateRoomRequest>,
 ) -> ApiResult<(StatusCode, Json<Room>)> {
+    crate::accounts::require_verified(&state, caller.user_id).await?;
     let name = RoomName::parse(&req.name)?;
     let (room, event) = state
         .store
@@ -136,6 +139,7 @@ async fn list_rooms(State(state): State<AppState>, caller: AuthUser) -> ApiResul
     responses(
         (status = 200, description = "Existing room", body = Room),
         (status = 201, description = "Created", body = Room),
+        (status = 403, description = "`email_unverified`: the caller's address is not verified and the server lets only verified accounts create rooms", body = ErrorBody),
         (status = 404, description = "`user_not_found`", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a direct room with yourself; or `invalid_body`", body = ErrorBody),
     ))]
@@ -145,6 +149,7 @@ async fn direct_room(
     caller: AuthUser,
     ApiJson(req): ApiJson<DirectRoomRequest>,
 ) -> ApiResult<(StatusCode, Json<Room>)> {
+    crate::accounts::require_verified(&state, caller.user_id).await?;
     if req.user_id == caller.user_id {
         return Err(ApiError::validation(
             "user_id",
