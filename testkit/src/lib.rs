@@ -13,15 +13,17 @@
 pub mod binary;
 mod db;
 mod services;
+mod smtp;
 mod sse;
 mod ws;
 
 pub use db::{TestDatabase, admin_url};
 pub use services::{PrivatePostgres, PrivateRedis, StopMode};
+pub use smtp::{SmtpServer, free_port, query_value};
 pub use sse::{SseAuth, SseClient, SseMessage, SseNext};
 pub use ws::{FRAME_TIMEOUT, Received, WsClient};
 
-use api::PolicyArgs;
+use api::{MailArgs, PolicyArgs};
 use gateway::{Gateway, WsSettings};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -98,6 +100,9 @@ pub struct Options {
     /// Api nodes in cluster mode, sharing the database, Redis and keys
     /// (`TestApp::api_urls`); requests go to the first unless a test picks.
     pub api_nodes: usize,
+    /// Outgoing mail: by default the file mailer (into the test's data
+    /// directory); mail tests point it at an [`SmtpServer`].
+    pub mail: MailArgs,
 }
 
 impl Default for Options {
@@ -126,6 +131,17 @@ impl Default for Options {
             redis_url: None,
             window_events: shared::config::DEFAULT_WINDOW_EVENTS,
             api_nodes: 1,
+            mail: MailArgs {
+                // `app.user()` signs up and posts at once, as hundreds of
+                // tests do; tests/suite/mail.rs turns this off and proves
+                // the default policy (and verifies through real mail).
+                unverified_may_post: Some(true),
+                // Mail queued on a node leaves at once (the node wakes its
+                // sender); polling only finds retries and other nodes' jobs,
+                // which mail tests make fast themselves.
+                mail_poll_interval: Duration::from_secs(1),
+                ..MailArgs::default()
+            },
         }
     }
 }
@@ -245,6 +261,7 @@ impl TestApp {
                         ..jwt.clone()
                     },
                     policy: options.policy.clone(),
+                    mail: options.mail.clone(),
                     telemetry: telemetry(),
                 };
                 for _ in 0..options.api_nodes.max(1) {
@@ -308,6 +325,7 @@ impl TestApp {
                         ..jwt
                     },
                     policy: options.policy.clone(),
+                    mail: options.mail.clone(),
                     ws: options.ws.clone(),
                     telemetry: telemetry(),
                 };

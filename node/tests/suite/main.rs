@@ -11,6 +11,7 @@ mod cors;
 mod errors;
 mod faults;
 mod input;
+mod mail;
 mod message_changes;
 mod messages;
 mod metrics;
