@@ -453,8 +453,11 @@ pub enum SecurityEventKind {
     /// The password was reset through a mailed link; every session of the
     /// account was revoked (`detail.sessions_revoked`).
     PasswordResetCompleted,
-    /// An admin put a parked mail job back in the queue (`detail.mail_job_id`).
+    /// An admin put a parked mail job back in the queue (`detail.mail_job_id`,
+    /// or `detail.retried`: how many, for all parked jobs at once).
     MailJobRetried,
+    /// An admin deleted a parked mail job (`detail.mail_job_id`).
+    MailJobDeleted,
 }
 
 impl SecurityEventKind {
@@ -476,6 +479,7 @@ impl SecurityEventKind {
             Self::PasswordResetRequested => "password_reset_requested",
             Self::PasswordResetCompleted => "password_reset_completed",
             Self::MailJobRetried => "mail_job_retried",
+            Self::MailJobDeleted => "mail_job_deleted",
         }
     }
 }
@@ -627,6 +631,13 @@ pub struct MailJobPage {
     pub jobs: Vec<MailJob>,
     /// Pass as `before_id` for the next (older) page; absent on the last page.
     pub next_before_id: Option<i64>,
+}
+
+/// The answer to `POST /v1/admin/mail-jobs/retry`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct MailJobsRetried {
+    /// Parked jobs put back in the queue.
+    pub retried: u64,
 }
 
 /// Query of `GET /v1/admin/mail-jobs`.

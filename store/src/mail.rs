@@ -231,6 +231,30 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
+    /// Puts every parked job back in the queue (after an outage); how many.
+    #[tracing::instrument(skip(self))]
+    pub async fn retry_parked_mail_jobs(&self, now: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE mail_jobs SET state = 'pending', attempts = 0, run_after = $1, locked_until = NULL, \
+             lease = NULL, updated_at = $1 WHERE state = 'parked'",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Deletes a parked job (an admin gave up on it); false if there is no
+    /// parked job `id`.
+    #[tracing::instrument(skip(self))]
+    pub async fn delete_parked_mail_job(&self, id: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM mail_jobs WHERE id = $1 AND state = 'parked'")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Puts a parked job back in the queue, due at once, with its attempts
     /// reset; None if there is no parked job `id`.
     #[tracing::instrument(skip(self))]

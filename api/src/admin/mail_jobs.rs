@@ -1,6 +1,7 @@
 //! The mail queue as an admin sees it: parked jobs (every attempt failed)
-//! and pending ones, and putting a parked job back in the queue once the
-//! cause (a mail server down, a wrong password in `PARLEY_MAIL`) is fixed.
+//! and pending ones; putting parked jobs back in the queue once the cause
+//! (a mail server down, a wrong password in `PARLEY_MAIL`) is fixed, or
+//! giving up on one.
 
 use super::Admin;
 use crate::audit::{self, ClientMeta};
@@ -9,9 +10,11 @@ use crate::extract::{ApiPath, ApiQuery};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use shared::model::time_from_millis;
 use shared::rest::{
-    ErrorBody, MailJob, MailJobPage, MailJobState, MailJobsQuery, SecurityEventKind,
+    ErrorBody, MailJob, MailJobPage, MailJobState, MailJobsQuery, MailJobsRetried,
+    SecurityEventKind,
 };
 
 const DEFAULT_PAGE: u32 = 50;
@@ -104,4 +107,62 @@ pub(super) async fn retry_mail_job(
     )
     .await;
     Ok(Json(view(job)))
+}
+
+/// Puts every parked job back in the queue (after a mail server outage).
+#[utoipa::path(post, path = "/admin/mail-jobs/retry", tag = "admin", security(("admin" = [])),
+    responses((status = 200, description = "How many parked jobs are pending again", body = MailJobsRetried),
+        (status = 401, description = "`missing_token`: no `Authorization: Bearer` header", body = ErrorBody),
+        (status = 403, description = "`forbidden`: wrong admin token", body = ErrorBody),
+        (status = 404, description = "admin endpoints are disabled", body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub(super) async fn retry_parked_mail_jobs(
+    State(state): State<AppState>,
+    _admin: Admin,
+    meta: ClientMeta,
+) -> ApiResult<Json<MailJobsRetried>> {
+    let retried = state
+        .store
+        .retry_parked_mail_jobs(shared::model::now_millis())
+        .await?;
+    state.mail.wake();
+    tracing::info!(target: "security", retried, "parked mail jobs put back in the queue");
+    audit::record(
+        &state,
+        SecurityEventKind::MailJobRetried,
+        None,
+        &meta,
+        serde_json::json!({"retried": retried}),
+    )
+    .await;
+    Ok(Json(MailJobsRetried { retried }))
+}
+
+/// Deletes a parked job: the mail will not be sent.
+#[utoipa::path(delete, path = "/admin/mail-jobs/{job_id}", tag = "admin", security(("admin" = [])),
+    params(("job_id" = i64, Path, description = "Mail job id", minimum = 1)),
+    responses((status = 204, description = "Deleted"),
+        (status = 401, description = "`missing_token`: no `Authorization: Bearer` header", body = ErrorBody),
+        (status = 403, description = "`forbidden`: wrong admin token", body = ErrorBody),
+        (status = 404, description = "`mail_job_not_found`: no parked job with this id (or admin endpoints are disabled)", body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub(super) async fn delete_mail_job(
+    State(state): State<AppState>,
+    _admin: Admin,
+    meta: ClientMeta,
+    ApiPath(job_id): ApiPath<i64>,
+) -> ApiResult<StatusCode> {
+    if !state.store.delete_parked_mail_job(job_id).await? {
+        return Err(ApiError::MailJobNotFound);
+    }
+    tracing::info!(target: "security", job_id, "parked mail job deleted");
+    audit::record(
+        &state,
+        SecurityEventKind::MailJobDeleted,
+        None,
+        &meta,
+        serde_json::json!({"mail_job_id": job_id}),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -30,6 +30,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(api_keys::revoke_api_key))
         .routes(routes!(mail_jobs::list_mail_jobs))
         .routes(routes!(mail_jobs::retry_mail_job))
+        .routes(routes!(mail_jobs::retry_parked_mail_jobs))
+        .routes(routes!(mail_jobs::delete_mail_job))
 }
 
 /// Bounds of one provisioning request (a bigger test makes several).

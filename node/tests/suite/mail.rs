@@ -672,6 +672,45 @@ async fn failing_mail_is_retried_with_backoff_parked_and_delivered_after_an_admi
         (StatusCode::NOT_FOUND, Some("mail_job_not_found"))
     );
     assert_eq!(smtp.messages().len(), 1);
+
+    // Another outage parks bob's and carol's mail. An admin gives up on
+    // bob's, and once the server is back retries everything parked.
+    let mut smtp = smtp;
+    smtp.pause().await;
+    app.user("bob").await;
+    app.user("carol").await;
+    let both = eventually(MAIL_WAIT, || async {
+        let (_, body) = app.get("/v1/admin/mail-jobs", Some(ADMIN)).await;
+        body["jobs"].as_array().is_some_and(|j| j.len() == 2)
+    })
+    .await;
+    assert!(both, "bob's and carol's mail were not parked");
+    let (_, body) = app.get("/v1/admin/mail-jobs", Some(ADMIN)).await;
+    let bobs = body["jobs"]
+        .as_array()
+        .and_then(|jobs| jobs.iter().find(|j| j["recipient"] == address("bob")))
+        .and_then(|j| j["id"].as_i64())
+        .expect("bob's job");
+    let (status, _) = app
+        .delete(&format!("/v1/admin/mail-jobs/{bobs}"), Some(ADMIN))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = app
+        .delete(&format!("/v1/admin/mail-jobs/{bobs}"), Some(ADMIN))
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, Some("mail_job_not_found"))
+    );
+    smtp.resume().await;
+    let (status, body) = app
+        .post("/v1/admin/mail-jobs/retry", Some(ADMIN), json!({}))
+        .await;
+    assert_eq!((status, &body), (StatusCode::OK, &json!({"retried": 1})));
+    smtp.wait_for(&address("carol"), 1, MAIL_WAIT).await;
+    queue_drained(&app).await;
+    assert!(smtp.messages_to(&address("bob")).is_empty());
+    assert_eq!(smtp.messages().len(), 2);
     app.stop().await;
 }
 
