@@ -25,6 +25,8 @@ pub struct ApiConfig {
     #[command(flatten)]
     pub attachments: AttachmentArgs,
     #[command(flatten)]
+    pub mail: MailArgs,
+    #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
 
@@ -109,6 +111,109 @@ impl Default for AttachmentArgs {
             thumbnail_queue: DEFAULT_THUMBNAIL_QUEUE,
             thumbnail_max_dimension: DEFAULT_THUMBNAIL_MAX_DIMENSION,
             thumbnail_max_alloc: DEFAULT_THUMBNAIL_MAX_ALLOC,
+        }
+    }
+}
+
+/// Outgoing mail (verification links, password resets) and its queue;
+/// see docs/operations.md, "Mail".
+#[derive(Clone, Debug, Args)]
+pub struct MailArgs {
+    /// Where mail goes: `file` writes each mail to `<data dir>/mail/` and
+    /// logs the file's path (a developer's machine, no mail server); or an
+    /// SMTP server, `smtp://[user:password@]host[:port]` (port 587 by
+    /// default) or `smtps://...` (implicit TLS, port 465).
+    #[arg(
+        long,
+        env = "PARLEY_MAIL",
+        default_value = "file",
+        hide_env_values = true
+    )]
+    pub mail: String,
+    /// TLS to the SMTP server: `starttls` (the default for `smtp://`),
+    /// `tls` (the default for `smtps://`), or `none` (plain text: only for
+    /// a relay on the same host).
+    #[arg(long, env = "PARLEY_MAIL_TLS", value_enum)]
+    pub mail_tls: Option<MailTls>,
+    /// The From of every mail.
+    #[arg(
+        long,
+        env = "PARLEY_MAIL_FROM",
+        default_value = "Parley <parley@localhost>"
+    )]
+    pub mail_from: String,
+    /// The base URL people reach Parley at, for the links in mails: the
+    /// verification link is `<url>/v1/auth/verify-email?token=...`, the
+    /// password reset link `<url>/reset-password?token=...` (a page of
+    /// the web app, which posts the token and the new password).
+    #[arg(
+        long,
+        env = "PARLEY_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub public_url: String,
+    /// Attempts to send a mail before it is parked for an admin.
+    #[arg(long, env = "PARLEY_MAIL_MAX_ATTEMPTS", default_value_t = DEFAULT_MAIL_MAX_ATTEMPTS)]
+    pub mail_max_attempts: u32,
+    /// Wait before the second attempt; each further one waits twice as
+    /// long (up to an hour), with jitter.
+    #[arg(long, env = "PARLEY_MAIL_RETRY_BASE", default_value = "30s", value_parser = shared::config::parse_duration)]
+    pub mail_retry_base: std::time::Duration,
+    /// How often each api node looks for due mail (mail queued on a node
+    /// wakes that node's sender at once).
+    #[arg(long, env = "PARLEY_MAIL_POLL_INTERVAL", default_value = "5s", value_parser = shared::config::parse_duration)]
+    pub mail_poll_interval: std::time::Duration,
+    /// What an account whose address is not verified may do besides log
+    /// in and read: `true` lets it post, react and create rooms too;
+    /// `false` refuses those (403 `email_unverified`). Unset: `false` with
+    /// an SMTP mailer, `true` with the file mailer (whose mail reaches no
+    /// one but the operator, so verification would prove nothing).
+    #[arg(long, env = "PARLEY_UNVERIFIED_MAY_POST", action = clap::ArgAction::Set)]
+    pub unverified_may_post: Option<bool>,
+    /// How long a verification link works.
+    #[arg(long, env = "PARLEY_EMAIL_VERIFICATION_TTL", default_value = "48h", value_parser = shared::config::parse_duration)]
+    pub email_verification_ttl: std::time::Duration,
+    /// How long a password reset link works.
+    #[arg(long, env = "PARLEY_PASSWORD_RESET_TTL", default_value = "30m", value_parser = shared::config::parse_duration)]
+    pub password_reset_ttl: std::time::Duration,
+    /// Verification mails, and separately password reset mails, one
+    /// account may be sent per hour; requests beyond it are refused (429)
+    /// or, for resets, silently dropped (the answer must not tell).
+    #[arg(long, env = "PARLEY_ACCOUNT_MAILS_PER_HOUR", default_value_t = DEFAULT_ACCOUNT_MAILS_PER_HOUR)]
+    pub account_mails_per_hour: u32,
+}
+
+/// TLS to the SMTP server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MailTls {
+    None,
+    Starttls,
+    Tls,
+}
+
+/// Eight attempts at the default backoff span about an hour and a quarter
+/// (30 s doubling): an outage of the mail server longer than that needs an
+/// operator anyway.
+pub const DEFAULT_MAIL_MAX_ATTEMPTS: u32 = 8;
+
+/// Five: a person who did not get the mail tries again a few times; more
+/// is a script mail-bombing an address through us.
+pub const DEFAULT_ACCOUNT_MAILS_PER_HOUR: u32 = 5;
+
+impl Default for MailArgs {
+    fn default() -> Self {
+        Self {
+            mail: "file".into(),
+            mail_tls: None,
+            mail_from: "Parley <parley@localhost>".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            mail_max_attempts: DEFAULT_MAIL_MAX_ATTEMPTS,
+            mail_retry_base: std::time::Duration::from_secs(30),
+            mail_poll_interval: std::time::Duration::from_secs(5),
+            unverified_may_post: None,
+            email_verification_ttl: std::time::Duration::from_secs(48 * 3600),
+            password_reset_ttl: std::time::Duration::from_secs(30 * 60),
+            account_mails_per_hour: DEFAULT_ACCOUNT_MAILS_PER_HOUR,
         }
     }
 }

@@ -140,6 +140,20 @@ pub enum ApiError {
     UploadIncomplete,
     #[error("the range is outside the {size} bytes of the file")]
     RangeNotSatisfiable { size: u64 },
+    #[error(
+        "verify your email address first (the link in the mail we sent; POST /v1/users/me/email/verification sends another)"
+    )]
+    EmailUnverified,
+    #[error("the email address is verified already")]
+    EmailAlreadyVerified,
+    #[error(
+        "the verification link is not valid: it was used, it expired, or the address changed since; ask for a new one"
+    )]
+    InvalidVerificationToken,
+    #[error("the password reset link is not valid: it was used or it expired; ask for a new one")]
+    InvalidResetToken,
+    #[error("no parked mail job with this id")]
+    MailJobNotFound,
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("a backing service is unavailable; retry shortly")]
@@ -188,6 +202,10 @@ impl ApiError {
             Forbidden(_) | MissingScope(_) | RoomNotAllowed | NotAuthor | DeleteNotAllowed
             | WrongPassword | CsrfFailed => StatusCode::FORBIDDEN,
             InvalidTwoFactorCode => StatusCode::UNPROCESSABLE_ENTITY,
+            EmailUnverified => StatusCode::FORBIDDEN,
+            InvalidVerificationToken | InvalidResetToken => StatusCode::BAD_REQUEST,
+            EmailAlreadyVerified => StatusCode::CONFLICT,
+            MailJobNotFound => StatusCode::NOT_FOUND,
             MessageNotFound => StatusCode::NOT_FOUND,
             InvalidReplyTarget | TooManyReactions { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             RoomNotFound | UserNotFound | SessionNotFound | MemberNotFound | InvitationNotFound
@@ -262,6 +280,11 @@ impl ApiError {
         "invalid_attachment",
         "upload_incomplete",
         "range_not_satisfiable",
+        "email_unverified",
+        "email_already_verified",
+        "invalid_verification_token",
+        "invalid_reset_token",
+        "mail_job_not_found",
         "rate_limited",
         "unavailable",
         "internal",
@@ -327,6 +350,11 @@ impl ApiError {
             InvalidAttachment(_) => "invalid_attachment",
             UploadIncomplete => "upload_incomplete",
             RangeNotSatisfiable { .. } => "range_not_satisfiable",
+            EmailUnverified => "email_unverified",
+            EmailAlreadyVerified => "email_already_verified",
+            InvalidVerificationToken => "invalid_verification_token",
+            InvalidResetToken => "invalid_reset_token",
+            MailJobNotFound => "mail_job_not_found",
             RateLimited { .. } => "rate_limited",
             Unavailable(_) => "unavailable",
             Internal(_) => "internal",
@@ -418,6 +446,8 @@ mod tests {
             AttachmentTooLarge { .. } | AttachmentTypeNotAllowed | AttachmentNotFound => {}
             ThumbnailNotFound | InvalidAttachment(_) | UploadIncomplete => {}
             RangeNotSatisfiable { .. } => {}
+            EmailUnverified | EmailAlreadyVerified | InvalidVerificationToken => {}
+            InvalidResetToken | MailJobNotFound => {}
             RateLimited { .. } | Unavailable(_) | Internal(_) => {}
         }
     }
@@ -483,6 +513,11 @@ mod tests {
             InvalidAttachment(String::new()),
             UploadIncomplete,
             RangeNotSatisfiable { size: 1 },
+            EmailUnverified,
+            EmailAlreadyVerified,
+            InvalidVerificationToken,
+            InvalidResetToken,
+            MailJobNotFound,
             RateLimited {
                 retry_after_secs: 1,
             },

@@ -50,6 +50,23 @@ pub fn register(openapi: &OpenApi) {
         "Committed events whose publish failed (gateways recover them from the store)"
     );
     describe_counter!("api_errors_total", "Error responses, by error code");
+    describe_counter!(
+        "api_mail_jobs_total",
+        "Mail jobs settled by this node, by outcome: sent, skipped (no mail was due: no such account, verified already, over the hourly limit), retried (an attempt failed), parked (no attempts left)"
+    );
+    describe_histogram!(
+        "api_mail_send_seconds",
+        Unit::Seconds,
+        "Time to make and send one mail (token, template, mailer)"
+    );
+    describe_counter!(
+        "api_email_verifications_total",
+        "Addresses verified through a mailed link"
+    );
+    describe_counter!(
+        "api_password_resets_total",
+        "Passwords reset through a mailed link"
+    );
     describe_histogram!(
         "http_request_duration_seconds",
         Unit::Seconds,
@@ -66,6 +83,8 @@ pub fn register(openapi: &OpenApi) {
         "api_messages_posted_total",
         "api_server_events_published_total",
         "api_publish_failures_total",
+        "api_email_verifications_total",
+        "api_password_resets_total",
     ] {
         counter!(name).increment(0);
     }
@@ -75,6 +94,10 @@ pub fn register(openapi: &OpenApi) {
     for outcome in ["ok", "failed"] {
         counter!("api_logins_total", "outcome" => outcome).increment(0);
     }
+    for outcome in ["sent", "skipped", "retried", "parked"] {
+        counter!("api_mail_jobs_total", "outcome" => outcome).increment(0);
+    }
+    let _ = histogram!("api_mail_send_seconds");
     for code in ApiError::CODES {
         counter!("api_errors_total", "code" => *code).increment(0);
     }

@@ -9,6 +9,7 @@
 //! the single-node `parley` binary next to the gateway); [`Application`]
 //! is the standalone service.
 
+pub mod accounts;
 pub mod admin;
 pub mod attachments;
 pub mod audit;
@@ -22,6 +23,7 @@ pub mod exported_metrics;
 pub mod extract;
 pub mod health;
 pub mod limits;
+pub mod mail;
 pub mod messages;
 pub mod openapi;
 pub mod presence;
@@ -33,6 +35,6 @@ pub mod state;
 pub mod text;
 pub mod users;
 
-pub use config::{ApiConfig, AttachmentArgs, PolicyArgs};
+pub use config::{ApiConfig, AttachmentArgs, MailArgs, PolicyArgs};
 pub use startup::{Application, maintenance, router};
 pub use state::{AppState, Tokens};

@@ -231,6 +231,17 @@ impl Limits {
         let _ = self.fallback_guard.succeeded(&guard_key).await;
     }
 
+    /// The account's owner reset the password through their mailbox: its
+    /// failed-login count and a current lockout are cleared, in the shared
+    /// guard and in this node's fallback.
+    pub async fn login_cleared(&self, guard: &DynLoginGuard, user: UserId) {
+        let guard_key = LoginKey::Account(user).guard_key();
+        if let Err(e) = guard.clear(&guard_key).await {
+            tracing::warn!(error = %e, "the shared login guard did not answer a clear");
+        }
+        let _ = self.fallback_guard.clear(&guard_key).await;
+    }
+
     /// Forgets state that no longer limits anyone (called periodically).
     pub fn evict_stale(&self) {
         self.messages.retain_recent();

@@ -6,7 +6,8 @@ use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, Tokens};
 use crate::{
-    admin, attachments, audit, auth, health, messages, presence, rooms, server, sse, users,
+    accounts, admin, attachments, audit, auth, health, messages, presence, rooms, server, sse,
+    users,
 };
 use anyhow::Context;
 use axum::Router;
@@ -52,8 +53,9 @@ pub fn router(state: AppState, policy: &PolicyArgs, listen: IpAddr) -> Router {
         // 60 s / u32::MAX is still over 10 ns and the burst is at least 5,
         // so the quota is always valid.
         .expect("a non-zero period and burst make a valid rate limit");
-    let credentials =
-        auth::credential_router().layer(GovernorLayer::new(governor).error_handler(|e| {
+    let credentials = auth::credential_router()
+        .merge(accounts::credential_router())
+        .layer(GovernorLayer::new(governor).error_handler(|e| {
             let retry_after_secs = match e {
                 tower_governor::GovernorError::TooManyRequests { wait_time, .. } => wait_time,
                 _ => 1,
@@ -73,6 +75,7 @@ pub fn router(state: AppState, policy: &PolicyArgs, listen: IpAddr) -> Router {
                 .merge(messages::router())
                 .merge(attachments::router())
                 .merge(users::router())
+                .merge(accounts::user_router())
                 .merge(audit::user_router())
                 .merge(presence::router())
                 .merge(sse::router())
@@ -166,6 +169,7 @@ pub fn maintenance(state: AppState, shutdown: CancellationToken) -> tokio::task:
                     state.sessions.evict_stale();
                     state.tokens.evict_expired();
                     state.limits.evict_stale();
+                    state.verified.evict_stale();
                     // Every api node runs this; the deletes are idempotent
                     // and cheap (an index range), so no node is singled out.
                     let retention = i64::try_from(state.audit_retention.as_millis()).unwrap_or(i64::MAX);
@@ -185,6 +189,12 @@ pub fn maintenance(state: AppState, shutdown: CancellationToken) -> tokio::task:
                         Err(e) => tracing::warn!(error = %e, "deleting expired login challenges failed"),
                     }
                     attachments::sweep(&state).await;
+                    // Kept a day past expiry: the hourly mail limits count them.
+                    match state.store.delete_account_tokens_expired_before(shared::model::now_millis() - 24 * 3600 * 1000).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(tokens = n, "deleted expired verification and reset tokens"),
+                        Err(e) => tracing::warn!(error = %e, "deleting expired account tokens failed"),
+                    }
                     let cutoff = shared::model::now_millis() - store::IDEMPOTENCY_TTL_MS;
                     match state.store.delete_idempotency_before(cutoff).await {
                         Ok(0) => {}
@@ -224,6 +234,7 @@ impl Application {
         }
         let broker = broker::connect(&config.redis).await?;
         let tokens = Tokens::from_config(&config.jwt, &config.data_dir)?;
+        let mail = crate::mail::Mail::from_config(&config.mail, &config.data_dir)?;
         let state = AppState::new(
             store,
             broker,
@@ -231,6 +242,7 @@ impl Application {
             &config.policy,
             &config.attachments,
             &config.data_dir,
+            mail,
         )?;
         let router = router(state.clone(), &config.policy, config.listen.ip());
         let listener = shared::system::listen(config.listen)
@@ -255,6 +267,7 @@ impl Application {
     /// broker and the store.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let upkeep = maintenance(self.state.clone(), shutdown.clone());
+        let mail_sender = crate::mail::start(self.state.clone(), shutdown.clone());
         tracing::info!(addr = %self.listener.local_addr()?, "api listening");
         let served = axum::serve(
             self.listener,
@@ -265,6 +278,7 @@ impl Application {
         .await;
         shutdown.cancel();
         let _ = upkeep.await;
+        let _ = mail_sender.await;
         self.state.appender.close().await;
         self.state.attachments.close().await;
         self.state.broker.close().await;

@@ -33,6 +33,10 @@ pub struct AppState {
     pub audit_retention: Duration,
     /// The attachment store, its limits and the thumbnail worker.
     pub attachments: Arc<crate::attachments::Attachments>,
+    /// Outgoing mail: the mailer, its queue's settings, the sender's wake-up.
+    pub mail: Arc<crate::mail::Mail>,
+    /// Accounts recently found verified (see `crate::accounts`).
+    pub verified: Arc<crate::accounts::VerifiedCache>,
 }
 
 /// Signing and verifying access tokens; minting refresh tokens.
@@ -143,6 +147,7 @@ impl AppState {
         limits: &PolicyArgs,
         attachments: &crate::config::AttachmentArgs,
         data_dir: &std::path::Path,
+        mail: crate::mail::Mail,
     ) -> anyhow::Result<Self> {
         let events = Events::new(broker.clone(), limits.receipt_room_limit);
         let attachments = Arc::new(crate::attachments::Attachments::start(
@@ -168,6 +173,8 @@ impl AppState {
             admin_token: limits.admin_token.clone(),
             trust_proxy_headers: limits.trust_proxy_headers,
             audit_retention: limits.audit_retention,
+            mail: Arc::new(mail),
+            verified: Arc::default(),
         })
     }
 }

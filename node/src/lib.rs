@@ -7,7 +7,7 @@
 //! and the same binary is a combined api+gateway member of a cluster.
 
 use anyhow::Context;
-use api::{AppState, AttachmentArgs, PolicyArgs, Tokens};
+use api::{AppState, AttachmentArgs, MailArgs, PolicyArgs, Tokens};
 use clap::Args;
 use gateway::{Gateway, WsSettings};
 use shared::config::{DatabaseArgs, JwtArgs, RedisArgs, TelemetryArgs};
@@ -38,6 +38,8 @@ pub struct NodeConfig {
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub attachments: AttachmentArgs,
+    #[command(flatten)]
+    pub mail: MailArgs,
     #[command(flatten)]
     pub ws: WsSettings,
     #[command(flatten)]
@@ -90,6 +92,7 @@ impl Node {
         let broker = broker::connect(&config.redis).await?;
         let tokens = Tokens::from_config(&config.jwt, &config.data_dir)?;
         let verifier = tokens.verifier.clone();
+        let mail = api::mail::Mail::from_config(&config.mail, &config.data_dir)?;
         let api = AppState::new(
             store.clone(),
             broker.clone(),
@@ -97,6 +100,7 @@ impl Node {
             &config.policy,
             &config.attachments,
             &config.data_dir,
+            mail,
         )?;
         let gateway =
             Gateway::start(store.clone(), broker.clone(), verifier, config.ws.clone()).await?;
@@ -151,6 +155,7 @@ impl Node {
     /// appender (committing what it holds), the broker and the store.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let upkeep = api::maintenance(self.api.clone(), shutdown.clone());
+        let mail_sender = api::mail::start(self.api.clone(), shutdown.clone());
         tracing::info!(addr = %self.listener.local_addr()?, "node listening");
         let stop_serving = CancellationToken::new();
         let served = gateway::server::serve(self.listener, self.router, stop_serving.clone());
@@ -167,6 +172,7 @@ impl Node {
             None => served.await,
         };
         let _ = upkeep.await;
+        let _ = mail_sender.await;
         self.api.appender.close().await;
         self.api.attachments.close().await;
         self.api.broker.close().await;

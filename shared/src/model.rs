@@ -110,6 +110,10 @@ pub struct User {
     pub id: UserId,
     pub username: String,
     pub email: String,
+    /// Whether `email` is verified (a link mailed to it was followed).
+    /// Changing the address clears it; what an unverified account may do
+    /// is the server's policy (docs/api.md, "Email verification").
+    pub email_verified: bool,
     pub created_at: DateTime<Utc>,
 }
 

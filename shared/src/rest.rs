@@ -667,6 +667,22 @@ pub enum SecurityEventKind {
     /// A client IP spent its login or signup budget on all api nodes
     /// together (`detail.budget`, `detail.retry_after_secs`; admins only).
     IpRateLimited,
+    /// The account's address was verified through a mailed link (`detail.email`).
+    EmailVerified,
+    /// The account's address was changed (`detail.old_email`, `detail.new_email`);
+    /// it is unverified until the link mailed to the new one is followed.
+    EmailChanged,
+    /// A password reset link was mailed to the account (the requester's
+    /// ip and User-Agent are the event's).
+    PasswordResetRequested,
+    /// The password was reset through a mailed link; every session of the
+    /// account was revoked (`detail.sessions_revoked`).
+    PasswordResetCompleted,
+    /// An admin put a parked mail job back in the queue (`detail.mail_job_id`,
+    /// or `detail.retried`: how many, for all parked jobs at once).
+    MailJobRetried,
+    /// An admin deleted a parked mail job (`detail.mail_job_id`).
+    MailJobDeleted,
 }
 
 impl SecurityEventKind {
@@ -689,6 +705,12 @@ impl SecurityEventKind {
             Self::RecoveryCodeUsed => "recovery_code_used",
             Self::RecoveryCodesRegenerated => "recovery_codes_regenerated",
             Self::IpRateLimited => "ip_rate_limited",
+            Self::EmailVerified => "email_verified",
+            Self::EmailChanged => "email_changed",
+            Self::PasswordResetRequested => "password_reset_requested",
+            Self::PasswordResetCompleted => "password_reset_completed",
+            Self::MailJobRetried => "mail_job_retried",
+            Self::MailJobDeleted => "mail_job_deleted",
         }
     }
 }
@@ -740,6 +762,122 @@ pub struct AdminSecurityEventsQuery {
     #[param(minimum = 1)]
     pub user_id: Option<i64>,
     /// Only events with a smaller `id` (default: from the newest).
+    #[param(minimum = 1)]
+    pub before_id: Option<i64>,
+    /// Page size, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u32>,
+}
+
+/// `POST /v1/auth/verify-email`: the token from a verification mail.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct VerifyEmailRequest {
+    /// The `token` of the link in the verification mail.
+    #[schema(min_length = 1, max_length = 128)]
+    #[param(min_length = 1, max_length = 128)]
+    pub token: String,
+}
+
+/// `POST /v1/auth/password-reset`: mail a reset link to this address.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordResetRequest {
+    #[schema(format = "email", max_length = 254)]
+    pub email: String,
+}
+
+/// The answer to a password reset request: the same whether or not an
+/// account has the address, so it cannot be used to find accounts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PasswordResetAccepted {
+    pub message: String,
+}
+
+/// `POST /v1/auth/password-reset/confirm`: the token from the reset mail
+/// and the new password.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordResetConfirm {
+    #[schema(min_length = 1, max_length = 128)]
+    pub token: String,
+    /// At least 10 characters, at most 1024 bytes.
+    #[schema(min_length = 10, max_length = 1024)]
+    pub password: String,
+}
+
+/// `PUT /v1/users/me/email`: a new address, confirmed with the password.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeEmailRequest {
+    #[schema(format = "email", max_length = 254)]
+    pub email: String,
+    /// The account's current password.
+    #[schema(max_length = 1024)]
+    pub password: String,
+}
+
+/// Where a mail job is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MailJobState {
+    /// Waiting for its next attempt (or being sent).
+    Pending,
+    /// Failed every attempt; waits for an admin to retry it.
+    Parked,
+}
+
+impl MailJobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Parked => "parked",
+        }
+    }
+}
+
+/// A mail waiting to leave, as an admin sees it (never its content: that
+/// is made, with any token, when it is sent).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct MailJob {
+    pub id: i64,
+    /// `verify_email`, `password_reset` or `email_changed`.
+    pub kind: String,
+    pub recipient: String,
+    pub state: MailJobState,
+    /// Attempts made so far.
+    pub attempts: i64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// Pending: when the next attempt may start.
+    pub next_attempt_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A page of mail jobs, newest first.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct MailJobPage {
+    pub jobs: Vec<MailJob>,
+    /// Pass as `before_id` for the next (older) page; absent on the last page.
+    pub next_before_id: Option<i64>,
+}
+
+/// The answer to `POST /v1/admin/mail-jobs/retry`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct MailJobsRetried {
+    /// Parked jobs put back in the queue.
+    pub retried: u64,
+}
+
+/// Query of `GET /v1/admin/mail-jobs`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MailJobsQuery {
+    /// `parked` (the default) or `pending`.
+    pub state: Option<MailJobState>,
+    /// Only jobs with a smaller `id` (default: from the newest).
     #[param(minimum = 1)]
     pub before_id: Option<i64>,
     /// Page size, 1 to 100 (default 50).

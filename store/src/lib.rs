@@ -17,6 +17,7 @@
 //!
 //! All times are stored as milliseconds since the Unix epoch.
 
+mod account_tokens;
 mod api_keys;
 mod append;
 mod audit;
@@ -25,6 +26,7 @@ mod error;
 mod events;
 mod attachments;
 mod liveness;
+mod mail;
 mod markers;
 mod messages;
 mod provision;
@@ -35,6 +37,7 @@ mod tickets;
 mod totp;
 mod users;
 
+pub use account_tokens::{NewAccountToken, PasswordReset, TokenPurpose};
 pub use api_keys::{
     ApiKeyRecord, CreateApiKeyError, CustomOutcome, IDEMPOTENCY_TTL_MS, Idempotency, NewApiKey,
     NewCustomEvent,
@@ -46,6 +49,7 @@ pub use attachments::{
 pub use audit::{NewSecurityEvent, SecurityEventRecord};
 pub use error::StoreError;
 pub use events::{MAX_HISTORY_PAGE, NewMessage, PostOutcome};
+pub use mail::{ClaimedMailJob, MailJob, NewMailJob, RetryAt};
 pub use markers::{FLUSH_INTERVAL, MarkerChange, MarkerStats, MarkerUpdate, MarkerWriter};
 pub use messages::{ChangeOutcome, MAX_DISTINCT_REACTIONS, MessageChange};
 pub use provision::{ProvisionError, ProvisionSpec, Provisioned, UNUSABLE_PASSWORD};
@@ -57,7 +61,7 @@ pub use rooms::{
 pub use sessions::{NewSession, RefreshOutcome, SessionRecord};
 pub use tickets::{NewTicket, TicketGrant};
 pub use totp::{LoginChallenge, TotpRecord};
-pub use users::{CreateUserError, NewUser, UserCredentials};
+pub use users::{ChangeEmailError, CreateUserError, EmailChange, NewUser, UserCredentials};
 
 use liveness::Liveness;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};

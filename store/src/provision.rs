@@ -91,8 +91,10 @@ async fn provision_in(
     let mut ids = std::collections::HashMap::with_capacity(names.len());
     for chunk in names.chunks(CHUNK) {
         let sql = multi_insert(
-            "users (username, email, password_hash, created_at)",
-            4,
+            // Load-test accounts are verified: their addresses are
+            // `.invalid`, and they must be able to post whatever the policy.
+            "users (username, email, password_hash, created_at, email_verified_at)",
+            5,
             chunk.len(),
             " RETURNING id, username",
         );
@@ -102,6 +104,7 @@ async fn provision_in(
                 .bind(name.as_str())
                 .bind(format!("{name}@loadtest.invalid"))
                 .bind(UNUSABLE_PASSWORD)
+                .bind(spec.now)
                 .bind(spec.now);
         }
         for row in query.fetch_all(&mut *conn).await? {

@@ -1,6 +1,7 @@
 //! Accounts.
 
 use crate::error::unique_violation;
+use crate::mail::{NewMailJob, insert_mail_job};
 use crate::{Result, Store, StoreError};
 use shared::UserId;
 use shared::model::{PublicUser, User, time_from_millis};
@@ -13,7 +14,13 @@ pub struct NewUser<'a> {
     pub email: &'a str,
     pub password_hash: &'a str,
     pub created_at: i64,
+    /// Queued in the same transaction: the verification mail, so an
+    /// account never exists without one on its way.
+    pub mail: Option<NewMailJob<'a>>,
 }
+
+/// The columns [`user_from_row`] reads.
+const USER_COLUMNS: &str = "id, username, email, email_verified_at, created_at";
 
 /// What a login needs to check a password.
 pub struct UserCredentials {
@@ -32,13 +39,38 @@ pub enum CreateUserError {
     Store(#[from] StoreError),
 }
 
-fn user_from_row(row: &AnyRow) -> Result<User> {
+pub(crate) fn user_from_row(row: &AnyRow) -> Result<User> {
     Ok(User {
         id: UserId(row.try_get("id")?),
         username: row.try_get("username")?,
         email: row.try_get("email")?,
+        email_verified: row
+            .try_get::<Option<i64>, _>("email_verified_at")?
+            .is_some(),
         created_at: time_from_millis(row.try_get("created_at")?),
     })
+}
+
+/// Why an address could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeEmailError {
+    #[error("email taken")]
+    EmailTaken,
+    #[error("no such user")]
+    NoUser,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A new address for an account, and the mails it sends.
+pub struct EmailChange<'a> {
+    pub user_id: UserId,
+    pub email: &'a str,
+    /// The verification mail to the new address.
+    pub verification: NewMailJob<'a>,
+    /// The notice to the old address (its owner learns of the change).
+    pub notice: Option<NewMailJob<'a>>,
+    pub now: i64,
 }
 
 impl Store {
@@ -46,6 +78,7 @@ impl Store {
     /// from the unique constraint rather than checked beforehand (which would race).
     #[tracing::instrument(skip_all, fields(username = new.username))]
     pub async fn create_user(&self, new: NewUser<'_>) -> Result<User, CreateUserError> {
+        let mut tx = self.begin_write().await.map_err(StoreError::from)?;
         let inserted = sqlx::query(
             "INSERT INTO users (username, email, password_hash, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
         )
@@ -53,28 +86,124 @@ impl Store {
         .bind(new.email)
         .bind(new.password_hash)
         .bind(new.created_at)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await;
         match inserted {
-            Ok(row) => Ok(User {
-                id: UserId(row.try_get("id").map_err(StoreError::from)?),
-                username: new.username.to_owned(),
-                email: new.email.to_owned(),
-                created_at: time_from_millis(new.created_at),
-            }),
-            Err(e) => Err(match unique_violation(&e) {
-                Some("users_username_key") => CreateUserError::UsernameTaken,
-                // When both are taken the database names whichever index
-                // it checked first (the email's, on both engines). The
-                // username is what a person picked and sees, so it is the
-                // one reported: look it up now that the insert has failed.
-                Some("users_email_key") => match self.user_by_username(new.username).await? {
-                    Some(_) => CreateUserError::UsernameTaken,
-                    None => CreateUserError::EmailTaken,
-                },
-                _ => CreateUserError::Store(e.into()),
-            }),
+            Ok(row) => {
+                if let Some(job) = &new.mail {
+                    insert_mail_job(&mut tx, job, new.created_at)
+                        .await
+                        .map_err(StoreError::from)?;
+                }
+                tx.commit().await.map_err(StoreError::from)?;
+                Ok(User {
+                    id: UserId(row.try_get("id").map_err(StoreError::from)?),
+                    username: new.username.to_owned(),
+                    email: new.email.to_owned(),
+                    email_verified: false,
+                    created_at: time_from_millis(new.created_at),
+                })
+            }
+            Err(e) => {
+                drop(tx);
+                Err(match unique_violation(&e) {
+                    Some("users_username_key") => CreateUserError::UsernameTaken,
+                    // When both are taken the database names whichever index
+                    // it checked first (the email's, on both engines). The
+                    // username is what a person picked and sees, so it is the
+                    // one reported: look it up now that the insert has failed.
+                    Some("users_email_key") => match self.user_by_username(new.username).await? {
+                        Some(_) => CreateUserError::UsernameTaken,
+                        None => CreateUserError::EmailTaken,
+                    },
+                    _ => CreateUserError::Store(e.into()),
+                })
+            }
         }
+    }
+
+    /// Gives an account a new, unverified address and queues the mails
+    /// (the verification to the new address, the notice to the old) in the
+    /// same transaction. A taken address is read from the unique constraint.
+    #[tracing::instrument(skip_all, fields(user_id = %change.user_id))]
+    pub async fn change_email(&self, change: EmailChange<'_>) -> Result<User, ChangeEmailError> {
+        let mut tx = self.begin_write().await.map_err(StoreError::from)?;
+        let updated = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE users SET email = $2, email_verified_at = NULL WHERE id = $1 RETURNING {USER_COLUMNS}"
+        )))
+        .bind(change.user_id.0)
+        .bind(change.email)
+        .fetch_optional(&mut *tx)
+        .await;
+        let row = match updated {
+            Ok(Some(row)) => row,
+            Ok(None) => return Err(ChangeEmailError::NoUser),
+            Err(e) => {
+                return Err(match unique_violation(&e) {
+                    Some("users_email_key") => ChangeEmailError::EmailTaken,
+                    _ => ChangeEmailError::Store(e.into()),
+                });
+            }
+        };
+        let user = user_from_row(&row)?;
+        insert_mail_job(&mut tx, &change.verification, change.now)
+            .await
+            .map_err(StoreError::from)?;
+        if let Some(notice) = &change.notice {
+            insert_mail_job(&mut tx, notice, change.now)
+                .await
+                .map_err(StoreError::from)?;
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(user)
+    }
+
+    /// The account whose address is `email` (stored lowercase), if any.
+    #[tracing::instrument(skip_all)]
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
+        let pool = &self.pool;
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1");
+        let row = self
+            .read(|| {
+                sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(email)
+                    .fetch_optional(pool)
+            })
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    /// Whether the account's address is verified (None: no such account).
+    #[tracing::instrument(skip(self))]
+    pub async fn email_verified(&self, id: UserId) -> Result<Option<bool>> {
+        let pool = &self.pool;
+        let row = self
+            .read(|| {
+                sqlx::query("SELECT email_verified_at FROM users WHERE id = $1")
+                    .bind(id.0)
+                    .fetch_optional(pool)
+            })
+            .await?;
+        row.map(|row| {
+            Ok(row
+                .try_get::<Option<i64>, _>("email_verified_at")?
+                .is_some())
+        })
+        .transpose()
+    }
+
+    /// The account's password hash (to confirm a sensitive change).
+    #[tracing::instrument(skip(self))]
+    pub async fn password_hash(&self, id: UserId) -> Result<Option<String>> {
+        let pool = &self.pool;
+        let row = self
+            .read(|| {
+                sqlx::query("SELECT password_hash FROM users WHERE id = $1")
+                    .bind(id.0)
+                    .fetch_optional(pool)
+            })
+            .await?;
+        row.map(|row| Ok(row.try_get("password_hash")?)).transpose()
     }
 
     /// The account whose username or email is `login` (both stored lowercase).
@@ -82,7 +211,7 @@ impl Store {
     pub async fn user_credentials(&self, login: &str) -> Result<Option<UserCredentials>> {
         let pool = &self.pool;
         let row = self.read(|| sqlx::query(
-            "SELECT id, username, email, created_at, password_hash FROM users WHERE username = $1 OR email = $1",
+            "SELECT id, username, email, email_verified_at, created_at, password_hash FROM users WHERE username = $1 OR email = $1",
         )
         .bind(login)
         .fetch_optional(pool)).await?;
@@ -100,7 +229,7 @@ impl Store {
         let pool = &self.pool;
         let row = self
             .read(|| {
-                sqlx::query("SELECT id, username, email, created_at FROM users WHERE id = $1")
+                sqlx::query("SELECT id, username, email, email_verified_at, created_at FROM users WHERE id = $1")
                     .bind(id.0)
                     .fetch_optional(pool)
             })

@@ -13,15 +13,17 @@
 pub mod binary;
 mod db;
 mod services;
+mod smtp;
 mod sse;
 mod ws;
 
 pub use db::{TestDatabase, admin_url};
 pub use services::{PrivatePostgres, PrivateRedis, S3Server, StopMode, s3_server};
+pub use smtp::{SmtpServer, free_port, query_value};
 pub use sse::{SseAuth, SseClient, SseMessage, SseNext};
 pub use ws::{FRAME_TIMEOUT, Received, WsClient};
 
-use api::PolicyArgs;
+use api::{MailArgs, PolicyArgs};
 use gateway::{Gateway, WsSettings};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -102,6 +104,9 @@ pub struct Options {
     /// of the test process's S3 server (moto) unless a bucket is set here;
     /// a single node keeps them in its data directory.
     pub attachments: api::AttachmentArgs,
+    /// Outgoing mail: by default the file mailer (into the test's data
+    /// directory); mail tests point it at an [`SmtpServer`].
+    pub mail: MailArgs,
 }
 
 impl Default for Options {
@@ -133,6 +138,17 @@ impl Default for Options {
             window_events: shared::config::DEFAULT_WINDOW_EVENTS,
             api_nodes: 1,
             attachments: api::AttachmentArgs::default(),
+            mail: MailArgs {
+                // `app.user()` signs up and posts at once, as hundreds of
+                // tests do; tests/suite/mail.rs turns this off and proves
+                // the default policy (and verifies through real mail).
+                unverified_may_post: Some(true),
+                // Mail queued on a node leaves at once (the node wakes its
+                // sender); polling only finds retries and other nodes' jobs,
+                // which mail tests make fast themselves.
+                mail_poll_interval: Duration::from_secs(1),
+                ..MailArgs::default()
+            },
         }
     }
 }
@@ -268,6 +284,7 @@ impl TestApp {
                     },
                     policy: options.policy.clone(),
                     attachments: attachments.clone(),
+                    mail: options.mail.clone(),
                     telemetry: telemetry(),
                 };
                 for _ in 0..options.api_nodes.max(1) {
@@ -333,6 +350,7 @@ impl TestApp {
                     },
                     policy: options.policy.clone(),
                     attachments: attachments.clone(),
+                    mail: options.mail.clone(),
                     ws: options.ws.clone(),
                     telemetry: telemetry(),
                 };

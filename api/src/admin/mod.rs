@@ -1,6 +1,7 @@
 //! Admin-only endpoints, present only when `PARLEY_ADMIN_TOKEN` is set.
 
 mod api_keys;
+mod mail_jobs;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
@@ -27,6 +28,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(provision))
         .routes(routes!(api_keys::create_api_key, api_keys::list_api_keys))
         .routes(routes!(api_keys::revoke_api_key))
+        .routes(routes!(mail_jobs::list_mail_jobs))
+        .routes(routes!(mail_jobs::retry_mail_job))
+        .routes(routes!(mail_jobs::retry_parked_mail_jobs))
+        .routes(routes!(mail_jobs::delete_mail_job))
 }
 
 /// Bounds of one provisioning request (a bigger test makes several).

@@ -180,6 +180,7 @@ pub struct UploadQuery {
     responses(
         (status = 201, description = "Stored", body = Attachment),
         (status = 400, description = "`upload_incomplete`: the body ended early or broke off", body = ErrorBody),
+        (status = 403, description = "`email_unverified`: the server lets only verified accounts upload", body = ErrorBody),
         (status = 404, description = "`room_not_found` (also for non-members)", body = ErrorBody),
         (status = 413, description = "`attachment_too_large`: over the size limit (answered as soon as it is passed)", body = ErrorBody),
         (status = 415, description = "`attachment_type_not_allowed`: the bytes are none of the allowed types", body = ErrorBody),
@@ -196,6 +197,7 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Attachment>)> {
+    crate::accounts::require_verified(&state, caller.user_id).await?;
     state.limits.check_message(caller.user_id)?;
     let max_bytes = state.attachments.max_bytes;
     let declared = headers

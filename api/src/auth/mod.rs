@@ -26,7 +26,7 @@ use shared::rest::{
     SecurityEventKind, Session, SessionList, SessionMode, SignupRequest, TokenResponse,
 };
 use shared::{SessionId, UserId};
-use store::{CreateUserError, NewSession, NewUser, RefreshOutcome};
+use store::{CreateUserError, NewMailJob, NewSession, NewUser, RefreshOutcome};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -58,7 +58,7 @@ const MAX_USER_AGENT: usize = 256;
 /// Creates an account.
 #[utoipa::path(post, path = "/signup", tag = "auth", request_body = SignupRequest,
     responses(
-        (status = 201, description = "Account created", body = User),
+        (status = 201, description = "Account created; a verification link is mailed to its address", body = User),
         (status = 409, description = "`username_taken` or `email_taken` (`username_taken` when both are)", body = ErrorBody),
         (status = 422, description = "`validation_failed` (with `field`) or `invalid_body`", body = ErrorBody),
         (status = 429, description = "`rate_limited`: too many requests from this IP", body = ErrorBody),
@@ -81,6 +81,11 @@ async fn signup(
             email: email.as_str(),
             password_hash: &password_hash,
             created_at: now_millis(),
+            mail: Some(NewMailJob {
+                kind: crate::mail::VERIFY_EMAIL,
+                recipient: email.as_str(),
+                payload: crate::mail::JobPayload::from_meta(&meta).to_json(),
+            }),
         })
         .await
         .map_err(|e| match e {
@@ -88,6 +93,7 @@ async fn signup(
             CreateUserError::EmailTaken => ApiError::EmailTaken,
             CreateUserError::Store(e) => e.into(),
         })?;
+    state.mail.wake();
     tracing::info!(target: "security", user_id = %user.id, username = %user.username, "account created");
     audit::record(
         &state,
@@ -438,7 +444,7 @@ async fn revoke_session(
 
 /// After a revocation: this node stops honouring the session's access
 /// tokens at once, and gateways close its connections.
-async fn end_session(state: &AppState, user_id: UserId, session_id: SessionId) {
+pub(crate) async fn end_session(state: &AppState, user_id: UserId, session_id: SessionId) {
     state.sessions.revoked(session_id);
     state
         .events

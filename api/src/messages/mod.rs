@@ -44,6 +44,7 @@ const DEFAULT_PAGE: u32 = 50;
     responses(
         (status = 201, description = "Posted", body = RoomEvent),
         (status = 200, description = "Already posted with this client_msg_id: the original", body = RoomEvent),
+        (status = 403, description = "`email_unverified`: the caller's address is not verified and the server lets only verified accounts post", body = ErrorBody),
         (status = 404, description = "`room_not_found` (also for non-members)", body = ErrorBody),
         (status = 409, description = "`idempotency_conflict`: the client_msg_id was used for another body", body = ErrorBody),
         (status = 422, description = "`validation_failed` (with `field`), `invalid_body`, `invalid_reply_to`: `reply_to_seq` is not an earlier message of this room, or `invalid_attachment`: an id of `attachment_ids` is not the caller's complete, unposted upload into this room", body = ErrorBody),
@@ -57,6 +58,7 @@ async fn post_message(
     ApiJson(req): ApiJson<PostMessageRequest>,
 ) -> ApiResult<(StatusCode, Json<RoomEvent>)> {
     state.limits.check_message(caller.user_id)?;
+    crate::accounts::require_verified(&state, caller.user_id).await?;
     let attachment_ids = attachment_ids(req.attachment_ids)?;
     let body = if attachment_ids.is_empty() {
         MessageBody::parse(req.body)?
@@ -284,6 +286,7 @@ async fn edit_message(
     ApiJson(req): ApiJson<EditMessageRequest>,
 ) -> ApiResult<Json<RoomEvent>> {
     state.limits.check_message(caller.user_id)?;
+    crate::accounts::require_verified(&state, caller.user_id).await?;
     let body = MessageBody::parse(req.body)?;
     let mentions = mentioned_usernames(body.as_str());
     let outcome = state
@@ -351,6 +354,7 @@ async fn delete_message(
     responses(
         (status = 201, description = "Added: the `reaction.added` event", body = RoomEvent),
         (status = 200, description = "The caller had already reacted so: nothing changed"),
+        (status = 403, description = "`email_unverified`: the caller's address is not verified and the server lets only verified accounts react", body = ErrorBody),
         (status = 404, description = "`room_not_found` (also for non-members) or `message_not_found`", body = ErrorBody),
         (status = 422, description = "`validation_failed` (`emoji`) or `too_many_reactions`: the message has 20 other emoji", body = ErrorBody),
         (status = 429, description = "`rate_limited`", body = ErrorBody),
@@ -362,6 +366,7 @@ async fn add_reaction(
     ApiPath((room_id, seq, emoji)): ApiPath<(RoomId, i64, String)>,
 ) -> ApiResult<Response> {
     state.limits.check_message(caller.user_id)?;
+    crate::accounts::require_verified(&state, caller.user_id).await?;
     let emoji = Emoji::parse(emoji)?;
     let outcome = state
         .store

@@ -36,7 +36,7 @@ fn refused(e: InvitationError) -> ApiError {
     params(("room_id" = i64, Path)), request_body = InviteRequest,
     responses(
         (status = 201, description = "Invited: the pending invitation", body = shared::model::Invitation),
-        (status = 403, description = "`forbidden`: the caller's role may not invite (with this role)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the caller's role may not invite (with this role); `email_unverified`", body = ErrorBody),
         (status = 404, description = "`room_not_found` or `user_not_found`", body = ErrorBody),
         (status = 409, description = "`already_member`, `already_invited` or `direct_room`", body = ErrorBody),
         (status = 422, description = "`validation_failed`: role `owner`", body = ErrorBody),
@@ -55,6 +55,7 @@ pub(super) async fn invite(
     }
     let role = req.role.unwrap_or(Role::Member);
     may_grant(&caller, room_id, me.role, role)?;
+    crate::accounts::require_verified(&state, caller.user_id).await?;
     state.limits.check_message(caller.user_id)?;
     let event = state
         .store

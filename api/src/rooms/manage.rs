@@ -40,7 +40,7 @@ fn refused(e: RoomChangeError, caller: &AuthUser, room_id: RoomId, why: &'static
     params(("room_id" = i64, Path)), request_body = UpdateRoomRequest,
     responses(
         (status = 200, description = "The room as it is now", body = Room),
-        (status = 403, description = "`forbidden`: only owners and admins change a room", body = ErrorBody),
+        (status = 403, description = "`forbidden`: only owners and admins change a room; `email_unverified`", body = ErrorBody),
         (status = 404, description = "`room_not_found` (also for non-members)", body = ErrorBody),
         (status = 409, description = "`direct_room`: a direct room has no profile", body = ErrorBody),
         (status = 422, description = "`validation_failed` (`field` names it), or `invalid_attachment` (the avatar)", body = ErrorBody),
@@ -72,6 +72,7 @@ pub(super) async fn update_room(
             .map(|id| Some(id).filter(|id| !id.is_empty())),
     };
     membership_of(&state, room_id, caller.user_id).await?;
+    crate::accounts::require_verified(&state, caller.user_id).await?;
     state.limits.check_message(caller.user_id)?;
     let updated = state
         .store

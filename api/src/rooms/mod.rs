@@ -114,6 +114,7 @@ pub(crate) async fn membership_of(
 /// Creates a group room; the caller becomes its owner.
 #[utoipa::path(post, path = "/rooms", tag = "rooms", security(("bearer" = [])), request_body = CreateRoomRequest,
     responses((status = 201, description = "Created; the caller is its owner", body = Room),
+        (status = 403, description = "`email_unverified`: the caller's address is not verified and the server lets only verified accounts create rooms", body = ErrorBody),
         (status = 422, description = "`validation_failed` (`field` names it)", body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
 async fn create_room(
@@ -121,6 +122,7 @@ async fn create_room(
     caller: AuthUser,
     ApiJson(req): ApiJson<CreateRoomRequest>,
 ) -> ApiResult<(StatusCode, Json<Room>)> {
+    crate::accounts::require_verified(&state, caller.user_id).await?;
     let profile = RoomProfile {
         name: RoomName::parse(&req.name)?.as_str().to_owned(),
         topic: RoomTopic::parse(req.topic.as_deref().unwrap_or_default())?.into_inner(),
@@ -183,6 +185,7 @@ fn parse_cursor(cursor: &str) -> ApiResult<RoomCursor> {
     responses(
         (status = 200, description = "Existing room", body = Room),
         (status = 201, description = "Created", body = Room),
+        (status = 403, description = "`email_unverified`: the caller's address is not verified and the server lets only verified accounts create rooms", body = ErrorBody),
         (status = 404, description = "`user_not_found`", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a direct room with yourself; or `invalid_body`", body = ErrorBody),
     ))]
@@ -192,6 +195,7 @@ async fn direct_room(
     caller: AuthUser,
     ApiJson(req): ApiJson<DirectRoomRequest>,
 ) -> ApiResult<(StatusCode, Json<Room>)> {
+    crate::accounts::require_verified(&state, caller.user_id).await?;
     if req.user_id == caller.user_id {
         return Err(ApiError::validation(
             "user_id",

@@ -77,6 +77,15 @@ impl LoginGuard for MemoryGuard {
         }
         Ok(())
     }
+
+    async fn clear(&self, key: &str) -> Result<(), BrokerError> {
+        if let Some(mut a) = self.accounts.get_mut(key) {
+            a.attempts = 0;
+            a.window_ends = None;
+            a.locked_until = None;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

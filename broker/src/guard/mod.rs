@@ -60,6 +60,11 @@ pub trait LoginGuard: Send + Sync + 'static {
     /// The attempt succeeded: it and the window's failures are forgotten
     /// (earlier lockouts still count for the doubling).
     async fn succeeded(&self, key: &str) -> Result<(), BrokerError>;
+    /// The account's owner proved who they are another way (a password
+    /// reset through their mailbox): the window's failures and a current
+    /// lockout are forgotten. Earlier lockouts still count for the
+    /// doubling, so a guesser gains nothing from a reset they cannot do.
+    async fn clear(&self, key: &str) -> Result<(), BrokerError>;
 }
 
 pub type DynLoginGuard = Arc<dyn LoginGuard>;

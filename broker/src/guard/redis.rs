@@ -82,4 +82,15 @@ impl LoginGuard for RedisGuard {
             .map_err(unavailable)?;
         Ok(())
     }
+
+    async fn clear(&self, key: &str) -> Result<(), BrokerError> {
+        let _: i64 = self
+            .client
+            .next()
+            .with_options(&fail_fast(GUARD_TIMEOUT))
+            .del(vec![self.key(key, "n"), self.key(key, "lock")])
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
 }

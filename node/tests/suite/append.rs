@@ -115,6 +115,7 @@ impl TestStore {
                 email: &format!("{name}@example.com"),
                 password_hash: "not a hash",
                 created_at: now_millis(),
+                mail: None,
             })
             .await
             .expect("creating a user")

@@ -13,6 +13,7 @@ mod cors;
 mod errors;
 mod faults;
 mod input;
+mod mail;
 mod message_changes;
 mod messages;
 mod metrics;
