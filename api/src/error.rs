@@ -98,6 +98,11 @@ pub enum ApiError {
     InvalidReplyTarget,
     #[error("a message has at most {max} distinct reactions")]
     TooManyReactions { max: i64 },
+    /// A search ran past its time limit (`store::SEARCH_TIMEOUT_MS`).
+    #[error(
+        "the search took too long; add words, or narrow it to a room, a sender or a time range"
+    )]
+    SearchTooBroad,
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("a backing service is unavailable; retry shortly")]
@@ -141,7 +146,9 @@ impl ApiError {
                 StatusCode::FORBIDDEN
             }
             MessageNotFound => StatusCode::NOT_FOUND,
-            InvalidReplyTarget | TooManyReactions { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            InvalidReplyTarget | TooManyReactions { .. } | SearchTooBroad => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             RoomNotFound | UserNotFound | SessionNotFound | MemberNotFound | NotFound
             | ApiKeyNotFound => StatusCode::NOT_FOUND,
             IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -195,6 +202,7 @@ impl ApiError {
         "delete_not_allowed",
         "invalid_reply_to",
         "too_many_reactions",
+        "search_too_broad",
         "rate_limited",
         "unavailable",
         "internal",
@@ -243,6 +251,7 @@ impl ApiError {
             DeleteNotAllowed => "delete_not_allowed",
             InvalidReplyTarget => "invalid_reply_to",
             TooManyReactions { .. } => "too_many_reactions",
+            SearchTooBroad => "search_too_broad",
             RateLimited { .. } => "rate_limited",
             Unavailable(_) => "unavailable",
             Internal(_) => "internal",
@@ -292,6 +301,8 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         if e.is_unavailable() {
             ApiError::Unavailable(e.into())
+        } else if matches!(e, StoreError::TimedOut) {
+            ApiError::SearchTooBroad
         } else {
             ApiError::Internal(e.into())
         }
@@ -320,7 +331,7 @@ mod tests {
             RoomNotAllowed | ApiKeyNotFound | IdempotencyKeyReused => {}
             EventPayloadTooLarge { .. } => {}
             MessageNotFound | NotAuthor | DeleteNotAllowed | InvalidReplyTarget => {}
-            TooManyReactions { .. } => {}
+            TooManyReactions { .. } | SearchTooBroad => {}
             RateLimited { .. } | Unavailable(_) | Internal(_) => {}
         }
     }
@@ -368,6 +379,7 @@ mod tests {
             DeleteNotAllowed,
             InvalidReplyTarget,
             TooManyReactions { max: 1 },
+            SearchTooBroad,
             RateLimited {
                 retry_after_secs: 1,
             },

@@ -5,7 +5,7 @@ use crate::cors::CorsPolicy;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, Tokens};
-use crate::{admin, audit, auth, health, messages, presence, rooms, server, sse, users};
+use crate::{admin, audit, auth, health, messages, presence, rooms, search, server, sse, users};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -69,6 +69,7 @@ pub fn router(state: AppState, policy: &PolicyArgs, listen: IpAddr) -> Router {
             "/v1",
             rooms::router()
                 .merge(messages::router())
+                .merge(search::router())
                 .merge(users::router())
                 .merge(audit::user_router())
                 .merge(presence::router())

@@ -28,6 +28,7 @@ mod markers;
 mod messages;
 mod provision;
 mod rooms;
+mod search;
 mod sessions;
 mod tickets;
 mod users;
@@ -44,6 +45,9 @@ pub use markers::{FLUSH_INTERVAL, MarkerChange, MarkerStats, MarkerUpdate, Marke
 pub use messages::{ChangeOutcome, MAX_DISTINCT_REACTIONS, MessageChange};
 pub use provision::{ProvisionError, ProvisionSpec, Provisioned, UNUSABLE_PASSWORD};
 pub use rooms::{AddMemberError, DirectRoom, Membership, RemoveMemberError};
+pub use search::{
+    Explain, SEARCH_TIMEOUT_MS, SearchClause, SearchExpr, SearchHit, SearchKey, SearchRequest,
+};
 pub use sessions::{NewSession, RefreshOutcome, SessionRecord};
 pub use tickets::{NewTicket, TicketGrant};
 pub use users::{CreateUserError, NewUser, UserCredentials};

@@ -110,6 +110,8 @@ impl Default for Options {
                 login_failures_per_15min: 1_000,
                 messages_per_second: 1_000_000,
                 messages_burst: 1_000_000,
+                searches_per_second: 1_000_000,
+                searches_burst: 1_000_000,
                 ..PolicyArgs::default()
             },
             // No drain on stop (the drain has tests of its own): a test's

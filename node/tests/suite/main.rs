@@ -23,6 +23,7 @@ mod refresh;
 mod resume;
 mod rooms;
 mod schema;
+mod search;
 mod server_api;
 mod single_node;
 mod sse;
