@@ -66,6 +66,14 @@ struct Args {
     /// Searches in flight at once.
     #[arg(long, default_value_t = 4)]
     concurrency: u32,
+    /// After loading, the searcher's token, id and rooms are written here;
+    /// with `--reuse` they are read from here instead of provisioning and
+    /// loading again (the token lasts an hour), e.g. to time another build
+    /// of the api against the same data.
+    #[arg(long, default_value = "target/search-bench.json")]
+    state: std::path::PathBuf,
+    #[arg(long)]
+    reuse: bool,
     /// Username prefix of the provisioned users.
     #[arg(long, default_value = "sb")]
     prefix: String,
@@ -127,21 +135,30 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the database")?;
 
-    let started = Instant::now();
-    let (token, user_id, rooms) = provision(&http, &args).await?;
-    println!(
-        "provisioned {} users in {} rooms in {:.1} s",
-        args.rooms,
-        args.rooms,
-        started.elapsed().as_secs_f64()
-    );
-    let started = Instant::now();
-    load(&mut db, &args, &vocab).await?;
-    println!(
-        "loaded {} messages in {:.1} s",
-        args.messages,
-        started.elapsed().as_secs_f64()
-    );
+    let (token, user_id, rooms): (String, i64, Vec<i64>) = if args.reuse {
+        let saved = std::fs::read(&args.state)
+            .with_context(|| format!("reading {}", args.state.display()))?;
+        serde_json::from_slice(&saved)?
+    } else {
+        let started = Instant::now();
+        let searcher = provision(&http, &args).await?;
+        println!(
+            "provisioned {} users in {} rooms in {:.1} s",
+            args.rooms,
+            args.rooms,
+            started.elapsed().as_secs_f64()
+        );
+        let started = Instant::now();
+        load(&mut db, &args, &vocab).await?;
+        println!(
+            "loaded {} messages in {:.1} s",
+            args.messages,
+            started.elapsed().as_secs_f64()
+        );
+        std::fs::write(&args.state, serde_json::to_vec(&searcher)?)
+            .with_context(|| format!("writing {}", args.state.display()))?;
+        searcher
+    };
     let stats: (i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE search_vector IS NOT NULL) FROM room_events \
          WHERE kind = 'message.created'",
