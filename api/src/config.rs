@@ -251,6 +251,13 @@ pub struct PolicyArgs {
     /// Messages one user may post in a burst.
     #[arg(long, env = "PARLEY_RATE_MESSAGES_BURST", default_value_t = 50)]
     pub messages_burst: u32,
+    /// Message searches one user may make per second (sustained), on each
+    /// api node.
+    #[arg(long, env = "PARLEY_RATE_SEARCHES_PER_SECOND", default_value_t = DEFAULT_SEARCHES_PER_SECOND)]
+    pub searches_per_second: u32,
+    /// Message searches one user may make in a burst.
+    #[arg(long, env = "PARLEY_RATE_SEARCHES_BURST", default_value_t = DEFAULT_SEARCHES_BURST)]
+    pub searches_burst: u32,
     /// Server publishes (custom events and signals) one API key may make
     /// per second (sustained), on each api node.
     #[arg(long, env = "PARLEY_RATE_SERVER_PUBLISH_PER_SECOND", default_value_t = DEFAULT_SERVER_PUBLISH_PER_SECOND)]
@@ -308,6 +315,13 @@ pub const DEFAULT_SERVER_PUBLISH_PER_SECOND: u32 = 100;
 /// Two seconds' worth, for a backend flushing a queue after a hiccup.
 pub const DEFAULT_SERVER_PUBLISH_BURST: u32 = 200;
 
+/// A search box that searches as the user types sends a few searches a
+/// second; a search can cost the database tens of milliseconds, so a
+/// script must not send hundreds.
+pub const DEFAULT_SEARCHES_PER_SECOND: u32 = 5;
+/// Room for a burst of keystrokes and a few pages.
+pub const DEFAULT_SEARCHES_BURST: u32 = 20;
+
 /// 180 days: long enough to investigate an incident noticed late.
 pub const DEFAULT_AUDIT_RETENTION: std::time::Duration =
     std::time::Duration::from_secs(180 * 24 * 3600);
@@ -329,6 +343,8 @@ impl Default for PolicyArgs {
             messages_burst: 50,
             server_publish_per_second: DEFAULT_SERVER_PUBLISH_PER_SECOND,
             server_publish_burst: DEFAULT_SERVER_PUBLISH_BURST,
+            searches_per_second: DEFAULT_SEARCHES_PER_SECOND,
+            searches_burst: DEFAULT_SEARCHES_BURST,
             trust_proxy_headers: false,
             cors_allow_origins: Vec::new(),
             migrate_on_start: true,

@@ -154,6 +154,11 @@ pub enum ApiError {
     InvalidResetToken,
     #[error("no parked mail job with this id")]
     MailJobNotFound,
+    /// A search ran past its time limit (`store::SEARCH_TIMEOUT_MS`).
+    #[error(
+        "the search took too long; add words, or narrow it to a room, a sender or a time range"
+    )]
+    SearchTooBroad,
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("a backing service is unavailable; retry shortly")]
@@ -207,7 +212,9 @@ impl ApiError {
             EmailAlreadyVerified => StatusCode::CONFLICT,
             MailJobNotFound => StatusCode::NOT_FOUND,
             MessageNotFound => StatusCode::NOT_FOUND,
-            InvalidReplyTarget | TooManyReactions { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            InvalidReplyTarget | TooManyReactions { .. } | SearchTooBroad => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             RoomNotFound | UserNotFound | SessionNotFound | MemberNotFound | InvitationNotFound
             | NotFound | ApiKeyNotFound => StatusCode::NOT_FOUND,
             IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -285,6 +292,7 @@ impl ApiError {
         "invalid_verification_token",
         "invalid_reset_token",
         "mail_job_not_found",
+        "search_too_broad",
         "rate_limited",
         "unavailable",
         "internal",
@@ -355,6 +363,7 @@ impl ApiError {
             InvalidVerificationToken => "invalid_verification_token",
             InvalidResetToken => "invalid_reset_token",
             MailJobNotFound => "mail_job_not_found",
+            SearchTooBroad => "search_too_broad",
             RateLimited { .. } => "rate_limited",
             Unavailable(_) => "unavailable",
             Internal(_) => "internal",
@@ -410,6 +419,8 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         if e.is_unavailable() {
             ApiError::Unavailable(e.into())
+        } else if matches!(e, StoreError::TimedOut) {
+            ApiError::SearchTooBroad
         } else {
             ApiError::Internal(e.into())
         }
@@ -448,6 +459,7 @@ mod tests {
             RangeNotSatisfiable { .. } => {}
             EmailUnverified | EmailAlreadyVerified | InvalidVerificationToken => {}
             InvalidResetToken | MailJobNotFound => {}
+            SearchTooBroad => {}
             RateLimited { .. } | Unavailable(_) | Internal(_) => {}
         }
     }
@@ -518,6 +530,7 @@ mod tests {
             InvalidVerificationToken,
             InvalidResetToken,
             MailJobNotFound,
+            SearchTooBroad,
             RateLimited {
                 retry_after_secs: 1,
             },

@@ -32,6 +32,8 @@ pub fn register(openapi: &OpenApi) {
     );
     counter!("api_audit_failures_total").increment(0);
     describe_counter!("api_messages_posted_total", "Messages committed");
+    describe_counter!("api_searches_total", "Message searches answered");
+    counter!("api_searches_total").increment(0);
     describe_counter!(
         "api_server_events_published_total",
         "Custom events committed through the server publish api"

@@ -28,6 +28,7 @@ pub mod messages;
 pub mod openapi;
 pub mod presence;
 pub mod rooms;
+pub mod search;
 pub mod server;
 pub mod sse;
 pub mod startup;

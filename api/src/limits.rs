@@ -83,6 +83,7 @@ const TICKET_BURST: u32 = 10;
 pub struct Limits {
     messages: DefaultKeyedRateLimiter<UserId>,
     tickets: DefaultKeyedRateLimiter<UserId>,
+    searches: DefaultKeyedRateLimiter<UserId>,
     /// Server publishes per API key (every `/v1/server/...` request).
     server_publishes: DefaultKeyedRateLimiter<ApiKeyId>,
     login_policy: GuardPolicy,
@@ -100,7 +101,10 @@ impl Limits {
         let publish_rate =
             NonZeroU32::new(args.server_publish_per_second).unwrap_or(NonZeroU32::MIN);
         let publish_burst = NonZeroU32::new(args.server_publish_burst).unwrap_or(publish_rate);
+        let search_rate = NonZeroU32::new(args.searches_per_second).unwrap_or(NonZeroU32::MIN);
+        let search_burst = NonZeroU32::new(args.searches_burst).unwrap_or(search_rate);
         Self {
+            searches: RateLimiter::keyed(Quota::per_second(search_rate).allow_burst(search_burst)),
             messages: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
             tickets: RateLimiter::keyed(
                 Quota::per_minute(NonZeroU32::new(TICKETS_PER_MINUTE).unwrap_or(NonZeroU32::MIN))
@@ -172,6 +176,11 @@ impl Limits {
     /// Takes one message from `user`'s allowance.
     pub fn check_message(&self, user: UserId) -> Result<(), ApiError> {
         check(&self.messages, user, "message")
+    }
+
+    /// Takes one search from `user`'s allowance.
+    pub fn check_search(&self, user: UserId) -> Result<(), ApiError> {
+        check(&self.searches, user, "search")
     }
 
     /// Takes one SSE ticket from `user`'s allowance.
@@ -246,6 +255,7 @@ impl Limits {
     pub fn evict_stale(&self) {
         self.messages.retain_recent();
         self.tickets.retain_recent();
+        self.searches.retain_recent();
         self.server_publishes.retain_recent();
         self.fallback_guard.evict_stale();
     }

@@ -6,8 +6,8 @@ use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, Tokens};
 use crate::{
-    accounts, admin, attachments, audit, auth, health, messages, presence, rooms, server, sse,
-    users,
+    accounts, admin, attachments, audit, auth, health, messages, presence, rooms, search, server,
+    sse, users,
 };
 use anyhow::Context;
 use axum::Router;
@@ -74,6 +74,7 @@ pub fn router(state: AppState, policy: &PolicyArgs, listen: IpAddr) -> Router {
             rooms::router()
                 .merge(messages::router())
                 .merge(attachments::router())
+                .merge(search::router())
                 .merge(users::router())
                 .merge(accounts::user_router())
                 .merge(audit::user_router())

@@ -364,6 +364,63 @@ pub struct HistoryPage {
     pub next_after_seq: Option<i64>,
 }
 
+/// Query of `GET /v1/search/messages`. The syntax of `q` is in docs/api.md.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SearchQuery {
+    /// What to find: words (all must occur), `"quoted phrases"`, `OR`
+    /// between alternatives, `-word` or `-"phrase"` to exclude. 1 to 256
+    /// characters, at most 16 words.
+    #[param(required = true, min_length = 1, max_length = 256)]
+    pub q: Option<String>,
+    /// Only in this room (the caller must be a member: 404 otherwise).
+    #[param(value_type = Option<i64>, minimum = 1)]
+    pub room_id: Option<RoomId>,
+    /// Only messages of this user.
+    #[param(value_type = Option<i64>, minimum = 1)]
+    pub sender_id: Option<UserId>,
+    /// Only messages posted before this time (RFC 3339).
+    #[param(format = DateTime)]
+    pub before: Option<String>,
+    /// Only messages posted at or after this time (RFC 3339).
+    #[param(format = DateTime)]
+    pub after: Option<String>,
+    /// Page size, 1 to 50 (default 20).
+    #[param(minimum = 1, maximum = 50)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page of the same search.
+    #[param(max_length = 200)]
+    pub cursor: Option<String>,
+}
+
+/// A message that matched a search.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SearchHit {
+    pub room_id: RoomId,
+    pub seq: i64,
+    pub sender_id: UserId,
+    pub created_at: DateTime<Utc>,
+    /// When its body was last edited (the hit is on the current body).
+    pub edited_at: Option<DateTime<Utc>>,
+    /// An excerpt of the body around the matches, as HTML: the text is
+    /// escaped (`&amp;`, `&lt;`, `&gt;`, `&quot;`, `&#39;`) and the matched
+    /// words are wrapped in `<mark>`...`</mark>`, the only tags it holds;
+    /// `…` marks text left out at either end.
+    pub snippet: String,
+    /// Relevance, higher first; comparable only among the hits of one
+    /// search (the scale differs between the cluster and a single node).
+    pub rank: f64,
+}
+
+/// A page of search hits, best first.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SearchPage {
+    pub hits: Vec<SearchHit>,
+    /// Pass as `cursor`, with the same other parameters, for the next page;
+    /// absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
 /// `GET /v1/rooms`: a page of the caller's rooms, the most recently
 /// active first (`last_activity_at`).
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]

@@ -19,6 +19,10 @@ pub enum StoreError {
     /// A stored row holds a value this version cannot read.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A statement ran past its time limit and was cancelled (a search,
+    /// see `search.rs`): the request asked too much, the database is fine.
+    #[error("the statement ran past its time limit")]
+    TimedOut,
     #[error("migration failed: {0}")]
     Migration(String),
     #[error("{0}")]

@@ -32,6 +32,7 @@ mod messages;
 mod provision;
 mod room_admin;
 mod rooms;
+mod search;
 mod sessions;
 mod tickets;
 mod totp;
@@ -57,6 +58,9 @@ pub use room_admin::{DeletedRoom, InvitationError, ProfileChange, RoomChangeErro
 pub use rooms::{
     AddMemberError, DirectRoom, MAX_ROOMS_PAGE, Membership, RemoveMemberError, RoomCursor,
     RoomProfile,
+};
+pub use search::{
+    Explain, SEARCH_TIMEOUT_MS, SearchClause, SearchExpr, SearchHit, SearchKey, SearchRequest,
 };
 pub use sessions::{NewSession, RefreshOutcome, SessionRecord};
 pub use tickets::{NewTicket, TicketGrant};

@@ -121,6 +121,8 @@ impl Default for Options {
                 signups_per_ip_per_hour: 1_000_000,
                 messages_per_second: 1_000_000,
                 messages_burst: 1_000_000,
+                searches_per_second: 1_000_000,
+                searches_burst: 1_000_000,
                 ..PolicyArgs::default()
             },
             // No drain on stop (the drain has tests of its own): a test's

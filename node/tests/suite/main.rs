@@ -27,6 +27,7 @@ mod resume;
 mod room_management;
 mod rooms;
 mod schema;
+mod search;
 mod server_api;
 mod single_node;
 mod sse;
