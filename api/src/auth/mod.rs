@@ -35,7 +35,7 @@ pub fn credential_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(signup))
         .routes(routes!(login))
-        .routes(routes!(totp::login))
+        .routes(routes!(totp::login_with_code))
         .routes(routes!(refresh))
 }
 
@@ -177,7 +177,7 @@ async fn login(
         .is_some_and(|t| t.confirmed)
     {
         // The password was right; the attempt stays counted until the
-        // second factor is (totp::login).
+        // second factor is (totp::login_with_code).
         tracing::info!(target: "security", user_id = %user.id, "password accepted; waiting for the second factor");
         let challenge = totp::challenge(&state, user.id, user_agent(&headers)).await?;
         return Ok((HeaderMap::new(), Json(LoginResponse::TwoFactor(challenge))));

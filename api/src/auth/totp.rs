@@ -462,7 +462,7 @@ pub(super) async fn challenge(
         (status = 429, description = "`rate_limited`: the account's login budget is spent, or too many requests from this IP", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all)]
-pub(super) async fn login(
+pub(super) async fn login_with_code(
     State(state): State<AppState>,
     headers: HeaderMap,
     meta: ClientMeta,
