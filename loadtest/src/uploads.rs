@@ -70,6 +70,11 @@ impl UploadsReport {
     }
 }
 
+/// Latencies in µs, from 1 µs to an hour (saturating beyond).
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
 /// CPU seconds (user + system) of process `pid` so far.
 fn process_cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -168,7 +173,7 @@ pub async fn run(args: &UploadsArgs) -> anyhow::Result<UploadsReport> {
         );
         let count = args.count;
         workers.spawn(async move {
-            let mut latency = Histogram::<u64>::new(3).expect("a histogram");
+            let mut latency = histogram();
             let mut failures: BTreeMap<String, u64> = BTreeMap::new();
             let mut done = 0u64;
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count {
@@ -199,7 +204,7 @@ pub async fn run(args: &UploadsArgs) -> anyhow::Result<UploadsReport> {
             (latency, failures, done)
         });
     }
-    let mut latency = Histogram::<u64>::new(3)?;
+    let mut latency = histogram();
     let mut failures = BTreeMap::new();
     let mut uploads = 0;
     while let Some(joined) = workers.join_next().await {
