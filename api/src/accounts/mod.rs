@@ -19,10 +19,9 @@
 
 use crate::audit::{self, ClientMeta};
 use crate::auth::end_session;
-use crate::domain::{Email, MAX_PASSWORD_BYTES, Password};
+use crate::domain::{Email, Password};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery, AuthUser};
-use crate::limits::{LoginGate, LoginKey};
 use crate::mail::{self, JobPayload};
 use crate::state::AppState;
 use axum::Json;
@@ -275,32 +274,8 @@ async fn change_email(
             "this is the account's address already",
         ));
     }
-    let key = LoginKey::Account(caller.user_id);
-    let guard = state.broker.login_guard();
-    if let LoginGate::Locked {
-        retry_after_secs, ..
-    } = state.limits.begin_login(&guard, &key).await
-    {
-        return Err(ApiError::RateLimited { retry_after_secs });
-    }
-    let hash = state.store.password_hash(caller.user_id).await?;
-    let password = if req.password.len() > MAX_PASSWORD_BYTES {
-        String::new()
-    } else {
-        req.password
-    };
-    if !state.passwords.verify(password, hash).await? {
-        audit::record(
-            &state,
-            SecurityEventKind::LoginFailed,
-            Some(caller.user_id),
-            &meta,
-            json!({"action": "change_email"}),
-        )
-        .await;
-        return Err(ApiError::WrongPassword);
-    }
-    state.limits.login_succeeded(&guard, &key).await;
+    crate::auth::confirm_password(&state, &meta, caller.user_id, req.password, "change_email")
+        .await?;
     let payload = JobPayload::from_meta(&meta);
     let notice = JobPayload {
         username: Some(current.username.clone()),

@@ -489,6 +489,55 @@ fn user_agent(headers: &HeaderMap) -> Option<&str> {
     })
 }
 
+/// Checks a signed-in caller's password before a sensitive change
+/// (`action`: what for, in the audit log). Each try counts against the
+/// account's login budget like a login, so a stolen access token does not
+/// open a way to guess the password.
+pub(crate) async fn confirm_password(
+    state: &AppState,
+    meta: &ClientMeta,
+    user: UserId,
+    password: String,
+    action: &'static str,
+) -> ApiResult<()> {
+    let key = LoginKey::Account(user);
+    let guard = state.broker.login_guard();
+    if let LoginGate::Locked {
+        retry_after_secs, ..
+    } = state.limits.begin_login(&guard, &key).await
+    {
+        audit::record(
+            state,
+            SecurityEventKind::LoginThrottled,
+            Some(user),
+            meta,
+            json!({"action": action}),
+        )
+        .await;
+        return Err(ApiError::RateLimited { retry_after_secs });
+    }
+    let hash = state.store.password_hash(user).await?;
+    let password = if password.len() > MAX_PASSWORD_BYTES {
+        String::new()
+    } else {
+        password
+    };
+    if !state.passwords.verify(password, hash).await? {
+        tracing::warn!(target: "security", user_id = %user, action, "wrong password for a sensitive change");
+        audit::record(
+            state,
+            SecurityEventKind::LoginFailed,
+            Some(user),
+            meta,
+            json!({"action": action}),
+        )
+        .await;
+        return Err(ApiError::WrongPassword);
+    }
+    state.limits.login_succeeded(&guard, &key).await;
+    Ok(())
+}
+
 /// Spends one of the client IP's cluster-wide `budget`, or answers 429
 /// (with one `ip_rate_limited` security event when this request spent it).
 async fn ip_budget(state: &AppState, meta: &ClientMeta, budget: IpBudget) -> ApiResult<()> {

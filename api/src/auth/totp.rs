@@ -14,9 +14,8 @@
 //! no more guesses; and an accepted step is never accepted again (a code
 //! seen over a shoulder is spent).
 
-use super::{audit_subject, start_session};
+use super::{confirm_password, start_session};
 use crate::audit::{self, ClientMeta};
-use crate::domain::MAX_PASSWORD_BYTES;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, AuthUser};
 use crate::limits::{LoginGate, LoginKey};
@@ -153,56 +152,6 @@ async fn spend_code(state: &AppState, user: UserId, code: &str) -> ApiResult<Opt
     Ok(spent.then_some(Factor::RecoveryCode))
 }
 
-/// Checks the caller's password for a change to their second factor. Each
-/// try counts against the account's login budget like a login, so a
-/// stolen access token does not open a way to guess the password.
-async fn confirm_password(
-    state: &AppState,
-    meta: &ClientMeta,
-    user: UserId,
-    password: String,
-) -> ApiResult<()> {
-    let key = LoginKey::Account(user);
-    let guard = state.broker.login_guard();
-    if let LoginGate::Locked {
-        retry_after_secs, ..
-    } = state.limits.begin_login(&guard, &key).await
-    {
-        audit::record(
-            state,
-            SecurityEventKind::LoginThrottled,
-            Some(user),
-            meta,
-            json!({}),
-        )
-        .await;
-        return Err(ApiError::RateLimited { retry_after_secs });
-    }
-    let account = state
-        .store
-        .user(user)
-        .await?
-        .ok_or(ApiError::InvalidToken)?;
-    let hash = state
-        .store
-        .user_credentials(&account.username)
-        .await?
-        .map(|c| c.password_hash);
-    let password = if password.len() > MAX_PASSWORD_BYTES {
-        String::new()
-    } else {
-        password
-    };
-    if !state.passwords.verify(password, hash).await? {
-        tracing::warn!(target: "security", user_id = %user, "wrong password for a two-factor change");
-        let (subject, detail) = audit_subject(&key);
-        audit::record(state, SecurityEventKind::LoginFailed, subject, meta, detail).await;
-        return Err(ApiError::WrongPassword);
-    }
-    state.limits.login_succeeded(&guard, &key).await;
-    Ok(())
-}
-
 /// Whether the caller's logins need a second factor.
 #[utoipa::path(get, path = "/totp", tag = "auth", security(("bearer" = [])),
     responses((status = 200, description = "Two-factor state", body = TotpStatus)))]
@@ -237,7 +186,7 @@ pub(super) async fn enrol(
     meta: ClientMeta,
     ApiJson(req): ApiJson<TotpEnrolRequest>,
 ) -> ApiResult<Json<TotpEnrolment>> {
-    confirm_password(&state, &meta, caller.user_id, req.password).await?;
+    confirm_password(&state, &meta, caller.user_id, req.password, "totp_enrol").await?;
     let account = state
         .store
         .user(caller.user_id)
@@ -393,7 +342,7 @@ async fn password_and_code(
     if !state.store.totp(user).await?.is_some_and(|r| r.confirmed) {
         return Err(ApiError::TotpNotEnabled);
     }
-    confirm_password(state, meta, user, req.password).await?;
+    confirm_password(state, meta, user, req.password, "totp_change").await?;
     match spend_code(state, user, &req.code).await? {
         Some(factor) => {
             if factor == Factor::RecoveryCode {
