@@ -135,22 +135,7 @@ async fn login(
         Some(c) => LoginKey::Account(c.user.id),
         None => LoginKey::Unknown(login.clone()),
     };
-    let guard = state.broker.login_guard();
-    if let LoginGate::Locked {
-        retry_after_secs,
-        just_locked,
-    } = state.limits.begin_login(&guard, &key).await
-    {
-        let (user, mut detail) = audit_subject(&key);
-        let kind = if just_locked {
-            detail["lockout_secs"] = json!(retry_after_secs);
-            SecurityEventKind::LoginLockedOut
-        } else {
-            SecurityEventKind::LoginThrottled
-        };
-        audit::record(&state, kind, user, &meta, detail).await;
-        return Err(ApiError::RateLimited { retry_after_secs });
-    }
+    let guard = begin_attempt(&state, &meta, &key).await?;
     let (user, hash) = match credentials {
         Some(c) => (Some(c.user), Some(c.password_hash)),
         None => (None, None),
@@ -487,6 +472,33 @@ fn user_agent(headers: &HeaderMap) -> Option<&str> {
         Some((cut, _)) => &ua[..cut],
         None => ua,
     })
+}
+
+/// Counts one login attempt (a password or a second-factor code) against
+/// `key`'s cluster-wide budget, or answers 429 while it is locked out (with
+/// the security event); the guard to report a success to.
+async fn begin_attempt(
+    state: &AppState,
+    meta: &ClientMeta,
+    key: &LoginKey,
+) -> ApiResult<broker::guard::DynLoginGuard> {
+    let guard = state.broker.login_guard();
+    if let LoginGate::Locked {
+        retry_after_secs,
+        just_locked,
+    } = state.limits.begin_login(&guard, key).await
+    {
+        let (user, mut detail) = audit_subject(key);
+        let kind = if just_locked {
+            detail["lockout_secs"] = json!(retry_after_secs);
+            SecurityEventKind::LoginLockedOut
+        } else {
+            SecurityEventKind::LoginThrottled
+        };
+        audit::record(state, kind, user, meta, detail).await;
+        return Err(ApiError::RateLimited { retry_after_secs });
+    }
+    Ok(guard)
 }
 
 /// Checks a signed-in caller's password before a sensitive change

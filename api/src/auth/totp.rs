@@ -18,7 +18,7 @@ use super::{confirm_password, start_session};
 use crate::audit::{self, ClientMeta};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, AuthUser};
-use crate::limits::{LoginGate, LoginKey};
+use crate::limits::LoginKey;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -432,23 +432,7 @@ pub(super) async fn login_with_code(
         return Err(ApiError::InvalidChallenge);
     }
     let key = LoginKey::Account(user);
-    let guard = state.broker.login_guard();
-    if let LoginGate::Locked {
-        retry_after_secs,
-        just_locked,
-    } = state.limits.begin_login(&guard, &key).await
-    {
-        let (kind, detail) = if just_locked {
-            (
-                SecurityEventKind::LoginLockedOut,
-                json!({"lockout_secs": retry_after_secs}),
-            )
-        } else {
-            (SecurityEventKind::LoginThrottled, json!({}))
-        };
-        audit::record(&state, kind, Some(user), &meta, detail).await;
-        return Err(ApiError::RateLimited { retry_after_secs });
-    }
+    let guard = super::begin_attempt(&state, &meta, &key).await?;
     let Some(factor) = spend_code(&state, user, &req.code).await? else {
         tracing::warn!(target: "security", user_id = %user, attempts = challenge.attempts, "wrong second factor");
         audit::record(
