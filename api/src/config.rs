@@ -300,6 +300,9 @@ pub struct PolicyArgs {
     /// How long security events (the audit log) are kept.
     #[arg(long, env = "PARLEY_AUDIT_RETENTION", default_value = "180d", value_parser = shared::config::parse_duration)]
     pub audit_retention: std::time::Duration,
+    /// How long a deleted account's username stays unavailable to others.
+    #[arg(long, env = "PARLEY_USERNAME_HOLD", default_value = "30d", value_parser = shared::config::parse_duration)]
+    pub username_hold: std::time::Duration,
 }
 
 fn parse_secret(s: &str) -> Result<SecretString, String> {
@@ -321,6 +324,10 @@ pub const DEFAULT_SERVER_PUBLISH_BURST: u32 = 200;
 pub const DEFAULT_SEARCHES_PER_SECOND: u32 = 5;
 /// Room for a burst of keystrokes and a few pages.
 pub const DEFAULT_SEARCHES_BURST: u32 = 20;
+
+/// A deleted account's username is free for others after this (30 days).
+pub const DEFAULT_USERNAME_HOLD: std::time::Duration =
+    std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// 180 days: long enough to investigate an incident noticed late.
 pub const DEFAULT_AUDIT_RETENTION: std::time::Duration =
@@ -352,6 +359,7 @@ impl Default for PolicyArgs {
             commit_interval: std::time::Duration::from_millis(2),
             receipt_room_limit: shared::protocol::DEFAULT_RECEIPT_ROOM_LIMIT,
             audit_retention: DEFAULT_AUDIT_RETENTION,
+            username_hold: DEFAULT_USERNAME_HOLD,
         }
     }
 }

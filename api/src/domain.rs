@@ -13,14 +13,20 @@ impl Username {
         let ok = (3..=32).contains(&s.len())
             && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(ApiError::validation(
+        if !ok {
+            return Err(ApiError::validation(
                 "username",
                 "username must be 3 to 32 characters of a-z, 0-9 and _",
-            ))
+            ));
         }
+        // Deleted accounts are renamed `deleted_<id>`.
+        if s.starts_with(store::DELETED_USERNAME_PREFIX) {
+            return Err(ApiError::validation(
+                "username",
+                "usernames starting with deleted_ are reserved",
+            ));
+        }
+        Ok(Self(s.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {

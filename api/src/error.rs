@@ -154,6 +154,10 @@ pub enum ApiError {
     InvalidResetToken,
     #[error("no parked mail job with this id")]
     MailJobNotFound,
+    #[error("this account is suspended; ask an administrator")]
+    AccountSuspended,
+    #[error("an admin cannot {0} their own account")]
+    OwnAccount(&'static str),
     /// A search ran past its time limit (`store::SEARCH_TIMEOUT_MS`).
     #[error(
         "the search took too long; add words, or narrow it to a room, a sender or a time range"
@@ -207,7 +211,8 @@ impl ApiError {
             Forbidden(_) | MissingScope(_) | RoomNotAllowed | NotAuthor | DeleteNotAllowed
             | WrongPassword | CsrfFailed => StatusCode::FORBIDDEN,
             InvalidTwoFactorCode => StatusCode::UNPROCESSABLE_ENTITY,
-            EmailUnverified => StatusCode::FORBIDDEN,
+            EmailUnverified | AccountSuspended => StatusCode::FORBIDDEN,
+            OwnAccount(_) => StatusCode::CONFLICT,
             InvalidVerificationToken | InvalidResetToken => StatusCode::BAD_REQUEST,
             EmailAlreadyVerified => StatusCode::CONFLICT,
             MailJobNotFound => StatusCode::NOT_FOUND,
@@ -275,6 +280,8 @@ impl ApiError {
         "api_key_not_found",
         "idempotency_key_reused",
         "event_payload_too_large",
+        "account_suspended",
+        "own_account",
         "message_not_found",
         "not_author",
         "delete_not_allowed",
@@ -329,6 +336,8 @@ impl ApiError {
             DirectRoom => "direct_room",
             AlreadyInvited => "already_invited",
             WrongPassword => "wrong_password",
+            AccountSuspended => "account_suspended",
+            OwnAccount(_) => "own_account",
             CsrfFailed => "csrf_failed",
             TotpAlreadyEnabled => "totp_already_enabled",
             TotpNotPending => "totp_not_pending",
@@ -459,6 +468,7 @@ mod tests {
             RangeNotSatisfiable { .. } => {}
             EmailUnverified | EmailAlreadyVerified | InvalidVerificationToken => {}
             InvalidResetToken | MailJobNotFound => {}
+            AccountSuspended | OwnAccount(_) => {}
             SearchTooBroad => {}
             RateLimited { .. } | Unavailable(_) | Internal(_) => {}
         }
@@ -513,6 +523,8 @@ mod tests {
             ApiKeyNotFound,
             IdempotencyKeyReused,
             EventPayloadTooLarge { max_bytes: 1 },
+            AccountSuspended,
+            OwnAccount("x"),
             MessageNotFound,
             NotAuthor,
             DeleteNotAllowed,

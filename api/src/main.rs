@@ -37,6 +37,12 @@ enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// Manage admin accounts: `parley-api admin grant <username>` makes the
+    /// first admin (the account signs up as usual first).
+    Admin {
+        #[command(subcommand)]
+        command: api::admin::cli::AdminCommand,
+    },
 }
 
 impl Cli {
@@ -80,6 +86,20 @@ async fn main() -> anyhow::Result<()> {
                     .display(),
                 shared::auth::public_key_path(&cli.config.data_dir).display()
             );
+            Ok(())
+        }
+        Command::Admin { command } => {
+            let url = cli
+                .config
+                .database
+                .database_url
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("PARLEY_DATABASE_URL is required"))?;
+            let store = store::Store::connect(url, 1).await?;
+            if cli.config.policy.migrate_on_start {
+                store.migrate().await?;
+            }
+            print!("{}", api::admin::cli::run(&store, command).await?);
             Ok(())
         }
         Command::Migrate => {
@@ -169,7 +189,7 @@ mod tests {
             .filter(|long| long != "help" && long != "version")
             .collect();
         assert!(options.iter().any(|o| o == "listen"), "{options:?}");
-        for sub in ["serve", "migrate", "keygen"] {
+        for sub in ["serve", "migrate", "keygen", "admin"] {
             let help = match Cli::try_parse_from_args(["parley-api", sub, "--help"]) {
                 Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => e.to_string(),
                 _ => panic!("`{sub} --help` should print help"),

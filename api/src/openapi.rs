@@ -36,7 +36,7 @@ use utoipa::{Modify, OpenApi, PartialSchema};
         (name = "sse", description = "Tickets for the gateways' Server-Sent Events streams"),
         (name = "health", description = "Probes"),
         (name = "server", description = "The server publish api: backends publish custom events and signals with an API key"),
-        (name = "admin", description = "Operator endpoints, enabled by PARLEY_ADMIN_TOKEN"),
+        (name = "admin", description = "Operator endpoints: for accounts with the admin role, or the PARLEY_ADMIN_TOKEN"),
     )
 )]
 pub struct ApiDoc;
@@ -71,7 +71,7 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("The server's PARLEY_ADMIN_TOKEN"))
+                    .description(Some("The server's PARLEY_ADMIN_TOKEN (an admin account uses its own access token)"))
                     .build(),
             ),
         );

@@ -190,6 +190,7 @@ pub fn maintenance(state: AppState, shutdown: CancellationToken) -> tokio::task:
                         Err(e) => tracing::warn!(error = %e, "deleting expired login challenges failed"),
                     }
                     attachments::sweep(&state).await;
+                    accounts::finish_deletions(&state).await;
                     // Kept a day past expiry: the hourly mail limits count them.
                     match state.store.delete_account_tokens_expired_before(shared::model::now_millis() - 24 * 3600 * 1000).await {
                         Ok(0) => {}

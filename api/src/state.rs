@@ -31,6 +31,8 @@ pub struct AppState {
     pub trust_proxy_headers: bool,
     /// Security events older than this are deleted.
     pub audit_retention: Duration,
+    /// How long a deleted account's username is held.
+    pub username_hold: Duration,
     /// The attachment store, its limits and the thumbnail worker.
     pub attachments: Arc<crate::attachments::Attachments>,
     /// Outgoing mail: the mailer, its queue's settings, the sender's wake-up.
@@ -173,6 +175,7 @@ impl AppState {
             admin_token: limits.admin_token.clone(),
             trust_proxy_headers: limits.trust_proxy_headers,
             audit_retention: limits.audit_retention,
+            username_hold: limits.username_hold,
             mail: Arc::new(mail),
             verified: Arc::default(),
         })

@@ -69,6 +69,25 @@ async fn not_ready_while_draining(
     next.run(request).await
 }
 
+/// Runs an admin command (`parley admin ...`) against the node's database.
+pub async fn admin(
+    config: &NodeConfig,
+    command: api::admin::cli::AdminCommand,
+) -> anyhow::Result<String> {
+    let url = config.database_url();
+    if config.database.database_url.is_none() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    }
+    let store = Store::connect(&url, 1)
+        .await
+        .with_context(|| format!("opening {}", shared::config::redact_url(&url)))?;
+    if config.policy.migrate_on_start {
+        store.migrate().await.context("migrating the database")?;
+    }
+    api::admin::cli::run(&store, command).await
+}
+
 /// A running single node.
 pub struct Node {
     listener: tokio::net::TcpListener,

@@ -114,7 +114,36 @@ pub struct User {
     /// Changing the address clears it; what an unverified account may do
     /// is the server's policy (docs/api.md, "Email verification").
     pub email_verified: bool,
+    /// `admin` accounts may use the `/v1/admin` endpoints.
+    pub role: AccountRole,
     pub created_at: DateTime<Utc>,
+}
+
+/// An account's standing on the server (not to be confused with a
+/// member's [`Role`] in a room).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountRole {
+    #[default]
+    User,
+    Admin,
+}
+
+impl AccountRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "user" => Some(Self::User),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
 }
 
 /// A room as one of its members sees it.

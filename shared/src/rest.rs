@@ -5,7 +5,9 @@
 //! parses and produces.
 
 use crate::ids::{ApiKeyId, RoomId, SessionId, UserId};
-use crate::model::{Invitation, JoinPolicy, Member, PublicUser, Role, Room, RoomEvent, User};
+use crate::model::{
+    AccountRole, Invitation, JoinPolicy, Member, PublicUser, Role, Room, RoomEvent, User,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -740,6 +742,21 @@ pub enum SecurityEventKind {
     MailJobRetried,
     /// An admin deleted a parked mail job (`detail.mail_job_id`).
     MailJobDeleted,
+    /// The owner deleted the account (`detail.rooms_left`); its other
+    /// events were erased with its personal data, and this one carries no
+    /// address or User-Agent.
+    AccountDeleted,
+    /// An admin suspended the account (`detail.admin_id`, `detail.reason`,
+    /// `detail.sessions_revoked`).
+    AccountSuspended,
+    /// An admin lifted the suspension (`detail.admin_id`).
+    AccountUnsuspended,
+    /// The account's role changed (`detail.role`; `detail.admin_id`, or
+    /// `detail.by: "cli"` for the command line).
+    AccountRoleChanged,
+    /// A suspended account proved its password (and second factor) but got
+    /// no session.
+    LoginRefusedSuspended,
 }
 
 impl SecurityEventKind {
@@ -768,6 +785,11 @@ impl SecurityEventKind {
             Self::PasswordResetCompleted => "password_reset_completed",
             Self::MailJobRetried => "mail_job_retried",
             Self::MailJobDeleted => "mail_job_deleted",
+            Self::AccountDeleted => "account_deleted",
+            Self::AccountSuspended => "account_suspended",
+            Self::AccountUnsuspended => "account_unsuspended",
+            Self::AccountRoleChanged => "account_role_changed",
+            Self::LoginRefusedSuspended => "login_refused_suspended",
         }
     }
 }
@@ -940,4 +962,83 @@ pub struct MailJobsQuery {
     /// Page size, 1 to 100 (default 50).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
+}
+
+/// `DELETE /v1/users/me`: the account's password, and with two-factor
+/// login on, a current code or an unused recovery code.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteAccountRequest {
+    pub password: String,
+    pub code: Option<String>,
+}
+
+/// An account as an admin sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AdminUser {
+    pub id: UserId,
+    /// `deleted_<id>` once deleted.
+    pub username: String,
+    /// Absent once deleted.
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub role: AccountRole,
+    pub two_factor: bool,
+    pub created_at: DateTime<Utc>,
+    pub suspended_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// Which accounts `GET /v1/admin/users` lists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountStatus {
+    /// Neither suspended nor deleted.
+    Active,
+    Suspended,
+    Deleted,
+    /// Every account (the default).
+    #[default]
+    Any,
+}
+
+/// Query of `GET /v1/admin/users`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AdminUsersQuery {
+    /// Accounts whose username or email starts with this (case-insensitive).
+    pub q: Option<String>,
+    #[param(inline)]
+    pub status: Option<AccountStatus>,
+    #[param(inline)]
+    pub role: Option<AccountRole>,
+    /// Only accounts with a larger `id` (from `next_after_id`).
+    #[param(minimum = 0)]
+    pub after_id: Option<i64>,
+    /// Page size, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u32>,
+}
+
+/// A page of accounts, oldest first.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AdminUserPage {
+    pub users: Vec<AdminUser>,
+    /// Pass as `after_id` for the next page; absent on the last page.
+    pub next_after_id: Option<i64>,
+}
+
+/// `POST /v1/admin/users/{user_id}/suspend`
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuspendRequest {
+    /// Why (kept in the audit log; at most 500 characters).
+    pub reason: Option<String>,
+}
+
+/// `PUT /v1/admin/users/{user_id}/role`
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetRoleRequest {
+    pub role: AccountRole,
 }

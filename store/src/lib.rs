@@ -17,6 +17,7 @@
 //!
 //! All times are stored as milliseconds since the Unix epoch.
 
+mod account_admin;
 mod account_tokens;
 mod api_keys;
 mod append;
@@ -38,6 +39,10 @@ mod tickets;
 mod totp;
 mod users;
 
+pub use account_admin::{
+    AccountState, AdminUserFilter, DELETED_USERNAME_PREFIX, DeletedAccount, MembershipOf,
+    deleted_username,
+};
 pub use account_tokens::{NewAccountToken, PasswordReset, TokenPurpose};
 pub use api_keys::{
     ApiKeyRecord, CreateApiKeyError, CustomOutcome, IDEMPOTENCY_TTL_MS, Idempotency, NewApiKey,

@@ -5,7 +5,7 @@
 //! previous secret again is replaying a token that was already used, which
 //! means it leaked, so the whole session is revoked.
 
-use crate::{Result, Store};
+use crate::{Backend, Result, Store};
 use shared::model::time_from_millis;
 use shared::{SessionId, UserId};
 use sqlx::Row;
@@ -41,8 +41,27 @@ pub enum RefreshOutcome {
 }
 
 impl Store {
+    /// Starts a session, unless the account is suspended or deleted (then
+    /// false). The account row is read under a share lock (PostgreSQL; on
+    /// SQLite the write transaction is exclusive), so a suspension that
+    /// commits meanwhile either sees this session and revokes it, or is
+    /// seen here.
     #[tracing::instrument(skip_all, fields(session_id = %new.id, user_id = %new.user_id))]
-    pub async fn create_session(&self, new: NewSession<'_>) -> Result<()> {
+    pub async fn create_session(&self, new: NewSession<'_>) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let lock = match self.backend {
+            Backend::Postgres => " FOR SHARE",
+            Backend::Sqlite => "",
+        };
+        let active = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT 1 FROM users WHERE id = $1 AND suspended_at IS NULL AND deleted_at IS NULL{lock}"
+        )))
+        .bind(new.user_id.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if active.is_none() {
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO sessions (id, user_id, refresh_hash, created_at, last_used_at, expires_at, user_agent) \
              VALUES ($1, $2, $3, $4, $4, $5, $6)",
@@ -53,9 +72,10 @@ impl Store {
         .bind(new.created_at)
         .bind(new.expires_at)
         .bind(new.user_agent)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Swaps the session's refresh hash from `presented` to `replacement`

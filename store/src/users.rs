@@ -4,7 +4,7 @@ use crate::error::unique_violation;
 use crate::mail::{NewMailJob, insert_mail_job};
 use crate::{Result, Store, StoreError};
 use shared::UserId;
-use shared::model::{PublicUser, User, time_from_millis};
+use shared::model::{AccountRole, PublicUser, User, time_from_millis};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -20,7 +20,7 @@ pub struct NewUser<'a> {
 }
 
 /// The columns [`user_from_row`] reads.
-const USER_COLUMNS: &str = "id, username, email, email_verified_at, created_at";
+const USER_COLUMNS: &str = "id, username, email, email_verified_at, role, created_at";
 
 /// What a login needs to check a password.
 pub struct UserCredentials {
@@ -47,8 +47,14 @@ pub(crate) fn user_from_row(row: &AnyRow) -> Result<User> {
         email_verified: row
             .try_get::<Option<i64>, _>("email_verified_at")?
             .is_some(),
+        role: account_role(row)?,
         created_at: time_from_millis(row.try_get("created_at")?),
     })
+}
+
+pub(crate) fn account_role(row: &AnyRow) -> Result<AccountRole> {
+    let role: String = row.try_get("role")?;
+    AccountRole::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("account role {role:?}")))
 }
 
 /// Why an address could not be changed.
@@ -79,6 +85,18 @@ impl Store {
     #[tracing::instrument(skip_all, fields(username = new.username))]
     pub async fn create_user(&self, new: NewUser<'_>) -> Result<User, CreateUserError> {
         let mut tx = self.begin_write().await.map_err(StoreError::from)?;
+        // A deleted account's name is held for a while (see
+        // `username_holds`); to the newcomer it is simply taken.
+        let held =
+            sqlx::query("SELECT 1 FROM username_holds WHERE username = $1 AND reusable_at > $2")
+                .bind(new.username)
+                .bind(new.created_at)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+        if held.is_some() {
+            return Err(CreateUserError::UsernameTaken);
+        }
         let inserted = sqlx::query(
             "INSERT INTO users (username, email, password_hash, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
         )
@@ -101,6 +119,7 @@ impl Store {
                     username: new.username.to_owned(),
                     email: new.email.to_owned(),
                     email_verified: false,
+                    role: AccountRole::User,
                     created_at: time_from_millis(new.created_at),
                 })
             }
@@ -211,7 +230,7 @@ impl Store {
     pub async fn user_credentials(&self, login: &str) -> Result<Option<UserCredentials>> {
         let pool = &self.pool;
         let row = self.read(|| sqlx::query(
-            "SELECT id, username, email, email_verified_at, created_at, password_hash FROM users WHERE username = $1 OR email = $1",
+            "SELECT id, username, email, email_verified_at, role, created_at, password_hash FROM users WHERE username = $1 OR email = $1",
         )
         .bind(login)
         .fetch_optional(pool)).await?;
@@ -229,7 +248,7 @@ impl Store {
         let pool = &self.pool;
         let row = self
             .read(|| {
-                sqlx::query("SELECT id, username, email, email_verified_at, created_at FROM users WHERE id = $1")
+                sqlx::query("SELECT id, username, email, email_verified_at, role, created_at FROM users WHERE id = $1")
                     .bind(id.0)
                     .fetch_optional(pool)
             })
@@ -242,9 +261,11 @@ impl Store {
         let pool = &self.pool;
         let row = self
             .read(|| {
-                sqlx::query("SELECT id, username FROM users WHERE username = $1")
-                    .bind(username)
-                    .fetch_optional(pool)
+                sqlx::query(
+                    "SELECT id, username FROM users WHERE username = $1 AND deleted_at IS NULL",
+                )
+                .bind(username)
+                .fetch_optional(pool)
             })
             .await?;
         row.map(|row| {

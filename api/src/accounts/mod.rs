@@ -17,6 +17,10 @@
 //! asked on every post); only a change of address takes it back, and that
 //! reaches the other nodes within the TTL.
 
+mod deletion;
+
+pub use deletion::finish_deletions;
+
 use crate::audit::{self, ClientMeta};
 use crate::auth::end_session;
 use crate::domain::{Email, Password};
@@ -58,6 +62,7 @@ pub fn user_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(resend_verification))
         .routes(routes!(change_email))
+        .routes(routes!(deletion::delete_account))
 }
 
 /// Bytes of randomness in a mailed token.

@@ -21,12 +21,11 @@ const MAX_KEY_NAME_CHARS: usize = 100;
 
 /// Creates an API key. The answer is the only time the key is shown: only
 /// its hash is kept.
-#[utoipa::path(post, path = "/admin/api-keys", tag = "admin", security(("admin" = [])), request_body = CreateApiKeyRequest,
+#[utoipa::path(post, path = "/admin/api-keys", tag = "admin", security(("bearer" = []), ("admin" = [])), request_body = CreateApiKeyRequest,
     responses(
         (status = 201, description = "Created: the key (shown this once) and its description", body = CreatedApiKey),
         (status = 401, description = "`missing_token`: no `Authorization: Bearer` header", body = ErrorBody),
-        (status = 403, description = "`forbidden`: wrong admin token", body = ErrorBody),
-        (status = 404, description = "admin endpoints are disabled", body = ErrorBody),
+        (status = 403, description = "`forbidden`: neither an admin account nor the admin token", body = ErrorBody),
         (status = 422, description = "`validation_failed` (`name`, `scopes`, `room_ids`: empty, too many or an unknown room) or `invalid_body` (an unknown scope)", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all)]
@@ -107,12 +106,11 @@ pub async fn create_api_key(
 }
 
 /// Every API key, revoked ones too, newest first, without the keys themselves.
-#[utoipa::path(get, path = "/admin/api-keys", tag = "admin", security(("admin" = [])),
+#[utoipa::path(get, path = "/admin/api-keys", tag = "admin", security(("bearer" = []), ("admin" = [])),
     responses(
         (status = 200, description = "The keys", body = ApiKeyList),
         (status = 401, description = "`missing_token`: no `Authorization: Bearer` header", body = ErrorBody),
-        (status = 403, description = "`forbidden`: wrong admin token", body = ErrorBody),
-        (status = 404, description = "admin endpoints are disabled", body = ErrorBody),
+        (status = 403, description = "`forbidden`: neither an admin account nor the admin token", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all)]
 pub async fn list_api_keys(
@@ -126,13 +124,13 @@ pub async fn list_api_keys(
 
 /// Revokes an API key: every api node refuses it from the next request on.
 /// Revoking a revoked key changes nothing (204).
-#[utoipa::path(delete, path = "/admin/api-keys/{key_id}", tag = "admin", security(("admin" = [])),
+#[utoipa::path(delete, path = "/admin/api-keys/{key_id}", tag = "admin", security(("bearer" = []), ("admin" = [])),
     params(("key_id" = String, Path, description = "The key's id (a UUID)")),
     responses(
         (status = 204, description = "Revoked"),
         (status = 401, description = "`missing_token`: no `Authorization: Bearer` header", body = ErrorBody),
-        (status = 403, description = "`forbidden`: wrong admin token", body = ErrorBody),
-        (status = 404, description = "`api_key_not_found`, or admin endpoints are disabled", body = ErrorBody),
+        (status = 403, description = "`forbidden`: neither an admin account nor the admin token", body = ErrorBody),
+        (status = 404, description = "`api_key_not_found`", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(%key_id))]
 pub async fn revoke_api_key(

@@ -39,12 +39,11 @@ fn view(job: store::MailJob) -> MailJob {
 }
 
 /// Mail jobs in one state (parked by default), newest first.
-#[utoipa::path(get, path = "/admin/mail-jobs", tag = "admin", security(("admin" = [])),
+#[utoipa::path(get, path = "/admin/mail-jobs", tag = "admin", security(("bearer" = []), ("admin" = [])),
     params(MailJobsQuery),
     responses((status = 200, description = "A page of mail jobs, newest first", body = MailJobPage),
         (status = 401, description = "`missing_token`: no `Authorization: Bearer` header", body = ErrorBody),
-        (status = 403, description = "`forbidden`: wrong admin token", body = ErrorBody),
-        (status = 404, description = "admin endpoints are disabled", body = ErrorBody),
+        (status = 403, description = "`forbidden`: neither an admin account nor the admin token", body = ErrorBody),
         (status = 422, description = "`validation_failed`: `limit` or `before_id` out of range", body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 pub(super) async fn list_mail_jobs(
@@ -78,12 +77,12 @@ pub(super) async fn list_mail_jobs(
 }
 
 /// Puts a parked job back in the queue: due at once, with a fresh set of attempts.
-#[utoipa::path(post, path = "/admin/mail-jobs/{job_id}/retry", tag = "admin", security(("admin" = [])),
+#[utoipa::path(post, path = "/admin/mail-jobs/{job_id}/retry", tag = "admin", security(("bearer" = []), ("admin" = [])),
     params(("job_id" = i64, Path, description = "Mail job id", minimum = 1)),
     responses((status = 200, description = "The job, pending again", body = MailJob),
         (status = 401, description = "`missing_token`: no `Authorization: Bearer` header", body = ErrorBody),
-        (status = 403, description = "`forbidden`: wrong admin token", body = ErrorBody),
-        (status = 404, description = "`mail_job_not_found`: no parked job with this id (or admin endpoints are disabled)", body = ErrorBody)))]
+        (status = 403, description = "`forbidden`: neither an admin account nor the admin token", body = ErrorBody),
+        (status = 404, description = "`mail_job_not_found`: no parked job with this id", body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 pub(super) async fn retry_mail_job(
     State(state): State<AppState>,
@@ -110,11 +109,10 @@ pub(super) async fn retry_mail_job(
 }
 
 /// Puts every parked job back in the queue (after a mail server outage).
-#[utoipa::path(post, path = "/admin/mail-jobs/retry", tag = "admin", security(("admin" = [])),
+#[utoipa::path(post, path = "/admin/mail-jobs/retry", tag = "admin", security(("bearer" = []), ("admin" = [])),
     responses((status = 200, description = "How many parked jobs are pending again", body = MailJobsRetried),
         (status = 401, description = "`missing_token`: no `Authorization: Bearer` header", body = ErrorBody),
-        (status = 403, description = "`forbidden`: wrong admin token", body = ErrorBody),
-        (status = 404, description = "admin endpoints are disabled", body = ErrorBody)))]
+        (status = 403, description = "`forbidden`: neither an admin account nor the admin token", body = ErrorBody),))]
 #[tracing::instrument(skip_all)]
 pub(super) async fn retry_parked_mail_jobs(
     State(state): State<AppState>,
@@ -139,12 +137,12 @@ pub(super) async fn retry_parked_mail_jobs(
 }
 
 /// Deletes a parked job: the mail will not be sent.
-#[utoipa::path(delete, path = "/admin/mail-jobs/{job_id}", tag = "admin", security(("admin" = [])),
+#[utoipa::path(delete, path = "/admin/mail-jobs/{job_id}", tag = "admin", security(("bearer" = []), ("admin" = [])),
     params(("job_id" = i64, Path, description = "Mail job id", minimum = 1)),
     responses((status = 204, description = "Deleted"),
         (status = 401, description = "`missing_token`: no `Authorization: Bearer` header", body = ErrorBody),
-        (status = 403, description = "`forbidden`: wrong admin token", body = ErrorBody),
-        (status = 404, description = "`mail_job_not_found`: no parked job with this id (or admin endpoints are disabled)", body = ErrorBody)))]
+        (status = 403, description = "`forbidden`: neither an admin account nor the admin token", body = ErrorBody),
+        (status = 404, description = "`mail_job_not_found`: no parked job with this id", body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 pub(super) async fn delete_mail_job(
     State(state): State<AppState>,

@@ -1,10 +1,13 @@
-//! Admin-only endpoints, present only when `PARLEY_ADMIN_TOKEN` is set.
+//! Admin-only endpoints: for accounts with the `admin` role, and for the
+//! operator token `PARLEY_ADMIN_TOKEN` when it is set.
 
 mod api_keys;
+pub mod cli;
 mod mail_jobs;
+mod users;
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, AuthUser};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
@@ -14,7 +17,7 @@ use rand::RngCore;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use shared::SessionId;
-use shared::model::now_millis;
+use shared::model::{AccountRole, now_millis};
 use shared::rest::{
     ErrorBody, ProvisionRequest, ProvisionResponse, ProvisionedRoom, ProvisionedUser,
 };
@@ -32,6 +35,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(mail_jobs::retry_mail_job))
         .routes(routes!(mail_jobs::retry_parked_mail_jobs))
         .routes(routes!(mail_jobs::delete_mail_job))
+        .routes(routes!(users::list_users))
+        .routes(routes!(users::get_user))
+        .routes(routes!(users::suspend_user))
+        .routes(routes!(users::unsuspend_user))
+        .routes(routes!(users::set_role))
 }
 
 /// Bounds of one provisioning request (a bigger test makes several).
@@ -40,8 +48,23 @@ const MAX_ROOMS: u32 = 10_000;
 const MAX_MEMBERSHIPS: u64 = 2_000_000;
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// A caller holding the admin token.
-pub struct Admin;
+/// A caller allowed to use the admin endpoints: an account with the
+/// `admin` role (bearer token or cookie session, like any request), or an
+/// operator's tool holding `PARLEY_ADMIN_TOKEN` (when one is configured).
+pub struct Admin {
+    /// The admin account; None for the operator token.
+    pub user: Option<shared::UserId>,
+}
+
+impl Admin {
+    /// Who acted, for the audit log's `detail`.
+    pub fn actor(&self) -> serde_json::Value {
+        match self.user {
+            Some(user) => serde_json::json!({"admin_id": user}),
+            None => serde_json::json!({"admin_id": null, "by": "admin_token"}),
+        }
+    }
+}
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
@@ -50,37 +73,56 @@ impl FromRequestParts<AppState> for Admin {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        // Without a configured token the endpoints do not exist.
-        let expected = state.admin_token.as_ref().ok_or(ApiError::NotFound)?;
         let presented = parts
             .headers
             .get(AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or(ApiError::MissingToken)?;
-        // Compare digests: equal length, and no early exit on the secret's bytes.
-        let a = Sha256::digest(presented.as_bytes());
-        let b = Sha256::digest(expected.expose_secret().as_bytes());
-        if a.iter()
-            .zip(b.iter())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            != 0
-        {
-            tracing::warn!(target: "security", "admin endpoint called with a wrong token");
-            return Err(ApiError::Forbidden("admin only"));
+            .and_then(|h| h.strip_prefix("Bearer "));
+        if let (Some(expected), Some(presented)) = (state.admin_token.as_ref(), presented) {
+            // Compare digests: equal length, and no early exit on the secret's bytes.
+            let a = Sha256::digest(presented.as_bytes());
+            let b = Sha256::digest(expected.expose_secret().as_bytes());
+            if a.iter()
+                .zip(b.iter())
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0
+            {
+                return Ok(Admin { user: None });
+            }
         }
-        Ok(Admin)
+        let caller = match AuthUser::from_request_parts(parts, state).await {
+            Ok(caller) => caller,
+            // Neither the operator token nor an access token of ours.
+            Err(ApiError::InvalidToken) => {
+                tracing::warn!(target: "security", "admin endpoint called with a wrong token");
+                return Err(ApiError::Forbidden("admin only"));
+            }
+            Err(e) => return Err(e),
+        };
+        // Read on every request: a revoked role takes effect at once.
+        match state.store.account_state(caller.user_id).await? {
+            Some(account)
+                if account.role == AccountRole::Admin && !account.suspended && !account.deleted =>
+            {
+                Ok(Admin {
+                    user: Some(caller.user_id),
+                })
+            }
+            _ => {
+                tracing::warn!(target: "security", user_id = %caller.user_id, "admin endpoint called by a non-admin account");
+                Err(ApiError::Forbidden("admin only"))
+            }
+        }
     }
 }
 
 /// Creates users (each with a live session and an access token) and rooms
 /// with members, for load tests. Accounts cannot log in with a password.
-#[utoipa::path(post, path = "/admin/provision", tag = "admin", security(("admin" = [])), request_body = ProvisionRequest,
+#[utoipa::path(post, path = "/admin/provision", tag = "admin", security(("bearer" = []), ("admin" = [])), request_body = ProvisionRequest,
     responses(
         (status = 201, description = "Provisioned: every user with an access token, every room", body = ProvisionResponse),
         (status = 401, description = "`missing_token`: no `Authorization: Bearer` header", body = ErrorBody),
-        (status = 403, description = "`forbidden`: wrong admin token", body = ErrorBody),
-        (status = 404, description = "admin endpoints are disabled", body = ErrorBody),
+        (status = 403, description = "`forbidden`: neither an admin account nor the admin token", body = ErrorBody),
         (status = 409, description = "`prefix_taken`", body = ErrorBody),
         (status = 422, description = "`validation_failed` (with `field`) or `invalid_body`", body = ErrorBody),
     ))]

@@ -145,12 +145,11 @@ async fn own_events(
 }
 
 /// Every account's security events (or one account's), newest first.
-#[utoipa::path(get, path = "/admin/security-events", tag = "admin", security(("admin" = [])),
+#[utoipa::path(get, path = "/admin/security-events", tag = "admin", security(("bearer" = []), ("admin" = [])),
     params(AdminSecurityEventsQuery),
     responses((status = 200, description = "A page of security events, newest first", body = SecurityEventPage),
         (status = 401, description = "`missing_token`: no `Authorization: Bearer` header", body = ErrorBody),
-        (status = 403, description = "`forbidden`: wrong admin token", body = ErrorBody),
-        (status = 404, description = "admin endpoints are disabled", body = ErrorBody),
+        (status = 403, description = "`forbidden`: neither an admin account nor the admin token", body = ErrorBody),
         (status = 422, description = "`validation_failed`: `limit`, `before_id` or `user_id` out of range", body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 async fn all_events(

@@ -5,6 +5,8 @@ pub mod cookies;
 pub mod password;
 mod totp;
 
+pub(crate) use totp::confirm_identity;
+
 use crate::audit::{self, ClientMeta};
 use crate::domain::{Email, MAX_PASSWORD_BYTES, Password, Username};
 use crate::error::{ApiError, ApiResult};
@@ -114,6 +116,7 @@ async fn signup(
     responses(
         (status = 200, description = "Logged in (the tokens), or a two-factor challenge (`two_factor_required`)", body = LoginResponse),
         (status = 401, description = "`invalid_credentials` (unknown account and wrong password alike)", body = ErrorBody),
+        (status = 403, description = "`account_suspended`: the credentials are right but an admin suspended the account", body = ErrorBody),
         (status = 429, description = "`rate_limited`: too many attempts from this IP or on this account", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all)]
@@ -231,7 +234,7 @@ async fn start_session(
     let session_id = SessionId::new();
     let (refresh_token, refresh_hash) = new_refresh_token(session_id);
     let now = now_millis();
-    state
+    let started = state
         .store
         .create_session(NewSession {
             id: session_id,
@@ -242,6 +245,21 @@ async fn start_session(
             user_agent: user_agent(headers),
         })
         .await?;
+    if !started {
+        // Told only to whoever proved the password (and second factor):
+        // a stranger cannot learn that an account is suspended.
+        metrics::counter!("api_logins_total", "outcome" => "suspended").increment(1);
+        tracing::warn!(target: "security", user_id = %user.id, method, "login of a suspended account refused");
+        audit::record(
+            state,
+            SecurityEventKind::LoginRefusedSuspended,
+            Some(user.id),
+            meta,
+            json!({"method": method}),
+        )
+        .await;
+        return Err(ApiError::AccountSuspended);
+    }
     metrics::counter!("api_logins_total", "outcome" => "ok").increment(1);
     tracing::info!(target: "security", user_id = %user.id, %session_id, method, "login");
     audit::record(

@@ -342,8 +342,37 @@ async fn password_and_code(
     if !state.store.totp(user).await?.is_some_and(|r| r.confirmed) {
         return Err(ApiError::TotpNotEnabled);
     }
-    confirm_password(state, meta, user, req.password, "totp_change").await?;
-    match spend_code(state, user, &req.code).await? {
+    confirm_identity(
+        state,
+        meta,
+        user,
+        req.password,
+        Some(&req.code),
+        "totp_change",
+    )
+    .await
+}
+
+/// Proves the caller is the account's owner before something drastic: the
+/// password, and when two-factor login is on, a current code or an unused
+/// recovery code as well (`code`; missing counts as wrong).
+pub(crate) async fn confirm_identity(
+    state: &AppState,
+    meta: &ClientMeta,
+    user: UserId,
+    password: String,
+    code: Option<&str>,
+    action: &'static str,
+) -> ApiResult<()> {
+    confirm_password(state, meta, user, password, action).await?;
+    if !state.store.totp(user).await?.is_some_and(|r| r.confirmed) {
+        return Ok(());
+    }
+    let spent = match code {
+        Some(code) => spend_code(state, user, code).await?,
+        None => None,
+    };
+    match spent {
         Some(factor) => {
             if factor == Factor::RecoveryCode {
                 recovery_code_used(state, meta, user).await?;
@@ -356,7 +385,7 @@ async fn password_and_code(
                 SecurityEventKind::TwoFactorFailed,
                 Some(user),
                 meta,
-                json!({"reason": "wrong_code"}),
+                json!({"reason": if code.is_some() { "wrong_code" } else { "missing_code" }, "action": action}),
             )
             .await;
             Err(ApiError::InvalidTwoFactorCode)
@@ -408,6 +437,7 @@ pub(super) async fn challenge(
     responses(
         (status = 200, description = "Logged in: the tokens, or a cookie session", body = LoginResponse),
         (status = 401, description = "`invalid_challenge` (unknown, expired, used, or out of attempts) or `invalid_two_factor_code`", body = ErrorBody),
+        (status = 403, description = "`account_suspended`: the credentials are right but an admin suspended the account", body = ErrorBody),
         (status = 429, description = "`rate_limited`: the account's login budget is spent, or too many requests from this IP", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all)]

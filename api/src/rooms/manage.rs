@@ -162,8 +162,19 @@ pub(super) async fn delete_room(
         .await
         .map_err(|e| refused(e, &caller, room_id, "only the owner deletes a room"))?;
     tracing::info!(target: "security", user_id = %caller.user_id, %room_id, members = deleted.members.len(), "room deleted");
-    // The files' bytes and then the rows go now rather than at the next
-    // minutely sweep (which retries whatever fails here).
+    announce_deleted_room(&state, room_id, deleted).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// After a room's deletion: purges its files now (rather than at the next
+/// minutely sweep, which retries whatever fails here), and tells its live
+/// members (`room.deleted`), every member's connections (`room_removed`)
+/// and every invited user's (`invitation_ended`).
+pub(crate) async fn announce_deleted_room(
+    state: &AppState,
+    room_id: RoomId,
+    deleted: store::DeletedRoom,
+) {
     let sweeper = state.clone();
     tokio::spawn(async move { crate::attachments::sweep(&sweeper).await });
     state.events.room_event(&deleted.event).await;
@@ -179,5 +190,4 @@ pub(super) async fn delete_room(
             .user_notice(invited, &UserNotice::InvitationEnded { room_id })
             .await;
     }
-    Ok(StatusCode::NO_CONTENT)
 }

@@ -4,6 +4,8 @@
 mod invitations;
 mod manage;
 
+pub(crate) use manage::announce_deleted_room;
+
 use crate::domain::{RoomName, RoomTopic};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, AuthUser};

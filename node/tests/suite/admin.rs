@@ -20,8 +20,8 @@ async fn provisioning_is_admin_only_and_creates_usable_users_and_rooms(mode: Mod
         .await;
     assert_eq!(
         status,
-        StatusCode::NOT_FOUND,
-        "no admin token configured, no admin endpoint"
+        StatusCode::FORBIDDEN,
+        "no admin token configured: the token is nobody's, and no admin account holds it"
     );
     disabled.stop().await;
 

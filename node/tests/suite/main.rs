@@ -3,6 +3,7 @@
 //! nodes on PostgreSQL and Redis, and against one node on SQLite and the
 //! in-process broker.
 
+mod accounts_admin;
 mod admin;
 mod append;
 mod attachments;

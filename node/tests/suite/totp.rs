@@ -25,7 +25,7 @@ fn password(user: &TestUser) -> String {
 }
 
 /// The authenticator app: codes of `secret` at `offset_secs` from now.
-fn app_code(secret: &str, offset_secs: i64) -> String {
+pub(crate) fn app_code(secret: &str, offset_secs: i64) -> String {
     let totp = Totp::from_rfc6238_secret(secret);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -52,7 +52,7 @@ impl FromSecret for Totp {
 
 /// Enrols `user` and confirms with the current code; the secret and the
 /// recovery codes.
-async fn enable(app: &TestApp, user: &TestUser) -> (String, Vec<String>) {
+pub(crate) async fn enable(app: &TestApp, user: &TestUser) -> (String, Vec<String>) {
     let (status, enrolment) = app
         .post(
             "/v1/auth/totp/enrol",

@@ -1,0 +1,20 @@
+-- Admin accounts, suspension and account deletion.
+-- migrations/sqlite/20261201000010_account_admin.sql holds the same columns.
+
+-- 'admin' accounts may use the /v1/admin endpoints. The first one is made
+-- with the CLI (`parley admin grant <username>`); there is no default.
+alter table users add column role text not null default 'user'
+    check (role in ('user', 'admin'));
+-- Set while an admin has suspended the account: no new session starts.
+alter table users add column suspended_at bigint;
+-- Set when the owner deleted the account: the row stays (messages keep
+-- their sender id) but holds nothing personal any more.
+alter table users add column deleted_at bigint;
+
+-- A deleted account's username is not given to anyone else until
+-- `reusable_at`, so nobody can pose as the person who left.
+create table username_holds (
+    username    text   primary key,
+    released_at bigint not null,
+    reusable_at bigint not null
+);
