@@ -73,7 +73,7 @@ impl Events {
         let payload = trace_context::publishable(event_frame_json(event));
         match self
             .broker
-            .publish_event(event.room_id, event.seq, payload)
+            .publish_event(event.room_id, event.seq, payload.clone())
             .await
         {
             Ok(()) => {
@@ -82,9 +82,51 @@ impl Events {
             Err(e) => {
                 metrics::counter!("api_publish_failures_total").increment(1);
                 tracing::error!(error = %e, room_id = %event.room_id, seq = event.seq,
-                    "publishing a room event failed; it stays in history and gateways will recover it");
+                    "publishing a room event failed; retrying in the background");
+                self.retry_later(event.room_id, event.seq, payload);
             }
         }
+    }
+
+    /// Publishes again, with backoff, an event whose publish failed. Without
+    /// this, the last event of a room that then goes quiet would reach its
+    /// live members only when someone joins (the gateways' check of the
+    /// joiner's snapshot) or the next event shows the gap. Publishing twice
+    /// is harmless: gateways drop an event they delivered, and the window
+    /// refuses an entry it holds. Bounded: past `MAX_RETRYING` events at
+    /// once (Redis down for long), the rest are left to the gateways.
+    fn retry_later(&self, room: RoomId, seq: i64, payload: bytes::Bytes) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static RETRYING: AtomicUsize = AtomicUsize::new(0);
+        const MAX_RETRYING: usize = 10_000;
+        const DELAYS_MS: [u64; 8] = [50, 100, 200, 400, 800, 1_600, 3_200, 6_400];
+        if RETRYING.fetch_add(1, Ordering::Relaxed) >= MAX_RETRYING {
+            RETRYING.fetch_sub(1, Ordering::Relaxed);
+            metrics::counter!("api_publish_retries_total", "outcome" => "dropped").increment(1);
+            return;
+        }
+        let broker = self.broker.clone();
+        tokio::spawn(async move {
+            let mut outcome = "gave_up";
+            for delay in DELAYS_MS {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                if broker
+                    .publish_event(room, seq, payload.clone())
+                    .await
+                    .is_ok()
+                {
+                    outcome = "published";
+                    break;
+                }
+            }
+            RETRYING.fetch_sub(1, Ordering::Relaxed);
+            metrics::counter!("api_publish_retries_total", "outcome" => outcome).increment(1);
+            if outcome == "published" {
+                tracing::info!(%room, seq, "a room event was published on a retry");
+            } else {
+                tracing::error!(%room, seq, "publishing a room event failed for good; gateways will recover it from history");
+            }
+        });
     }
 
     /// Publishes a backend's ephemeral signal to the connections that

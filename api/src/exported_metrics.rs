@@ -20,7 +20,7 @@ pub fn register(openapi: &OpenApi) {
     describe_counter!("api_signups_total", "Accounts created");
     describe_counter!(
         "api_logins_total",
-        "Password logins, by outcome (ok, failed)"
+        "Logins, by outcome (ok, failed, suspended: right credentials of a suspended account)"
     );
     describe_counter!(
         "api_refresh_reuse_total",
@@ -49,7 +49,11 @@ pub fn register(openapi: &OpenApi) {
     );
     describe_counter!(
         "api_publish_failures_total",
-        "Committed events whose publish failed (gateways recover them from the store)"
+        "Committed events whose publish failed (retried in the background; gateways also recover them from the store)"
+    );
+    describe_counter!(
+        "api_publish_retries_total",
+        "Background retries of failed publishes, by outcome: published, gave_up (after about 13 s), dropped (too many retrying at once)"
     );
     describe_counter!("api_errors_total", "Error responses, by error code");
     describe_counter!(
@@ -64,6 +68,10 @@ pub fn register(openapi: &OpenApi) {
     describe_counter!(
         "api_email_verifications_total",
         "Addresses verified through a mailed link"
+    );
+    describe_counter!(
+        "api_accounts_deleted_total",
+        "Accounts deleted by their owners"
     );
     describe_counter!(
         "api_password_resets_total",
@@ -87,14 +95,18 @@ pub fn register(openapi: &OpenApi) {
         "api_publish_failures_total",
         "api_email_verifications_total",
         "api_password_resets_total",
+        "api_accounts_deleted_total",
     ] {
         counter!(name).increment(0);
     }
     for to in ["room", "user"] {
         counter!("api_server_signals_published_total", "to" => to).increment(0);
     }
-    for outcome in ["ok", "failed"] {
+    for outcome in ["ok", "failed", "suspended"] {
         counter!("api_logins_total", "outcome" => outcome).increment(0);
+    }
+    for outcome in ["published", "gave_up", "dropped"] {
+        counter!("api_publish_retries_total", "outcome" => outcome).increment(0);
     }
     for outcome in ["sent", "skipped", "retried", "parked"] {
         counter!("api_mail_jobs_total", "outcome" => outcome).increment(0);

@@ -377,6 +377,10 @@ struct RoomState {
     removed: HashMap<UserId, i64>,
     gap_timer_armed: bool,
     filling: bool,
+    /// The newest seq a joiner's membership check saw committed. Should
+    /// this node still be short of it a moment later (its publish was lost,
+    /// and no later event shows the gap), the gap timer reads the rest.
+    expected: i64,
     /// Throttle of this node's users' `typing` frames (see module docs).
     typing_sent: HashMap<UserId, TypingSent>,
     /// Users shown as typing to this node's members, until when.
@@ -735,6 +739,7 @@ impl Shard {
                 removed: HashMap::new(),
                 gap_timer_armed: false,
                 filling: false,
+                expected: 0,
                 typing_sent: HashMap::new(),
                 typists: HashMap::new(),
                 snapshot_reads: 0,
@@ -767,6 +772,16 @@ impl Shard {
             return;
         };
         let delivered = seq.delivered();
+        if join.snapshot > delivered {
+            // Usually events on their way here; if not, the gap timer
+            // fetches them (see `expected`).
+            state.expected = state.expected.max(join.snapshot);
+            self.arm_gap_timer(room);
+        }
+        let Some(state) = self.rooms.get_mut(&room) else {
+            let _ = join.reply.send(Err(JoinError::Unavailable));
+            return;
+        };
         let (read, reply) = match join.since {
             None => (None, JoinedReply::at(delivered)),
             // Level with this node, or ahead of it by events still on their
@@ -1214,7 +1229,11 @@ impl Shard {
         let Phase::Active { seq } = &state.phase else {
             return;
         };
-        let Some((from, to)) = seq.gap() else {
+        // A hole before held events, or else the events up to what a
+        // joiner saw committed that never arrived.
+        let tail =
+            (state.expected > seq.delivered()).then(|| (seq.delivered() + 1, state.expected));
+        let Some((from, to)) = seq.gap().or(tail) else {
             return;
         };
         if state.filling {

@@ -12,6 +12,7 @@ both_modes!(
     a_backlog_over_the_limit_points_at_the_history,
     since_seq_outside_the_room_is_refused,
     resumes_are_served_from_the_window,
+    an_event_whose_publish_was_lost_reaches_members_once_a_join_shows_it,
 );
 
 /// Messages posted while the readers drop and resume.
@@ -300,4 +301,46 @@ mod cluster {
             after.2 - before.2
         );
     }
+}
+
+/// A committed event whose publish never happened (Redis failed the api's
+/// publish) is normally noticed when the room's next event arrives. In a
+/// room that goes quiet there is none, but the next joiner's membership
+/// check sees the room's newest seq: the node fetches what it lacks.
+async fn an_event_whose_publish_was_lost_reaches_members_once_a_join_shows_it(mode: Mode) {
+    let app = TestApp::spawn(mode).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let room = app.create_room(&alice, "quiet").await;
+    app.add_member(&alice, room, &bob).await;
+    let mut watcher = app.ws(0, &alice).await;
+    let at = watcher.join(room).await.expect("joined");
+
+    // Committed straight into the store: no publish at all.
+    let store = store::Store::connect(&app.database_url(), 1)
+        .await
+        .expect("connecting to the test's database");
+    let added = store
+        .add_member(
+            room,
+            alice.id,
+            carol.id,
+            shared::model::Role::Member,
+            shared::model::now_millis(),
+        )
+        .await
+        .expect("adding carol");
+    assert_eq!(added.seq, at + 1);
+
+    // Bob joins on the same gateway: his check sees seq at + 1.
+    let mut joiner = app.ws(0, &bob).await;
+    joiner.join(room).await.expect("joined");
+    assert_eq!(
+        next_event(&mut watcher).await,
+        added.seq,
+        "the member already in"
+    );
+    assert_eq!(next_event(&mut joiner).await, added.seq, "the joiner");
+    app.stop().await;
 }
