@@ -273,37 +273,6 @@ where
             }
         })?,
     };
-    match node
-        .store
-        .session_active(identity.session_id, now_millis())
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!(target: "security", user_id = %identity.user_id, session_id = %identity.session_id,
-                "WebSocket auth with a token of a revoked session");
-            return Err(CloseReason {
-                code: close::SESSION_REVOKED,
-                reason: "session revoked",
-            });
-        }
-        Err(e) if e.is_unavailable() => {
-            // The database is down or the connection died: not this
-            // client's fault nor a bug; it reconnects after a backoff.
-            tracing::warn!(error = %e, "cannot check the session: the database is unavailable");
-            return Err(CloseReason {
-                code: close::TRY_AGAIN_LATER,
-                reason: "unavailable",
-            });
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot check the session");
-            return Err(CloseReason {
-                code: close::INTERNAL_ERROR,
-                reason: "internal error",
-            });
-        }
-    }
     let conn = Arc::new(Conn {
         id: node.next_conn_id.fetch_add(1, Ordering::Relaxed),
         user_id: identity.user_id,
@@ -322,6 +291,42 @@ where
             code: close::TRY_AGAIN_LATER,
             reason: "unavailable",
         });
+    }
+    // Checked once the user's notices reach this node: a revocation
+    // committed after the check closes the socket through its notice.
+    match node
+        .store
+        .session_active(identity.session_id, now_millis())
+        .await
+    {
+        Ok(true) => node.hub.announce(&conn),
+        Ok(false) => {
+            tracing::warn!(target: "security", user_id = %identity.user_id, session_id = %identity.session_id,
+                "WebSocket auth with a token of a revoked session");
+            node.hub.unregister(&conn);
+            return Err(CloseReason {
+                code: close::SESSION_REVOKED,
+                reason: "session revoked",
+            });
+        }
+        Err(e) if e.is_unavailable() => {
+            // The database is down or the connection died: not this
+            // client's fault nor a bug; it reconnects after a backoff.
+            tracing::warn!(error = %e, "cannot check the session: the database is unavailable");
+            node.hub.unregister(&conn);
+            return Err(CloseReason {
+                code: close::TRY_AGAIN_LATER,
+                reason: "unavailable",
+            });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot check the session");
+            node.hub.unregister(&conn);
+            return Err(CloseReason {
+                code: close::INTERNAL_ERROR,
+                reason: "internal error",
+            });
+        }
     }
     conn.send(&ServerFrame::Ready {
         id,

@@ -145,6 +145,29 @@ pub(crate) async fn open(
         node.hub.unregister(&conn);
         return unavailable("the gateway cannot subscribe right now; retry shortly");
     }
+    // Checked once the user's notices reach this node: a revocation
+    // committed after the check ends the stream through its notice.
+    match node
+        .store
+        .session_active(caller.session_id, now_millis())
+        .await
+    {
+        Ok(true) => node.hub.announce(&conn),
+        Ok(false) => {
+            tracing::warn!(target: "security", user_id = %caller.user_id, session_id = %caller.session_id,
+                "SSE stream for a revoked session");
+            node.hub.unregister(&conn);
+            return json_error(
+                StatusCode::UNAUTHORIZED,
+                "session_revoked",
+                "the session was revoked",
+            );
+        }
+        Err(e) => {
+            node.hub.unregister(&conn);
+            return store_failure(e);
+        }
+    }
     metrics::counter!("gateway_sse_streams_total", "outcome" => "open").increment(1);
     conn.send(&ServerFrame::Ready {
         id: None,
@@ -221,7 +244,8 @@ async fn serve(
 }
 
 /// The caller, from a ticket (taken: it never works twice) or an access
-/// token, with the session checked as for a WebSocket `auth`.
+/// token; its session is checked once the stream is registered, as for a
+/// WebSocket `auth`.
 async fn authenticate(
     node: &Inner,
     headers: &HeaderMap,
@@ -283,19 +307,7 @@ async fn authenticate(
             ));
         }
     };
-    match node
-        .store
-        .session_active(caller.session_id, now_millis())
-        .await
-    {
-        Ok(true) => Ok(caller),
-        Ok(false) => {
-            tracing::warn!(target: "security", user_id = %caller.user_id, session_id = %caller.session_id,
-                "SSE stream for a revoked session");
-            Err(unauthorized("session_revoked", "the session was revoked"))
-        }
-        Err(e) => Err(Box::new(store_failure(e))),
-    }
+    Ok(caller)
 }
 
 fn store_failure(e: store::StoreError) -> Response {

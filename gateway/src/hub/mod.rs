@@ -227,8 +227,12 @@ impl Hub {
         topics
     }
 
-    /// Adds an authenticated connection; resolves once the node receives
-    /// its user's notices.
+    /// Adds a connection whose token verified; resolves once the node
+    /// receives its user's notices. Its session must be checked only after
+    /// this (a revocation committed later then reaches it as a notice; one
+    /// committed between an earlier check and the subscription would reach
+    /// nobody), and only then is the user announced present
+    /// ([`Hub::announce`]).
     pub async fn register(&self, conn: Arc<Conn>) -> Result<(), JoinError> {
         self.conns.insert(conn.id, conn.clone());
         metrics::gauge!("gateway_connections").increment(1.0);
@@ -252,10 +256,14 @@ impl Hub {
                 _ => return Err(JoinError::Unavailable),
             }
         }
+        Ok(())
+    }
+
+    /// The registered connection's session is live: its user is online.
+    pub fn announce(&self, conn: &Conn) {
         if !conn.present.swap(true, Ordering::Relaxed) {
             self.presence.user_connected(conn.user_id);
         }
-        Ok(())
     }
 
     /// Removes a connection from every map and every room.
