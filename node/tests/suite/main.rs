@@ -19,6 +19,7 @@ mod messages;
 mod metrics;
 mod openapi;
 mod presence;
+mod profiles;
 mod protocol_edges;
 mod realtime;
 mod receipts;
