@@ -117,11 +117,14 @@ pub struct PublicUser {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Profile {
     /// Shown instead of the username where set (1 to 64 characters).
+    #[schema(required = true)]
     pub display_name: Option<String>,
     /// A line of free text, at most 140 characters.
+    #[schema(required = true)]
     pub status_text: Option<String>,
     /// The avatar's path, `/v1/users/{id}/avatar?v=<version>` (a new avatar
     /// is a new URL, so clients may cache one for as long as they like).
+    #[schema(required = true)]
     pub avatar_url: Option<String>,
 }
 
