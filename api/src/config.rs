@@ -79,6 +79,10 @@ pub struct AttachmentArgs {
     /// Most memory one image decode may allocate, in bytes.
     #[arg(long, env = "PARLEY_THUMBNAIL_MAX_ALLOC", default_value_t = DEFAULT_THUMBNAIL_MAX_ALLOC)]
     pub thumbnail_max_alloc: u64,
+    /// Largest avatar upload, in bytes (413 beyond). Avatars are kept in
+    /// the attachment store, re-encoded to at most 256 x 256 pixels.
+    #[arg(long, env = "PARLEY_AVATAR_MAX_BYTES", default_value_t = DEFAULT_AVATAR_MAX_BYTES)]
+    pub avatar_max_bytes: u64,
 }
 
 /// 25 MiB: photos and documents people share in chat, not videos to archive.
@@ -94,6 +98,9 @@ pub const DEFAULT_THUMBNAIL_QUEUE: usize = 256;
 pub const DEFAULT_THUMBNAIL_MAX_DIMENSION: u32 = 16_384;
 /// 512 MiB: a 100 MP RGBA photo decodes into 400 MB.
 pub const DEFAULT_THUMBNAIL_MAX_ALLOC: u64 = 512 * 1024 * 1024;
+/// 1 MiB: a phone photo cropped to a face, not the camera's original. The
+/// whole upload is held in memory to decode it, so this also bounds that.
+pub const DEFAULT_AVATAR_MAX_BYTES: u64 = 1024 * 1024;
 
 impl Default for AttachmentArgs {
     fn default() -> Self {
@@ -111,6 +118,7 @@ impl Default for AttachmentArgs {
             thumbnail_queue: DEFAULT_THUMBNAIL_QUEUE,
             thumbnail_max_dimension: DEFAULT_THUMBNAIL_MAX_DIMENSION,
             thumbnail_max_alloc: DEFAULT_THUMBNAIL_MAX_ALLOC,
+            avatar_max_bytes: DEFAULT_AVATAR_MAX_BYTES,
         }
     }
 }

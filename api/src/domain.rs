@@ -261,7 +261,7 @@ pub const MAX_EVENT_NAME_LEN: usize = 64;
 /// and frame types.
 const RESERVED_NAMESPACES: &[&str] = &[
     "room", "message", "member", "parley", "custom", "presence", "typing", "receipt", "signal",
-    "system", "reaction",
+    "profile", "system", "reaction",
 ];
 
 impl EventName {

@@ -128,6 +128,14 @@ pub enum ApiError {
     AttachmentTypeNotAllowed,
     #[error("no such attachment")]
     AttachmentNotFound,
+    #[error("the avatar is over the limit of {max_bytes} bytes")]
+    AvatarTooLarge { max_bytes: u64 },
+    #[error("an avatar must be a PNG, JPEG, WebP or GIF image (decided from its bytes)")]
+    AvatarTypeNotAllowed,
+    #[error("the avatar image cannot be decoded within the limits (damaged, or too many pixels)")]
+    AvatarUnreadable,
+    #[error("this user has no avatar")]
+    AvatarNotFound,
     #[error(
         "this attachment has no thumbnail (not an image, not made yet, or it could not be made)"
     )]
@@ -201,6 +209,10 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             AttachmentTypeNotAllowed => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AvatarTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            AvatarTypeNotAllowed => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AvatarUnreadable => StatusCode::UNPROCESSABLE_ENTITY,
+            AvatarNotFound => StatusCode::NOT_FOUND,
             AttachmentNotFound | ThumbnailNotFound => StatusCode::NOT_FOUND,
             InvalidAttachment(_) => StatusCode::UNPROCESSABLE_ENTITY,
             UploadIncomplete => StatusCode::BAD_REQUEST,
@@ -290,6 +302,10 @@ impl ApiError {
         "attachment_too_large",
         "attachment_type_not_allowed",
         "attachment_not_found",
+        "avatar_too_large",
+        "avatar_type_not_allowed",
+        "avatar_unreadable",
+        "avatar_not_found",
         "thumbnail_not_found",
         "invalid_attachment",
         "upload_incomplete",
@@ -363,6 +379,10 @@ impl ApiError {
             AttachmentTooLarge { .. } => "attachment_too_large",
             AttachmentTypeNotAllowed => "attachment_type_not_allowed",
             AttachmentNotFound => "attachment_not_found",
+            AvatarTooLarge { .. } => "avatar_too_large",
+            AvatarTypeNotAllowed => "avatar_type_not_allowed",
+            AvatarUnreadable => "avatar_unreadable",
+            AvatarNotFound => "avatar_not_found",
             ThumbnailNotFound => "thumbnail_not_found",
             InvalidAttachment(_) => "invalid_attachment",
             UploadIncomplete => "upload_incomplete",
@@ -464,6 +484,7 @@ mod tests {
             MessageNotFound | NotAuthor | DeleteNotAllowed | InvalidReplyTarget => {}
             TooManyReactions { .. } => {}
             AttachmentTooLarge { .. } | AttachmentTypeNotAllowed | AttachmentNotFound => {}
+            AvatarTooLarge { .. } | AvatarTypeNotAllowed | AvatarUnreadable | AvatarNotFound => {}
             ThumbnailNotFound | InvalidAttachment(_) | UploadIncomplete => {}
             RangeNotSatisfiable { .. } => {}
             EmailUnverified | EmailAlreadyVerified | InvalidVerificationToken => {}
@@ -533,6 +554,10 @@ mod tests {
             AttachmentTooLarge { max_bytes: 1 },
             AttachmentTypeNotAllowed,
             AttachmentNotFound,
+            AvatarTooLarge { max_bytes: 1 },
+            AvatarTypeNotAllowed,
+            AvatarUnreadable,
+            AvatarNotFound,
             ThumbnailNotFound,
             InvalidAttachment(String::new()),
             UploadIncomplete,

@@ -123,6 +123,7 @@ pub fn register(openapi: &OpenApi) {
             .increment(0);
     }
     crate::attachments::register_metrics();
+    crate::profiles::register_metrics();
     store::register_metrics();
     broker::register_metrics();
 }

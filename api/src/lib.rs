@@ -27,6 +27,7 @@ pub mod mail;
 pub mod messages;
 pub mod openapi;
 pub mod presence;
+pub mod profiles;
 pub mod rooms;
 pub mod search;
 pub mod server;

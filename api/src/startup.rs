@@ -6,8 +6,8 @@ use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, Tokens};
 use crate::{
-    accounts, admin, attachments, audit, auth, health, messages, presence, rooms, search, server,
-    sse, users,
+    accounts, admin, attachments, audit, auth, health, messages, presence, profiles, rooms, search,
+    server, sse, users,
 };
 use anyhow::Context;
 use axum::Router;
@@ -76,6 +76,7 @@ pub fn router(state: AppState, policy: &PolicyArgs, listen: IpAddr) -> Router {
                 .merge(attachments::router())
                 .merge(search::router())
                 .merge(users::router())
+                .merge(profiles::router())
                 .merge(accounts::user_router())
                 .merge(audit::user_router())
                 .merge(presence::router())

@@ -98,10 +98,39 @@ impl JoinPolicy {
 }
 
 /// A user as other users see them (no email, never a password hash).
+/// The profile fields are there only for a caller who shares a room with
+/// the user (or is the user): a stranger gets `id` and `username` alone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PublicUser {
     pub id: UserId,
     pub username: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// `GET` it (with the bearer token) for the avatar image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
+}
+
+/// What a user tells the users they share a room with about themselves
+/// (`PATCH /v1/users/me/profile`, `PUT /v1/users/me/avatar`). Unset fields
+/// are `null`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Profile {
+    /// Shown instead of the username where set (1 to 64 characters).
+    #[schema(required = true)]
+    pub display_name: Option<String>,
+    /// A line of free text, at most 140 characters.
+    #[schema(required = true)]
+    pub status_text: Option<String>,
+    /// The avatar's path, `/v1/users/{id}/avatar?v=<version>` (a new avatar
+    /// is a new URL, so clients may cache one for as long as they like).
+    #[schema(required = true)]
+    pub avatar_url: Option<String>,
+}
+
+/// The path of user `id`'s avatar of version `avatar_id`.
+pub fn avatar_url(id: UserId, avatar_id: &str) -> String {
+    format!("/v1/users/{id}/avatar?v={avatar_id}")
 }
 
 /// The caller's own account.
@@ -117,6 +146,9 @@ pub struct User {
     /// `admin` accounts may use the `/v1/admin` endpoints.
     pub role: AccountRole,
     pub created_at: DateTime<Utc>,
+    /// What the users who share a room with this one see of them.
+    #[serde(default)]
+    pub profile: Profile,
 }
 
 /// An account's standing on the server (not to be confused with a
@@ -233,6 +265,11 @@ pub struct Receipt {
 pub struct Member {
     pub user_id: UserId,
     pub username: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// `GET` it (with the bearer token) for the member's avatar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
     pub role: Role,
     pub joined_at: DateTime<Utc>,
 }

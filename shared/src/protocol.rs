@@ -7,7 +7,7 @@
 //! keep the two in step.
 
 use crate::ids::{RoomId, SessionId, UserId};
-use crate::model::{Invitation, Role, RoomEvent};
+use crate::model::{Invitation, Profile, Role, RoomEvent};
 use bytes::Bytes;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,12 @@ pub fn read_marker_payloads(
     });
     (notice, receipt)
 }
+
+/// Rooms a profile change is announced in at most (`profile` frames), the
+/// user's most recently joined first: a user in thousands of rooms costs one
+/// publish per room, so the fan-out of one change is capped; members of the
+/// other rooms see the change when they next read the member list.
+pub const PROFILE_FANOUT_ROOMS: i64 = 500;
 
 /// Time a new connection has to send its `auth` frame.
 pub const AUTH_TIMEOUT_SECS: u64 = 10;
@@ -340,6 +346,15 @@ pub enum ServerFrame {
         user_id: UserId,
         read_seq: i64,
         delivered_seq: i64,
+    },
+    /// A member of a joined room changed their profile (display name,
+    /// status text or avatar): `profile` is the whole new profile. Ephemeral
+    /// like `typing`; a client that was not there reads it from the member
+    /// list. Published on at most [`PROFILE_FANOUT_ROOMS`] of the user's rooms.
+    Profile {
+        room_id: RoomId,
+        user_id: UserId,
+        profile: Profile,
     },
     /// The user's own read marker in a room moved (on another device, or
     /// this one): on every connection of the user, joined or not.

@@ -6,7 +6,7 @@
 
 use crate::ids::{ApiKeyId, RoomId, SessionId, UserId};
 use crate::model::{
-    AccountRole, Invitation, JoinPolicy, Member, PublicUser, Role, Room, RoomEvent, User,
+    AccountRole, Invitation, JoinPolicy, Member, Profile, PublicUser, Role, Room, RoomEvent, User,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -472,6 +472,49 @@ pub struct UserLookup {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct UserLookupResponse {
     pub user: PublicUser,
+}
+
+/// `PATCH /v1/users/me/profile`: what to change. An absent field stays as
+/// it is; `null` (or text that is empty once trimmed) clears it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProfileRequest {
+    /// At most 64 characters after trimming, no control characters.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, max_length = 64)]
+    pub display_name: Option<Option<String>>,
+    /// At most 140 characters after trimming, no control characters.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, max_length = 140)]
+    pub status_text: Option<Option<String>>,
+}
+
+/// A field that is present in a body, whatever its value (`null` too):
+/// with `#[serde(default)]`, an absent field stays `None` and a `null` one
+/// becomes `Some(None)`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// `GET /v1/users/{user_id}/profile`: a user's profile, for the user and
+/// the users who share a room with them.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserProfile {
+    pub user_id: UserId,
+    pub username: String,
+    pub profile: Profile,
 }
 
 /// Every error the REST api returns has this shape.

@@ -35,6 +35,8 @@ pub struct DeletedAccount {
     pub revoked_sessions: Vec<SessionId>,
     /// Rooms whose invitations to the account were dropped.
     pub invitations_dropped: Vec<RoomId>,
+    /// The avatar the account had: its object is the caller's to delete.
+    pub avatar_id: Option<String>,
 }
 
 /// A room an account is a member of.
@@ -271,14 +273,16 @@ impl Store {
         reusable_at: i64,
     ) -> Result<Option<DeletedAccount>> {
         let mut tx = self.begin_write().await?;
-        let row =
-            sqlx::query("SELECT username, email FROM users WHERE id = $1 AND deleted_at IS NULL")
-                .bind(user.0)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let row = sqlx::query(
+            "SELECT username, email, avatar_id FROM users WHERE id = $1 AND deleted_at IS NULL",
+        )
+        .bind(user.0)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(row) = row else { return Ok(None) };
         let username: String = row.try_get("username")?;
         let email: String = row.try_get("email")?;
+        let avatar_id: Option<String> = row.try_get("avatar_id")?;
         let anonymous = deleted_username(user);
         sqlx::query(
             "INSERT INTO username_holds (username, released_at, reusable_at) VALUES ($1, $2, $3) \
@@ -291,7 +295,9 @@ impl Store {
         .await?;
         sqlx::query(
             "UPDATE users SET username = $2, email = $3, password_hash = '!', email_verified_at = NULL, \
-             role = 'user', suspended_at = NULL, deleted_at = $4 WHERE id = $1",
+             role = 'user', suspended_at = NULL, deleted_at = $4, display_name = NULL, \
+             status_text = NULL, avatar_id = NULL, avatar_type = NULL, profile_updated_at = $4 \
+             WHERE id = $1",
         )
         .bind(user.0)
         .bind(&anonymous)
@@ -340,6 +346,7 @@ impl Store {
         Ok(Some(DeletedAccount {
             revoked_sessions,
             invitations_dropped,
+            avatar_id,
         }))
     }
 

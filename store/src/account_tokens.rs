@@ -101,7 +101,8 @@ impl Store {
         };
         let row = sqlx::query(
             "UPDATE users SET email_verified_at = COALESCE(email_verified_at, $3) \
-             WHERE id = $1 AND email = $2 RETURNING id, username, email, email_verified_at, role, created_at",
+             WHERE id = $1 AND email = $2 RETURNING id, username, email, email_verified_at, role, created_at, \
+             display_name, status_text, avatar_id",
         )
         .bind(token.0.0)
         .bind(token.1.as_str())

@@ -30,6 +30,7 @@ mod liveness;
 mod mail;
 mod markers;
 mod messages;
+mod profiles;
 mod provision;
 mod room_admin;
 mod rooms;
@@ -58,6 +59,7 @@ pub use events::{MAX_HISTORY_PAGE, NewMessage, PostOutcome};
 pub use mail::{ClaimedMailJob, MailJob, NewMailJob, RetryAt};
 pub use markers::{FLUSH_INTERVAL, MarkerChange, MarkerStats, MarkerUpdate, MarkerWriter};
 pub use messages::{ChangeOutcome, MAX_DISTINCT_REACTIONS, MessageChange};
+pub use profiles::{AvatarReplaced, ProfileUpdate, StoredAvatar, VisibleProfile};
 pub use provision::{ProvisionError, ProvisionSpec, Provisioned, UNUSABLE_PASSWORD};
 pub use room_admin::{DeletedRoom, InvitationError, ProfileChange, RoomChangeError};
 pub use rooms::{

@@ -342,18 +342,27 @@ impl Store {
     #[tracing::instrument(skip(self))]
     pub async fn members(&self, room: RoomId) -> Result<Vec<Member>> {
         let pool = &self.pool;
-        let rows = self.read(|| sqlx::query(
-            "SELECT m.user_id, u.username, m.role, m.joined_at FROM room_members m JOIN users u ON u.id = m.user_id \
+        let rows = self
+            .read(|| {
+                sqlx::query(
+            "SELECT m.user_id, u.username, u.display_name, u.avatar_id, m.role, m.joined_at \
+             FROM room_members m JOIN users u ON u.id = m.user_id \
              WHERE m.room_id = $1 ORDER BY m.joined_at, m.user_id",
         )
         .bind(room.0)
-        .fetch_all(pool)).await?;
+        .fetch_all(pool)
+            })
+            .await?;
         rows.iter()
             .map(|row| {
                 let role: String = row.try_get("role")?;
+                let user_id = UserId(row.try_get("user_id")?);
+                let avatar_id: Option<String> = row.try_get("avatar_id")?;
                 Ok(Member {
-                    user_id: UserId(row.try_get("user_id")?),
+                    user_id,
                     username: row.try_get("username")?,
+                    display_name: row.try_get("display_name")?,
+                    avatar_url: avatar_id.map(|a| shared::model::avatar_url(user_id, &a)),
                     role: Role::parse(&role)
                         .ok_or_else(|| StoreError::Corrupt(format!("member role {role:?}")))?,
                     joined_at: time_from_millis(row.try_get("joined_at")?),

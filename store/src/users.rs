@@ -20,7 +20,7 @@ pub struct NewUser<'a> {
 }
 
 /// The columns [`user_from_row`] reads.
-const USER_COLUMNS: &str = "id, username, email, email_verified_at, role, created_at";
+const USER_COLUMNS: &str = "id, username, email, email_verified_at, role, created_at, display_name, status_text, avatar_id";
 
 /// What a login needs to check a password.
 pub struct UserCredentials {
@@ -49,6 +49,7 @@ pub(crate) fn user_from_row(row: &AnyRow) -> Result<User> {
             .is_some(),
         role: account_role(row)?,
         created_at: time_from_millis(row.try_get("created_at")?),
+        profile: crate::profiles::profile_from_row(row)?,
     })
 }
 
@@ -121,6 +122,7 @@ impl Store {
                     email_verified: false,
                     role: AccountRole::User,
                     created_at: time_from_millis(new.created_at),
+                    profile: Default::default(),
                 })
             }
             Err(e) => {
@@ -229,11 +231,16 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn user_credentials(&self, login: &str) -> Result<Option<UserCredentials>> {
         let pool = &self.pool;
-        let row = self.read(|| sqlx::query(
-            "SELECT id, username, email, email_verified_at, role, created_at, password_hash FROM users WHERE username = $1 OR email = $1",
-        )
-        .bind(login)
-        .fetch_optional(pool)).await?;
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = $1 OR email = $1"
+        );
+        let row = self
+            .read(|| {
+                sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(login)
+                    .fetch_optional(pool)
+            })
+            .await?;
         row.map(|row| {
             Ok(UserCredentials {
                 user: user_from_row(&row)?,
@@ -246,9 +253,10 @@ impl Store {
     #[tracing::instrument(skip(self))]
     pub async fn user(&self, id: UserId) -> Result<Option<User>> {
         let pool = &self.pool;
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
         let row = self
             .read(|| {
-                sqlx::query("SELECT id, username, email, email_verified_at, role, created_at FROM users WHERE id = $1")
+                sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                     .bind(id.0)
                     .fetch_optional(pool)
             })
@@ -272,6 +280,8 @@ impl Store {
             Ok(PublicUser {
                 id: UserId(row.try_get("id")?),
                 username: row.try_get("username")?,
+                display_name: None,
+                avatar_url: None,
             })
         })
         .transpose()

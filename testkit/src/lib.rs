@@ -402,10 +402,16 @@ impl TestApp {
     /// Every key in the deployment's attachment store (the bucket, or the
     /// data directory), sorted.
     pub async fn stored_attachment_keys(&self) -> Vec<String> {
+        self.stored_keys("attachments").await
+    }
+
+    /// The keys under `prefix` (`attachments`, `avatars`) in the
+    /// deployment's attachment store (the bucket, or the data directory), sorted.
+    pub async fn stored_keys(&self, prefix: &str) -> Vec<String> {
         use futures::TryStreamExt;
         let (blobs, _) = api::attachments::storage::open(&self.attachments, &self.data_dir)
             .expect("opening the attachment store");
-        let prefix = object_store::path::Path::from("attachments");
+        let prefix = object_store::path::Path::from(prefix);
         let mut keys: Vec<String> = blobs
             .list(Some(&prefix))
             .map_ok(|meta| meta.location.to_string())
@@ -414,6 +420,21 @@ impl TestApp {
             .expect("listing the attachment store");
         keys.sort();
         keys
+    }
+
+    /// The bytes stored under `key` in the deployment's attachment store,
+    /// and which engine that store is (S3 in cluster mode, disk on a single node).
+    pub async fn stored_bytes(&self, key: &str) -> (api::attachments::storage::Engine, Vec<u8>) {
+        let (blobs, engine) = api::attachments::storage::open(&self.attachments, &self.data_dir)
+            .expect("opening the attachment store");
+        let bytes = blobs
+            .get(&object_store::path::Path::from(key))
+            .await
+            .expect("reading a stored object")
+            .bytes()
+            .await
+            .expect("reading a stored object's bytes");
+        (engine, bytes.to_vec())
     }
 
     /// Rows of the attachments table.

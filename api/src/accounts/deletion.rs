@@ -1,8 +1,8 @@
 //! An owner deleting their account.
 //!
 //! One transaction removes what identifies the person (name, address,
-//! password, second factor, sessions, pending mail, invitations, their
-//! audit trail) and holds the username for `PARLEY_USERNAME_HOLD`; the row
+//! password, profile, second factor, sessions, pending mail, invitations,
+//! their audit trail; the avatar's file goes right after) and holds the username for `PARLEY_USERNAME_HOLD`; the row
 //! stays, renamed `deleted_<id>`, so the messages they wrote keep their
 //! `sender_id` and read as from a deleted user. Then the account leaves
 //! every room, one numbered event per room, so members see it go: a group
@@ -66,6 +66,9 @@ pub(super) async fn delete_account(
         end_session(&state, user_id, *session_id).await;
     }
     state.verified.unverified(user_id);
+    if let Some(avatar_id) = &deleted.avatar_id {
+        crate::profiles::delete_avatar_object(&state, user_id, avatar_id).await;
+    }
     tracing::warn!(target: "security", %user_id, sessions = deleted.revoked_sessions.len(), "account deleted by its owner");
     let rooms_left = leave_every_room(&state, user_id).await;
     // Its earlier events went with the personal data; this one keeps only

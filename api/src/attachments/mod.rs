@@ -75,6 +75,11 @@ pub struct Attachments {
     /// Uploads being received on this node; at most `PARLEY_ATTACHMENT_MAX_UPLOADS`.
     uploads: Arc<Semaphore>,
     pub thumbnails: Thumbnailer,
+    /// Largest avatar upload (`PARLEY_AVATAR_MAX_BYTES`); avatars share
+    /// this store and the upload slots (`crate::profiles`).
+    pub avatar_max_bytes: u64,
+    /// The decode limits of images (thumbnails and avatars).
+    pub decode_limits: thumbnails::DecodeLimits,
 }
 
 impl Attachments {
@@ -95,6 +100,18 @@ impl Attachments {
             max_bytes: config.max_bytes,
             orphan_ttl: config.orphan_ttl,
             uploads: Arc::new(Semaphore::new(config.max_uploads.max(1))),
+            avatar_max_bytes: config.avatar_max_bytes,
+            decode_limits: thumbnails::DecodeLimits {
+                max_dimension: config.thumbnail_max_dimension,
+                max_alloc: config.thumbnail_max_alloc,
+            },
+        })
+    }
+
+    /// One of this node's upload slots, or the 503 a busy node answers.
+    pub fn upload_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.uploads.clone().try_acquire_owned().map_err(|_| {
+            ApiError::Unavailable(anyhow::anyhow!("too many uploads in progress on this node"))
         })
     }
 

@@ -317,6 +317,8 @@ async fn add_member(
         Json(Member {
             user_id: user.id,
             username: user.username,
+            display_name: user.profile.display_name,
+            avatar_url: user.profile.avatar_url,
             role,
             joined_at: event.created_at,
         }),

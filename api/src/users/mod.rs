@@ -30,7 +30,8 @@ async fn me(State(state): State<AppState>, caller: AuthUser) -> ApiResult<Json<U
 }
 
 /// Finds a user by exact username (to add them to a room, or to start a
-/// direct conversation).
+/// direct conversation). `display_name` and `avatar_url` are there only
+/// when the caller shares a room with the user.
 #[utoipa::path(get, path = "/users", tag = "users", security(("bearer" = [])), params(UserLookup),
     responses((status = 200, description = "The user's public profile", body = UserLookupResponse), (status = 404, description = "`user_not_found`", body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
@@ -39,10 +40,16 @@ async fn lookup(
     caller: AuthUser,
     ApiQuery(query): ApiQuery<UserLookup>,
 ) -> ApiResult<Json<UserLookupResponse>> {
-    let user = state
+    let mut user = state
         .store
         .user_by_username(&query.username.to_lowercase())
         .await?
         .ok_or(ApiError::UserNotFound)?;
+    // This is how a chat with a stranger starts: their profile is shown
+    // only to those who share a room with them (`crate::profiles`).
+    if let Some(visible) = state.store.visible_profile(caller.user_id, user.id).await? {
+        user.display_name = visible.profile.display_name;
+        user.avatar_url = visible.profile.avatar_url;
+    }
     Ok(Json(UserLookupResponse { user }))
 }

@@ -223,7 +223,9 @@ impl Payload {
             let user = header.user_id?;
             return Some(Payload::Receipt { user, json });
         }
-        if header.frame == "signal" {
+        // A profile change: for every local member, like a signal (the
+        // user's own other connections too).
+        if header.frame == "signal" || header.frame == "profile" {
             return Some(Payload::Signal(json));
         }
         if header.frame == "presence" {

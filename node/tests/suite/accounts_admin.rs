@@ -333,6 +333,24 @@ async fn a_deleted_account_is_gone_from_every_read_path(mode: Mode) {
     assert_eq!(status, StatusCode::CREATED, "{direct}");
     let direct = shared::RoomId(direct["id"].as_i64().expect("id"));
     let said = app.send_message(&carol, group, "remember me").await;
+    let (status, body) =
+        crate::profiles::patch_profile(&app, &carol, json!({"display_name": "Carol C."})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) =
+        crate::profiles::put_avatar(&app, &carol, crate::profiles::png(64, 64, false)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(app.stored_keys("avatars").await.len(), 1);
+    let (status, _) = app
+        .get(
+            &format!("/v1/users/{}/profile", carol.id),
+            Some(&dave.token),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "dave sees her profile while they share a room"
+    );
     let mut carols_socket = app.ws(1, &carol).await;
     carols_socket.join(group).await.expect("joined");
     let mut daves_socket = app.ws(2, &dave).await;
@@ -397,6 +415,21 @@ async fn a_deleted_account_is_gone_from_every_read_path(mode: Mode) {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = app.get("/v1/users?username=carol", Some(&dave.token)).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "the name finds nobody");
+    for what in ["profile", "avatar"] {
+        let (status, body) = app
+            .get(&format!("/v1/users/{}/{what}", carol.id), Some(&dave.token))
+            .await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::NOT_FOUND, Some("user_not_found")),
+            "her {what}"
+        );
+    }
+    assert_eq!(
+        app.stored_keys("avatars").await,
+        Vec::<String>::new(),
+        "the avatar's file is gone"
+    );
     let (status, _) = app
         .get(
             &format!("/v1/users?username=deleted_{}", carol.id),

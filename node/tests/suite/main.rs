@@ -20,6 +20,7 @@ mod messages;
 mod metrics;
 mod openapi;
 mod presence;
+mod profiles;
 mod protocol_edges;
 mod realtime;
 mod receipts;
