@@ -785,6 +785,9 @@ pub enum SecurityEventKind {
     MailJobRetried,
     /// An admin deleted a parked mail job (`detail.mail_job_id`).
     MailJobDeleted,
+    /// The owner changed the password (`detail.sessions_revoked`: the
+    /// account's other sessions, ended).
+    PasswordChanged,
     /// The owner deleted the account (`detail.rooms_left`); its other
     /// events were erased with its personal data, and this one carries no
     /// address or User-Agent.
@@ -829,6 +832,7 @@ impl SecurityEventKind {
             Self::MailJobRetried => "mail_job_retried",
             Self::MailJobDeleted => "mail_job_deleted",
             Self::AccountDeleted => "account_deleted",
+            Self::PasswordChanged => "password_changed",
             Self::AccountSuspended => "account_suspended",
             Self::AccountUnsuspended => "account_unsuspended",
             Self::AccountRoleChanged => "account_role_changed",
@@ -927,6 +931,25 @@ pub struct PasswordResetConfirm {
     /// At least 10 characters, at most 1024 bytes.
     #[schema(min_length = 10, max_length = 1024)]
     pub password: String,
+}
+
+/// `PUT /v1/users/me/password`: a new password, confirmed with the current one.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    /// The account's current password.
+    #[schema(max_length = 1024)]
+    pub current_password: String,
+    /// 8 to 1024 characters, as at signup.
+    #[schema(min_length = 8, max_length = 1024)]
+    pub new_password: String,
+}
+
+/// `PUT /v1/users/me/password`: the password is changed.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PasswordChanged {
+    /// The account's other sessions, revoked (this one stays).
+    pub sessions_revoked: usize,
 }
 
 /// `PUT /v1/users/me/email`: a new address, confirmed with the password.

@@ -350,6 +350,48 @@ impl Store {
         }))
     }
 
+    /// Sets a new password hash and revokes every session of the account
+    /// but `keep` in one transaction; the sessions revoked (None: no such
+    /// live account).
+    #[tracing::instrument(skip(self, password_hash))]
+    pub async fn change_password(
+        &self,
+        user: UserId,
+        password_hash: &str,
+        keep: SessionId,
+        now: i64,
+    ) -> Result<Option<Vec<SessionId>>> {
+        let mut tx = self.begin_write().await?;
+        let updated =
+            sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1 AND deleted_at IS NULL")
+                .bind(user.0)
+                .bind(password_hash)
+                .execute(&mut *tx)
+                .await?;
+        if updated.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND id <> $3 AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(user.0)
+        .bind(now)
+        .bind(keep.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        // A reset link mailed before the change must not undo it.
+        sqlx::query(
+            "UPDATE account_tokens SET used_at = $2 WHERE user_id = $1 AND purpose = 'reset_password' AND used_at IS NULL",
+        )
+        .bind(user.0)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let revoked = session_ids(&rows)?;
+        tx.commit().await?;
+        Ok(Some(revoked))
+    }
+
     /// The rooms `user` is a member of, in id order.
     #[tracing::instrument(skip(self))]
     pub async fn memberships_of(&self, user: UserId) -> Result<Vec<MembershipOf>> {

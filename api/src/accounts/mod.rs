@@ -18,6 +18,7 @@
 //! reaches the other nodes within the TTL.
 
 mod deletion;
+mod password;
 
 pub use deletion::finish_deletions;
 
@@ -63,6 +64,7 @@ pub fn user_router() -> OpenApiRouter<AppState> {
         .routes(routes!(resend_verification))
         .routes(routes!(change_email))
         .routes(routes!(deletion::delete_account))
+        .routes(routes!(password::change_password))
 }
 
 /// Bytes of randomness in a mailed token.

@@ -14,6 +14,7 @@ both_modes!(
     a_suspended_account_is_cut_off_at_once_and_can_come_back,
     a_deleted_account_is_gone_from_every_read_path,
     deleting_needs_the_password_and_the_second_factor,
+    changing_the_password_ends_the_other_sessions_only,
 );
 
 fn code(body: &Value) -> Option<&str> {
@@ -572,5 +573,71 @@ async fn deleting_needs_the_password_and_the_second_factor(mode: Mode) {
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let (status, _) = app.get("/v1/users/me", Some(&erin.token)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    app.stop().await;
+}
+
+async fn changing_the_password_ends_the_other_sessions_only(mode: Mode) {
+    let app = TestApp::spawn(mode).await;
+    let fay = app.user("fay").await;
+    let phone = app.login("fay", &password(&fay)).await;
+    let mut phones_socket = app.ws(1, &phone).await;
+    let mut own_socket = app.ws(2, &fay).await;
+    let room = app.create_room(&fay, "notes").await;
+    own_socket.join(room).await.expect("joined");
+    let change = |current: &str, new: &str| {
+        app.request(
+            Method::PUT,
+            "/v1/users/me/password",
+            Some(&fay.token),
+            Some(json!({"current_password": current, "new_password": new})),
+        )
+    };
+    let (status, body) = change("not-the-password", "a-new-long-password").await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::FORBIDDEN, Some("wrong_password"))
+    );
+    let (status, body) = change(&password(&fay), "short").await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("new_password")),
+        "{body}"
+    );
+    let (status, body) = change(&password(&fay), &password(&fay)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+    let (status, body) = change(&password(&fay), "a-new-long-password").await;
+    assert_eq!(
+        (status, body["sessions_revoked"].as_u64()),
+        (StatusCode::OK, Some(1)),
+        "{body}"
+    );
+    // The other device is signed out everywhere; this one carries on.
+    assert_eq!(phones_socket.closed().await, Some(close::SESSION_REVOKED));
+    let (status, _) = app.get("/v1/users/me", Some(&phone.token)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = app.get("/v1/users/me", Some(&fay.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    let posted = app.send_message(&fay, room, "still here").await;
+    loop {
+        if let ServerFrame::Event(event) = own_socket.frame().await
+            && event.seq == posted.seq
+        {
+            break;
+        }
+    }
+    let (status, _) = app
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"login": "fay", "password": password(&fay)}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the old password is gone");
+    app.login("fay", "a-new-long-password").await;
+    let (_, events) = app
+        .get("/v1/users/me/security-events", Some(&fay.token))
+        .await;
+    assert!(events.to_string().contains("password_changed"), "{events}");
     app.stop().await;
 }
