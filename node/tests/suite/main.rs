@@ -22,6 +22,7 @@ mod presence;
 mod protocol_edges;
 mod realtime;
 mod receipts;
+mod redis_cluster;
 mod refresh;
 mod resume;
 mod room_management;
