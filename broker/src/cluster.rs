@@ -10,8 +10,9 @@
 //! comes back empty. Redis then drops the shard channels of the slots a node
 //! lost (it sends a `sunsubscribe` notice, which fred does not pass on), and
 //! publishes go to the new owner, where nobody listens. So a **watcher**
-//! probes the slot map (CLUSTER SLOTS, through the publishing pool) every
-//! [`PROBE_INTERVAL`]; when it changed, it replaces the subscriber client
+//! probes the slot map as every master sees it (CLUSTER SLOTS on each,
+//! through the publishing pool) every [`PROBE_INTERVAL`]; when it changed,
+//! it replaces the subscriber client
 //! with a fresh one (connected to the masters as they are now), SSUBSCRIBEs
 //! every topic again, and reports [`Delivery::Reconnected`], so gateways
 //! recover what was published meanwhile from the store by seq, as after
@@ -155,13 +156,38 @@ async fn ssubscribe(
     Ok(())
 }
 
-/// The cluster's slot map as comparable data: each range with its master's
-/// node id and address.
+/// The cluster's slot map as every master sees it, as comparable data.
+///
+/// Every master is asked, not one: while a slot moves the masters learn of
+/// it one after the other (the new owner first, the old one last, when it
+/// drops the slot's shard channels), and a rebuild made on the first
+/// change could still subscribe on the old owner. Each master's change of
+/// view is a change of the map, so the last rebuild comes after the last
+/// master learned.
 async fn slot_map(probe: &Pool) -> Result<Vec<String>, BrokerError> {
-    let slots: Value = tokio::time::timeout(PROBE_TIMEOUT, probe.next().cluster_slots())
+    let client = probe.next();
+    let mut masters = client
+        .cached_cluster_state()
+        .map(|state| state.unique_primary_nodes())
+        .unwrap_or_default();
+    masters.sort();
+    let mut map = Vec::new();
+    for master in masters {
+        let slots: Value = tokio::time::timeout(
+            PROBE_TIMEOUT,
+            client.with_cluster_node(master.clone()).cluster_slots(),
+        )
         .await
         .map_err(|_| BrokerError::Unavailable("CLUSTER SLOTS timed out".into()))?
         .map_err(unavailable)?;
+        map.push(format!("as {master}:"));
+        map.extend(parse_slots(slots));
+    }
+    Ok(map)
+}
+
+/// CLUSTER SLOTS as sorted lines: each range with its master.
+fn parse_slots(slots: Value) -> Vec<String> {
     let mut map = Vec::new();
     if let Value::Array(ranges) = slots {
         for range in ranges {
@@ -183,7 +209,7 @@ async fn slot_map(probe: &Pool) -> Result<Vec<String>, BrokerError> {
         }
     }
     map.sort();
-    Ok(map)
+    map
 }
 
 /// Probes the slot map; rebuilds the subscription when it changed.
