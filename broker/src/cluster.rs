@@ -66,7 +66,7 @@ pub(crate) async fn subscribe(
     let shared = Arc::new(Shared {
         config: config.clone(),
         keys,
-        tx,
+        tx: std::sync::Mutex::new(Some(tx)),
         state: Mutex::new(State {
             connected: Some(first),
             topics: BTreeSet::new(),
@@ -86,9 +86,16 @@ pub(crate) async fn subscribe(
 struct Shared {
     config: Config,
     keys: Keys,
-    /// The node's delivery queue, shared by every client's forwarder.
-    tx: mpsc::Sender<Delivery>,
+    /// The node's delivery queue, shared by every client's forwarder;
+    /// dropped on close, so the delivery stream ends.
+    tx: std::sync::Mutex<Option<mpsc::Sender<Delivery>>>,
     state: Mutex<State>,
+}
+
+impl Shared {
+    fn sender(&self) -> Option<mpsc::Sender<Delivery>> {
+        self.tx.lock().ok().and_then(|tx| tx.clone())
+    }
 }
 
 struct State {
@@ -247,7 +254,10 @@ async fn watch(shared: Arc<Shared>, probe: Pool, mut known: Option<Vec<String>>)
 /// Replaces the subscriber client and subscribes every topic on the new
 /// one. `Ok(false)` when the subscription is closed.
 async fn rebuild(shared: &Shared) -> Result<bool, BrokerError> {
-    let fresh = Connected::open(&shared.config, &shared.keys, shared.tx.clone()).await?;
+    let Some(tx) = shared.sender() else {
+        return Ok(false);
+    };
+    let fresh = Connected::open(&shared.config, &shared.keys, tx.clone()).await?;
     let mut state = shared.state.lock().await;
     let Some(old) = state.connected.take() else {
         drop(state);
@@ -260,7 +270,7 @@ async fn rebuild(shared: &Shared) -> Result<bool, BrokerError> {
     state.connected = Some(fresh);
     drop(state);
     // Whatever was published while no client listened is recovered by seq.
-    if shared.tx.send(Delivery::Reconnected).await.is_err() {
+    if tx.send(Delivery::Reconnected).await.is_err() {
         return Ok(false);
     }
     result.map(|()| true)
@@ -309,6 +319,9 @@ impl SubscriptionControl for ClusterControl {
     async fn close(&self) {
         if let Some(watcher) = self.watcher.lock().ok().and_then(|mut w| w.take()) {
             watcher.abort();
+        }
+        if let Ok(mut tx) = self.shared.tx.lock() {
+            tx.take();
         }
         let connected = self.shared.state.lock().await.connected.take();
         if let Some(connected) = connected {

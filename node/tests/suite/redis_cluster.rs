@@ -251,6 +251,11 @@ async fn login_budgets_and_presence_work_on_the_cluster() {
         .await
     );
     subscription.control.close().await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while subscription.deliveries.recv().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "closing ends the delivery stream");
     broker.close().await;
 }
 
