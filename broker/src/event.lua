@@ -5,6 +5,8 @@
 -- KEYS[1] the room's stream
 -- ARGV[1] the room's channel, ARGV[2] the event's seq, ARGV[3] the payload,
 -- ARGV[4] most entries kept (0: no window), ARGV[5] the window's age, ms
+-- ARGV[6] 'SPUBLISH' on a Redis Cluster (the channel is a shard channel in
+--         KEYS[1]'s slot), else 'PUBLISH'
 --
 -- Returns the number of subscribers that received the event.
 if tonumber(ARGV[4]) > 0 then
@@ -16,4 +18,6 @@ if tonumber(ARGV[4]) > 0 then
   redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], ARGV[2] .. '-0', 'e', ARGV[3])
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
 end
-return redis.call('PUBLISH', ARGV[1], ARGV[3])
+local publish = 'PUBLISH'
+if ARGV[6] == 'SPUBLISH' then publish = 'SPUBLISH' end
+return redis.call(publish, ARGV[1], ARGV[3])

@@ -5,7 +5,9 @@
 //! local connections need, so events only travel to nodes with someone to
 //! deliver them to. Two implementations:
 //!
-//! - [`RedisBroker`]: Redis pub/sub, for a cluster of api and gateway nodes.
+//! - [`RedisBroker`]: Redis pub/sub, for a cluster of api and gateway nodes,
+//!   on one Redis server or on a Redis Cluster (sharded pub/sub; key and
+//!   channel names in [`keys`]).
 //! - [`MemoryBroker`]: in-process channels, for a single node.
 //!
 //! Both are lossy under overload in the same way (a node that falls too far
@@ -13,11 +15,14 @@
 //! gateways recover room events from the store by sequence number, so a lost
 //! delivery costs latency, not data.
 
+mod cluster;
 pub mod guard;
+pub mod keys;
 mod memory;
 pub mod presence;
 mod redis;
 
+pub use cluster::PROBE_INTERVAL as CLUSTER_PROBE_INTERVAL;
 pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
 

@@ -1,8 +1,14 @@
 //! Redis pub/sub: the fan-out between nodes of a cluster.
 //!
-//! Channels are `{prefix}room:{id}` and `{prefix}user:{id}`. Publishing goes
-//! through a small pool of multiplexed connections; each subscription has its
-//! own connection, which fred re-subscribes after a reconnect.
+//! Channels are `{prefix}room:{id}` and `{prefix}user:{id}` (names in
+//! [`crate::keys`]). Publishing goes through a small pool of multiplexed
+//! connections; each subscription has its own connection, which fred
+//! re-subscribes after a reconnect.
+//!
+//! On a Redis Cluster (a `redis-cluster://` URL) the same broker uses
+//! sharded pub/sub: SPUBLISH reaches only the shard that owns the topic's
+//! slot, and a subscription SSUBSCRIBEs on the masters owning its topics
+//! ([`crate::cluster`] keeps it there while the cluster changes).
 //!
 //! While Redis is down, publishes and pings fail at once rather than
 //! queueing until it is back (a post still commits; live delivery is
@@ -10,6 +16,7 @@
 //! reconnection (bounded by the gateway), and every client keeps
 //! reconnecting at least once a second, so service resumes by itself.
 
+use crate::keys::Keys;
 use crate::presence::{DynPresence, RedisPresence};
 use crate::{
     Broker, BrokerError, DELIVERY_QUEUE, Delivery, Subscription, SubscriptionControl, Topic,
@@ -23,7 +30,7 @@ use fred::types::Message;
 use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand};
-use shared::{RoomId, UserId};
+use shared::RoomId;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
@@ -57,7 +64,7 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct RedisBroker {
     config: Config,
-    prefix: Arc<str>,
+    keys: Keys,
     publisher: Pool,
     presence: Arc<RedisPresence>,
     guard: Arc<crate::guard::RedisGuard>,
@@ -68,25 +75,37 @@ pub struct RedisBroker {
 
 impl RedisBroker {
     /// Connects the publishing pool; fails if Redis does not answer.
+    ///
+    /// `url` is `redis://host:port` for one server, or
+    /// `redis-cluster://host:port?node=host:port&node=...` (one or more
+    /// seed nodes) for a Redis Cluster.
     pub async fn connect(
         url: &str,
         prefix: &str,
         window: WindowSettings,
     ) -> Result<Self, BrokerError> {
         let config = Config::from_url(url).map_err(|e| BrokerError::Config(e.to_string()))?;
+        let clustered = config.server.is_clustered();
+        if clustered && (prefix.contains('{') || prefix.contains('}')) {
+            // The prefix is inside every name's hash tag: a brace would end
+            // the tag early and put a room's keys in different slots.
+            return Err(BrokerError::Config(format!(
+                "PARLEY_REDIS_PREFIX {prefix:?} must not contain '{{' or '}}' on a Redis Cluster"
+            )));
+        }
         let publisher = builder(&config)
             .build_pool(PUBLISH_POOL_SIZE)
             .map_err(|e| BrokerError::Config(e.to_string()))?;
         publisher.init().await.map_err(unavailable)?;
-        let prefix: Arc<str> = prefix.into();
+        let keys = Keys::new(prefix, clustered);
         Ok(Self {
-            presence: Arc::new(RedisPresence::new(publisher.clone(), prefix.clone())),
+            presence: Arc::new(RedisPresence::new(publisher.clone(), keys.clone())),
             guard: Arc::new(crate::guard::RedisGuard::new(
                 publisher.clone(),
-                prefix.clone(),
+                keys.clone(),
             )),
             config,
-            prefix,
+            keys,
             publisher,
             window,
             publish_event: Script::from_lua(include_str!("event.lua")),
@@ -95,16 +114,21 @@ impl RedisBroker {
 
     /// The stream holding `room`'s recent window.
     pub fn window_key(&self, room: RoomId) -> String {
-        format!("{}window:{room}", self.prefix)
+        self.keys.window(room)
     }
 
     /// The channel name of a topic.
     pub fn channel(&self, topic: Topic) -> String {
-        channel_name(&self.prefix, topic)
+        self.keys.channel(topic)
+    }
+
+    /// Whether this broker runs on a Redis Cluster (sharded pub/sub).
+    pub fn clustered(&self) -> bool {
+        self.keys.clustered()
     }
 }
 
-fn builder(config: &Config) -> Builder {
+pub(crate) fn builder(config: &Config) -> Builder {
     let mut builder = Builder::from_config(config.clone());
     builder
         .with_performance_config(|p| p.broadcast_channel_capacity = MESSAGE_BUFFER)
@@ -136,37 +160,44 @@ pub(crate) fn fail_fast(timeout: Duration) -> Options {
     }
 }
 
-/// Runs a script by its hash, loading it first when Redis does not know it
-/// (a restarted or flushed Redis).
+/// Runs a script by its hash, sending the whole script (EVAL, which also
+/// caches it) when Redis does not know it (a restarted or flushed Redis, or
+/// a cluster node that never ran it).
 ///
 /// Sent as a plain command, not with fred's `evalsha`: fred never pipelines
 /// EVALSHA (it waits for each reply before the connection sends anything
 /// else), which would cap a publishing connection at one event per round
-/// trip. Our scripts are loaded on NOSCRIPT and retried, so pipelining
-/// them is safe.
+/// trip. Our scripts are sent whole on NOSCRIPT, so pipelining them is safe.
+///
+/// On a cluster the command goes to the node owning the first key's slot
+/// (every key of a script shares it; see [`crate::keys`]).
 pub(crate) async fn evalsha<C: ClientLike, R: FromValue>(
     client: &C,
     script: &Script,
     keys: Vec<Value>,
     args: Vec<Value>,
 ) -> Result<R, Error> {
-    let command = || {
+    let command = |head: Value| {
         let mut all = Vec::with_capacity(2 + keys.len() + args.len());
-        all.push(Value::from(script.sha1().clone()));
+        all.push(head);
         all.push(Value::from(keys.len() as i64));
         all.extend(keys.iter().cloned());
         all.extend(args.iter().cloned());
         all
     };
-    let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
-    match client.custom::<R, Value>(evalsha.clone(), command()).await {
+    let hash = match keys.first().and_then(|k| k.as_bytes()) {
+        Some(key) => ClusterHash::Custom(fred::util::redis_keyslot(key)),
+        None => ClusterHash::Random,
+    };
+    let evalsha = CustomCommand::new_static("EVALSHA", hash.clone(), false);
+    match client
+        .custom::<R, Value>(evalsha, command(Value::from(script.sha1().clone())))
+        .await
+    {
         Err(e) if e.details().starts_with("NOSCRIPT") => {
             let lua = script.lua().cloned().unwrap_or_default();
-            let load = CustomCommand::new_static("SCRIPT", ClusterHash::FirstKey, false);
-            let _: String = client
-                .custom(load, vec![Value::from("LOAD"), Value::from(lua)])
-                .await?;
-            client.custom(evalsha, command()).await
+            let eval = CustomCommand::new_static("EVAL", hash, false);
+            client.custom(eval, command(Value::from(lua))).await
         }
         other => other,
     }
@@ -176,34 +207,19 @@ pub(crate) fn unavailable(e: Error) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
 
-pub(crate) fn channel_name(prefix: &str, topic: Topic) -> String {
-    match topic {
-        Topic::Room(id) => format!("{prefix}room:{id}"),
-        Topic::User(id) => format!("{prefix}user:{id}"),
-    }
-}
-
-pub(crate) fn parse_channel(prefix: &str, channel: &str) -> Option<Topic> {
-    let rest = channel.strip_prefix(prefix)?;
-    if let Some(id) = rest.strip_prefix("room:") {
-        return id.parse().ok().map(|id| Topic::Room(RoomId(id)));
-    }
-    rest.strip_prefix("user:")?
-        .parse()
-        .ok()
-        .map(|id| Topic::User(UserId(id)))
-}
-
 #[async_trait]
 impl Broker for RedisBroker {
     async fn publish(&self, topic: Topic, payload: Bytes) -> Result<(), BrokerError> {
-        let _: i64 = self
+        let client = self
             .publisher
             .next()
-            .with_options(&fail_fast(PUBLISH_TIMEOUT))
-            .publish(self.channel(topic), payload)
-            .await
-            .map_err(unavailable)?;
+            .with_options(&fail_fast(PUBLISH_TIMEOUT));
+        let _: i64 = if self.keys.clustered() {
+            client.spublish(self.channel(topic), payload).await
+        } else {
+            client.publish(self.channel(topic), payload).await
+        }
+        .map_err(unavailable)?;
         Ok(())
     }
 
@@ -227,6 +243,12 @@ impl Broker for RedisBroker {
                 payload.into(),
                 (self.window.events as i64).into(),
                 (self.window.age.as_millis() as i64).into(),
+                if self.keys.clustered() {
+                    "SPUBLISH"
+                } else {
+                    "PUBLISH"
+                }
+                .into(),
             ],
         )
         .await
@@ -264,6 +286,14 @@ impl Broker for RedisBroker {
     }
 
     async fn subscribe(&self) -> Result<Subscription, BrokerError> {
+        if self.keys.clustered() {
+            return crate::cluster::subscribe(
+                &self.config,
+                self.keys.clone(),
+                self.publisher.clone(),
+            )
+            .await;
+        }
         let client = builder(&self.config)
             .build_subscriber_client()
             .map_err(|e| BrokerError::Config(e.to_string()))?;
@@ -273,13 +303,13 @@ impl Broker for RedisBroker {
         let forwarder = tokio::spawn(forward(
             client.message_rx(),
             client.reconnect_rx(),
-            self.prefix.clone(),
+            self.keys.clone(),
             tx,
         ));
         Ok(Subscription {
             control: Arc::new(RedisControl {
                 client,
-                prefix: self.prefix.clone(),
+                keys: self.keys.clone(),
                 tasks: std::sync::Mutex::new(vec![resubscriber, forwarder]),
             }),
             deliveries,
@@ -316,10 +346,10 @@ impl Broker for RedisBroker {
 
 /// Moves messages from fred's broadcast queue into the node's delivery queue,
 /// and reports reconnections.
-async fn forward(
+pub(crate) async fn forward(
     mut messages: broadcast::Receiver<Message>,
     mut reconnects: broadcast::Receiver<Server>,
-    prefix: Arc<str>,
+    keys: Keys,
     tx: mpsc::Sender<Delivery>,
 ) {
     loop {
@@ -327,7 +357,7 @@ async fn forward(
             biased;
             message = messages.recv() => match message {
                 Ok(message) => {
-                    let Some(topic) = parse_channel(&prefix, &message.channel) else {
+                    let Some(topic) = keys.parse_channel(&message.channel) else {
                         continue;
                     };
                     let payload = match message.value.convert::<Bytes>() {
@@ -360,16 +390,13 @@ async fn forward(
 
 struct RedisControl {
     client: SubscriberClient,
-    prefix: Arc<str>,
+    keys: Keys,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl RedisControl {
     fn channels(&self, topics: &[Topic]) -> Vec<String> {
-        topics
-            .iter()
-            .map(|t| channel_name(&self.prefix, *t))
-            .collect()
+        topics.iter().map(|t| self.keys.channel(*t)).collect()
     }
 }
 
@@ -397,21 +424,5 @@ impl SubscriptionControl for RedisControl {
                 task.abort();
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn channel_names_round_trip() {
-        for topic in [Topic::Room(RoomId(5)), Topic::User(UserId(9))] {
-            let name = channel_name("p:", topic);
-            assert_eq!(parse_channel("p:", &name), Some(topic));
-        }
-        assert_eq!(channel_name("p:", Topic::Room(RoomId(5))), "p:room:5");
-        assert_eq!(parse_channel("other:", "p:room:5"), None);
-        assert_eq!(parse_channel("p:", "p:room:x"), None);
     }
 }

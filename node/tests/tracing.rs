@@ -129,9 +129,9 @@ async fn a_posted_message_is_one_trace_through_every_gateway_that_delivers_it(mo
     }
     // Cluster: what the api publishes on Redis, as another subscriber sees it.
     let tap = match mode {
-        Mode::Cluster => {
+        Mode::Cluster | Mode::RedisCluster => {
             let broker = broker::connect(&shared::config::RedisArgs {
-                redis_url: Some(testkit::redis_url()),
+                redis_url: Some(app.redis_url().to_owned()),
                 redis_prefix: app.redis_prefix.clone(),
                 ..shared::config::RedisArgs::in_process()
             })

@@ -91,9 +91,11 @@ pub struct DatabaseArgs {
 /// The Redis server that carries events between nodes.
 #[derive(Clone, Debug, Args)]
 pub struct RedisArgs {
-    /// `redis://host:6379`. Required by the api and gateways; without it the
-    /// single node uses its in-process broker, which only reaches
-    /// connections in the same process.
+    /// `redis://host:6379`, or `redis-cluster://host:7000?node=host2:7000`
+    /// (seed nodes of a Redis Cluster: sharded pub/sub, hash-tagged keys).
+    /// Required by the api and gateways; without it the single node uses
+    /// its in-process broker, which only reaches connections in the same
+    /// process.
     #[arg(long, env = "PARLEY_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Prefix of the Redis pub/sub channels (`{prefix}room:{id}`,

@@ -5,7 +5,10 @@
 //!   listener, store pool and Redis connections, sharing nothing but a fresh
 //!   PostgreSQL database and a unique Redis key prefix;
 //! - [`Mode::Single`]: one `parley` node (api + gateway on one port) on a
-//!   fresh SQLite file and the in-process broker.
+//!   fresh SQLite file and the in-process broker;
+//! - [`Mode::RedisCluster`]: the cluster shape on a real Redis Cluster
+//!   (three masters, three replicas on loopback; see [`redis_cluster_url`])
+//!   instead of one Redis server.
 //!
 //! Test bodies take the mode as a parameter and [`both_modes!`] runs each
 //! one in both shapes, so there is one copy of every test.
@@ -46,7 +49,63 @@ pub enum Mode {
     Cluster,
     /// One node on SQLite and the in-process broker.
     Single,
+    /// api + gateways on PostgreSQL and a Redis Cluster (sharded pub/sub).
+    RedisCluster,
 }
+
+impl Mode {
+    /// api and gateway nodes apart, sharing Redis (one server or a cluster).
+    pub fn is_cluster(self) -> bool {
+        matches!(self, Mode::Cluster | Mode::RedisCluster)
+    }
+}
+
+/// The Redis Cluster the [`Mode::RedisCluster`] tests use:
+/// `PARLEY_TEST_REDIS_CLUSTER` (a `redis-cluster://` URL) when set, else the
+/// local one `.ci/redis-cluster` runs on ports 7000-7005, which this starts
+/// (once per test process; the script does nothing when it is already up,
+/// and holds a lock so concurrent test processes create it once).
+///
+/// Panics with the reason when the cluster cannot be had: a cluster-mode
+/// test must fail, not pass without one.
+pub async fn redis_cluster_url() -> String {
+    static STARTED: tokio::sync::OnceCell<Result<String, String>> =
+        tokio::sync::OnceCell::const_new();
+    let url = STARTED
+        .get_or_init(|| async {
+            if let Ok(url) = std::env::var("PARLEY_TEST_REDIS_CLUSTER") {
+                return Ok(url);
+            }
+            let script =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/redis-cluster");
+            let output = tokio::process::Command::new(&script)
+                .arg("start")
+                .output()
+                .await
+                .map_err(|e| format!("running {}: {e}", script.display()))?;
+            if !output.status.success() {
+                return Err(format!(
+                    "{} start failed ({}): {}",
+                    script.display(),
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ));
+            }
+            Ok(DEFAULT_REDIS_CLUSTER.to_owned())
+        })
+        .await;
+    match url {
+        Ok(url) => url.clone(),
+        Err(why) => panic!(
+            "the Redis Cluster tests need a Redis Cluster (redis-server and redis-cli in PATH, \
+             ports 7000-7005 free, or PARLEY_TEST_REDIS_CLUSTER set): {why}"
+        ),
+    }
+}
+
+/// The seeds of the cluster `.ci/redis-cluster` starts.
+pub const DEFAULT_REDIS_CLUSTER: &str =
+    "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001&node=127.0.0.1:7002";
 
 /// Where tests find Redis.
 pub fn redis_url() -> String {
@@ -234,7 +293,11 @@ impl TestApp {
             std::env::temp_dir().join(format!("parley-test-{}", uuid::Uuid::new_v4().simple()))
         });
         let redis_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
-        let redis_url = options.redis_url.clone().unwrap_or_else(redis_url);
+        let redis_url = match (&options.redis_url, mode) {
+            (Some(url), _) => url.clone(),
+            (None, Mode::RedisCluster) => redis_cluster_url().await,
+            (None, _) => redis_url(),
+        };
         let keys = KeyPair::generate();
         let jwt = JwtArgs {
             jwt_private_key: None,
@@ -251,7 +314,7 @@ impl TestApp {
         let mut api_urls = Vec::new();
         let mut api_states = Vec::new();
         let mut attachments = options.attachments.clone();
-        if mode == Mode::Cluster && attachments.s3_bucket.is_none() {
+        if mode.is_cluster() && attachments.s3_bucket.is_none() {
             let s3 = s3_server().await;
             attachments.s3_bucket = Some(s3.create_bucket().await.expect("an S3 bucket"));
             attachments.s3_endpoint = Some(s3.endpoint.clone());
@@ -260,7 +323,7 @@ impl TestApp {
             attachments.s3_secret_access_key = Some("parley-test-secret".to_owned().into());
         }
         let (api, gateway_urls, gateways, database) = match mode {
-            Mode::Cluster => {
+            Mode::Cluster | Mode::RedisCluster => {
                 let database = match &options.database_admin_url {
                     Some(admin) => TestDatabase::create_on(admin).await,
                     None => TestDatabase::create().await,
@@ -811,18 +874,32 @@ impl TestApp {
         (leases, holders)
     }
 
+    /// The Redis names of this deployment (hash-tagged on a Redis Cluster).
+    pub fn redis_keys(&self) -> broker::keys::Keys {
+        broker::keys::Keys::new(&self.redis_prefix, self.mode == Mode::RedisCluster)
+    }
+
     pub fn room_channel(&self, room: RoomId) -> String {
-        format!("{}room:{room}", self.redis_prefix)
+        self.redis_keys().channel(broker::Topic::Room(room))
     }
 
     /// How many connections Redis has subscribed to `room`'s channel, i.e.
     /// how many gateway nodes receive its events. None in single-node mode.
+    ///
+    /// On a Redis Cluster: PUBSUB SHARDNUMSUB on the master owning the
+    /// channel's slot (the only node a shard channel is subscribed on).
     pub async fn redis_subscribers(&self, room: RoomId) -> Option<i64> {
         use fred::prelude::*;
-        if self.mode != Mode::Cluster {
-            return None;
-        }
-        let client = self.redis_client().await;
+        let client = match self.mode {
+            Mode::Single => return None,
+            Mode::Cluster => self.redis_client().await,
+            Mode::RedisCluster => {
+                let channel = self.room_channel(room);
+                let owner = redis_cluster_owner(&channel).await;
+                let counts = shard_numsub(&owner, &channel).await;
+                return Some(counts);
+            }
+        };
         let counts: Vec<(String, i64)> = client
             .pubsub_numsub(self.room_channel(room))
             .await
@@ -830,6 +907,88 @@ impl TestApp {
         let _ = client.quit().await;
         Some(counts.first().map(|(_, n)| *n).unwrap_or(0))
     }
+}
+
+/// A client of one Redis server (`host:port`), not following a cluster.
+pub async fn redis_node(address: &str) -> fred::clients::Client {
+    use fred::prelude::*;
+    let client = Client::new(
+        Config::from_url(&format!("redis://{address}")).expect("a node address"),
+        None,
+        None,
+        None,
+    );
+    client.init().await.expect("connecting to a Redis node");
+    client
+}
+
+/// The masters of the Redis Cluster, `host:port`, with the slot ranges each
+/// owns, as CLUSTER SLOTS on the first seed reports them.
+pub async fn redis_cluster_masters() -> Vec<(String, Vec<(u16, u16)>)> {
+    use fred::prelude::*;
+    let url = redis_cluster_url().await;
+    let seed = url
+        .trim_start_matches("redis-cluster://")
+        .split(['?', '/'])
+        .next()
+        .unwrap_or_default()
+        .rsplit('@')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let client = redis_node(&seed).await;
+    let slots: Value = client.cluster_slots().await.expect("CLUSTER SLOTS");
+    let _ = client.quit().await;
+    let mut masters: std::collections::BTreeMap<String, Vec<(u16, u16)>> = Default::default();
+    if let Value::Array(ranges) = slots {
+        for range in ranges {
+            let Value::Array(fields) = range else {
+                continue;
+            };
+            let start = fields[0].as_i64().expect("a start") as u16;
+            let end = fields[1].as_i64().expect("an end") as u16;
+            let Value::Array(master) = &fields[2] else {
+                panic!("CLUSTER SLOTS without a master: {fields:?}")
+            };
+            let address = format!(
+                "{}:{}",
+                master[0].as_string().expect("a host"),
+                master[1].as_i64().expect("a port")
+            );
+            masters.entry(address).or_default().push((start, end));
+        }
+    }
+    masters.into_iter().collect()
+}
+
+/// The master (`host:port`) owning a key's or shard channel's slot.
+pub async fn redis_cluster_owner(name: &str) -> String {
+    let slot = broker::keys::slot(name);
+    redis_cluster_masters()
+        .await
+        .into_iter()
+        .find(|(_, ranges)| ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+        .map(|(address, _)| address)
+        .unwrap_or_else(|| panic!("no master owns slot {slot}"))
+}
+
+/// PUBSUB SHARDNUMSUB of one channel on one node.
+pub async fn shard_numsub(address: &str, channel: &str) -> i64 {
+    use fred::prelude::*;
+    let client = redis_node(address).await;
+    let counts: Vec<Value> = client
+        .custom(
+            fred::types::CustomCommand::new_static(
+                "PUBSUB",
+                fred::types::ClusterHash::Random,
+                false,
+            ),
+            vec!["SHARDNUMSUB".to_owned(), channel.to_owned()],
+        )
+        .await
+        .expect("PUBSUB SHARDNUMSUB");
+    let _ = client.quit().await;
+    counts.get(1).and_then(|n| n.as_i64()).unwrap_or(0)
 }
 
 fn unix_now() -> u64 {

@@ -1,16 +1,17 @@
 //! The login guard in Redis: `attempt.lua`, one round trip per login.
 //! Keys (`{prefix}` is `PARLEY_REDIS_PREFIX`), each expiring by itself:
 //! `{prefix}guard:{key}:n` (attempts in the window), `:s` (lockouts
-//! remembered), `:lock` (present while locked out).
+//! remembered), `:lock` (present while locked out); on a Redis Cluster
+//! `{{prefix}guard:{key}}:n` etc., one slot per budget ([`crate::keys`]).
 
 use super::{GuardPolicy, LoginGuard, Verdict};
 use crate::BrokerError;
+use crate::keys::Keys;
 use crate::redis::{evalsha, fail_fast, unavailable};
 use async_trait::async_trait;
 use fred::clients::Pool;
 use fred::prelude::*;
 use fred::types::scripts::Script;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// A login waits at most this long for Redis before the api falls back to
@@ -19,21 +20,21 @@ const GUARD_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct RedisGuard {
     client: Pool,
-    prefix: Arc<str>,
+    keys: Keys,
     attempt: Script,
 }
 
 impl RedisGuard {
-    pub fn new(client: Pool, prefix: Arc<str>) -> Self {
+    pub fn new(client: Pool, keys: Keys) -> Self {
         Self {
             client,
-            prefix,
+            keys,
             attempt: Script::from_lua(include_str!("attempt.lua")),
         }
     }
 
     fn key(&self, key: &str, part: &str) -> String {
-        format!("{}guard:{key}:{part}", self.prefix)
+        self.keys.guard(key, part)
     }
 }
 

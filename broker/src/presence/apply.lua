@@ -6,21 +6,25 @@
 -- KEYS[2]   the node's entry set
 -- KEYS[2+i] the key op i changes: a user's node set or a room's hash
 -- ARGV[1]   node id
--- ARGV[2]   channel prefix (the broker's)
+-- ARGV[2]   channel prefix (the broker's); empty on a Redis Cluster, where
+--           the events are returned for the caller to publish (a script
+--           may not publish outside its slot)
 -- ARGV[3]   'live': only while the node's lease holds (a node's own changes)
 --           'reap': only once it has expired (another node cleaning up)
 -- ARGV[3+i] op i: '+' or '-', then the entry: 'u:<user>' or 'r:<room>:<user>'
 --
--- Returns the number of events published, -1 if the lease is lost ('live'),
--- -2 if it still holds ('reap').
+-- Returns {n, room, event, room, event, ...}: n the number of events, -1 if
+-- the lease is lost ('live'), -2 if it still holds ('reap'); the rooms and
+-- events only when ARGV[2] is empty.
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '-1')
 local live = lease >= now_ms
-if ARGV[3] == 'live' and not live then return -1 end
-if ARGV[3] == 'reap' and live then return -2 end
+if ARGV[3] == 'live' and not live then return {-1} end
+if ARGV[3] == 'reap' and live then return {-2} end
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local events = 0
+local returned = {0}
 for i = 4, #ARGV do
   local op = ARGV[i]
   local key = KEYS[i - 1]
@@ -54,13 +58,19 @@ for i = 4, #ARGV do
           else
             redis.call('HSET', key, 'v', vs)
           end
-          redis.call('PUBLISH', ARGV[2] .. 'room:' .. room,
-            '{"type":"presence","room_id":' .. room .. ',"user_id":' .. user ..
-            ',"online":' .. (add and 'true' or 'false') .. ',"version":' .. vs .. '}')
+          local event = '{"type":"presence","room_id":' .. room .. ',"user_id":' .. user ..
+            ',"online":' .. (add and 'true' or 'false') .. ',"version":' .. vs .. '}'
+          if ARGV[2] == '' then
+            returned[#returned + 1] = room
+            returned[#returned + 1] = event
+          else
+            redis.call('PUBLISH', ARGV[2] .. 'room:' .. room, event)
+          end
           events = events + 1
         end
       end
     end
   end
 end
-return events
+returned[1] = events
+return returned

@@ -3,14 +3,14 @@
 //! key layout is in docs/operations.md ("Presence in Redis").
 
 use super::{Change, Entry, Lease, Presence, PresenceError, RoomPresence};
-use crate::BrokerError;
+use crate::keys::Keys;
 use crate::redis::{evalsha, fail_fast, unavailable};
+use crate::{BrokerError, Topic};
 use async_trait::async_trait;
 use fred::clients::Pool;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use shared::{RoomId, UserId};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a presence command may take. Presence is off the message
@@ -30,17 +30,17 @@ const EXPIRED_PER_HEARTBEAT: usize = 16;
 
 pub struct RedisPresence {
     pool: Pool,
-    prefix: Arc<str>,
+    keys: Keys,
     apply: Script,
     lease: Script,
     forget: Script,
 }
 
 impl RedisPresence {
-    pub(crate) fn new(pool: Pool, prefix: Arc<str>) -> Self {
+    pub(crate) fn new(pool: Pool, keys: Keys) -> Self {
         Self {
             pool,
-            prefix,
+            keys,
             apply: Script::from_lua(include_str!("apply.lua")),
             lease: Script::from_lua(include_str!("lease.lua")),
             forget: Script::from_lua(include_str!("forget.lua")),
@@ -48,23 +48,23 @@ impl RedisPresence {
     }
 
     fn nodes_key(&self) -> String {
-        format!("{}presence:nodes", self.prefix)
+        self.keys.presence("nodes")
     }
 
     fn node_key(&self, node: &str) -> String {
-        format!("{}presence:node:{node}", self.prefix)
+        self.keys.presence(&format!("node:{node}"))
     }
 
     fn lock_key(&self, node: &str) -> String {
-        format!("{}presence:reap:{node}", self.prefix)
+        self.keys.presence(&format!("reap:{node}"))
     }
 
     fn user_key(&self, user: UserId) -> String {
-        format!("{}presence:user:{user}", self.prefix)
+        self.keys.presence(&format!("user:{user}"))
     }
 
     fn room_key(&self, room: RoomId) -> String {
-        format!("{}presence:room:{room}", self.prefix)
+        self.keys.presence(&format!("room:{room}"))
     }
 
     /// The key an entry's change updates.
@@ -94,7 +94,10 @@ impl RedisPresence {
         .map_err(unavailable)
     }
 
-    /// Runs apply.lua for `node` in `mode` ("live" or "reap").
+    /// Runs apply.lua for `node` in `mode` ("live" or "reap"). On a cluster
+    /// the script returns its events instead of publishing them (a script
+    /// may only publish in its own slot, and a room's channel is in the
+    /// room's): they are published here, after it, in order.
     async fn run_apply(
         &self,
         node: &str,
@@ -106,7 +109,7 @@ impl RedisPresence {
         keys.push(self.node_key(node));
         let mut args = Vec::with_capacity(changes.len() + 3);
         args.push(node.to_owned());
-        args.push(self.prefix.to_string());
+        args.push(self.keys.presence_channel_prefix().to_owned());
         args.push(mode.to_owned());
         for change in changes {
             let (sign, entry) = match change {
@@ -116,7 +119,22 @@ impl RedisPresence {
             keys.push(self.entry_key(entry));
             args.push(format!("{sign}{}", entry_name(entry)));
         }
-        self.eval(&self.apply, keys, args).await
+        let answer: Vec<Value> = self.eval(&self.apply, keys, args).await?;
+        let mut answer = answer.into_iter();
+        let code = answer.next().and_then(|v| v.as_i64()).unwrap_or(0);
+        while let (Some(room), Some(event)) = (answer.next(), answer.next()) {
+            let Some(room) = room.as_str().and_then(|r| r.parse::<i64>().ok()) else {
+                continue;
+            };
+            let _: i64 = self
+                .pool
+                .next()
+                .with_options(&fail_fast(TIMEOUT))
+                .spublish(self.keys.channel(Topic::Room(RoomId(room))), event)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(code)
     }
 
     async fn run_lease(

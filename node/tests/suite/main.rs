@@ -24,6 +24,7 @@ mod profiles;
 mod protocol_edges;
 mod realtime;
 mod receipts;
+mod redis_cluster;
 mod refresh;
 mod resume;
 mod room_management;

@@ -96,7 +96,9 @@ async fn joined(app: &TestApp, gateway: usize, user: &TestUser, room: RoomId) ->
     ws
 }
 
-async fn presence_changes_only_with_the_first_connection_in_and_the_last_out(mode: Mode) {
+pub(crate) async fn presence_changes_only_with_the_first_connection_in_and_the_last_out(
+    mode: Mode,
+) {
     let app = spawn(mode, Duration::from_millis(300)).await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     let room = group(&app, &alice, &[&bob]).await;
@@ -249,7 +251,7 @@ async fn online_of(app: &TestApp, caller: &TestUser, users: &[UserId]) -> Vec<(U
         .collect()
 }
 
-async fn presence_is_answered_to_those_who_share_a_room_only(mode: Mode) {
+pub(crate) async fn presence_is_answered_to_those_who_share_a_room_only(mode: Mode) {
     let app = spawn(mode, LONG_GRACE).await;
     let (alice, bob, carol) = (
         app.user("alice").await,

@@ -49,7 +49,7 @@ async fn read_messages(client: &mut WsClient, n: usize) -> Vec<(i64, String)> {
     messages(&frames)
 }
 
-async fn a_message_reaches_every_member_once_in_order_and_nobody_else(mode: Mode) {
+pub(crate) async fn a_message_reaches_every_member_once_in_order_and_nobody_else(mode: Mode) {
     let app = TestApp::spawn(mode).await;
     let (alice, bob, carol, dave) = (
         app.user("alice").await,
@@ -113,7 +113,7 @@ async fn a_message_reaches_every_member_once_in_order_and_nobody_else(mode: Mode
             "the outsider received nothing"
         );
     }
-    if mode == Mode::Cluster {
+    if mode.is_cluster() {
         assert_eq!(
             app.redis_subscribers(room).await,
             Some(3),
@@ -123,7 +123,7 @@ async fn a_message_reaches_every_member_once_in_order_and_nobody_else(mode: Mode
     app.stop().await;
 }
 
-async fn concurrent_posts_are_delivered_in_sequence_order(mode: Mode) {
+pub(crate) async fn concurrent_posts_are_delivered_in_sequence_order(mode: Mode) {
     let app = TestApp::spawn(mode).await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     let room = app.create_room(&alice, "busy").await;
@@ -156,7 +156,7 @@ async fn concurrent_posts_are_delivered_in_sequence_order(mode: Mode) {
     app.stop().await;
 }
 
-async fn a_node_is_subscribed_to_a_room_only_while_it_has_local_members(mode: Mode) {
+pub(crate) async fn a_node_is_subscribed_to_a_room_only_while_it_has_local_members(mode: Mode) {
     let app = TestApp::spawn(mode).await;
     let alice = app.user("alice").await;
     let room = app.create_room(&alice, "quiet").await;
@@ -178,7 +178,7 @@ async fn a_node_is_subscribed_to_a_room_only_while_it_has_local_members(mode: Mo
         );
         assert_eq!(app.gateway(i).local_rooms().await, vec![]);
     }
-    if mode == Mode::Cluster {
+    if mode.is_cluster() {
         assert_eq!(app.redis_subscribers(room).await, Some(1));
     }
 
@@ -201,7 +201,7 @@ async fn a_node_is_subscribed_to_a_room_only_while_it_has_local_members(mode: Mo
         })
         .await
     );
-    if mode == Mode::Cluster {
+    if mode.is_cluster() {
         assert_eq!(
             app.redis_subscribers(room).await,
             Some(0),

@@ -49,7 +49,7 @@ const COMPLETE: Option<ResumeOutcome> = Some(ResumeOutcome {
     history_from_seq: None,
 });
 
-async fn clients_that_drop_and_resume_get_every_event_once_in_order(mode: Mode) {
+pub(crate) async fn clients_that_drop_and_resume_get_every_event_once_in_order(mode: Mode) {
     let app = Arc::new(TestApp::spawn(mode).await);
     let poster = app.user("poster").await;
     let room = app.create_room(&poster, "busy").await;
@@ -205,7 +205,7 @@ async fn since_seq_outside_the_room_is_refused(mode: Mode) {
     ));
 }
 
-async fn resumes_are_served_from_the_window(mode: Mode) {
+pub(crate) async fn resumes_are_served_from_the_window(mode: Mode) {
     let app = TestApp::spawn(mode).await;
     let alice = app.user("alice").await;
     let room = app.create_room(&alice, "w").await;

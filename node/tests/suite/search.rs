@@ -687,7 +687,7 @@ async fn searches_are_served_by_the_full_text_index(mode: Mode) {
             .expect("a plan")
             .join("\n");
         match mode {
-            Mode::Cluster => {
+            Mode::Cluster | Mode::RedisCluster => {
                 assert!(!plan.contains("Seq Scan"), "no scan of a table:\n{plan}");
                 if room.is_none() {
                     assert!(

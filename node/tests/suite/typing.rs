@@ -69,7 +69,7 @@ fn is_typing_stop(user: &TestUser) -> impl Fn(&ServerFrame) -> bool + '_ {
     move |f| matches!(f, ServerFrame::Typing { user_id, active: false, .. } if *user_id == user.id)
 }
 
-async fn a_typing_flood_forwards_one_event_per_interval_and_stores_nothing(mode: Mode) {
+pub(crate) async fn a_typing_flood_forwards_one_event_per_interval_and_stores_nothing(mode: Mode) {
     let app = spawn(mode).await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     let room = app.create_room(&alice, "general").await;
@@ -128,7 +128,7 @@ async fn a_typing_flood_forwards_one_event_per_interval_and_stores_nothing(mode:
     app.stop().await;
 }
 
-async fn a_message_ends_its_senders_typing_for_the_others(mode: Mode) {
+pub(crate) async fn a_message_ends_its_senders_typing_for_the_others(mode: Mode) {
     let app = spawn(mode).await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     let room = app.create_room(&alice, "general").await;
