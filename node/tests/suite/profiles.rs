@@ -236,7 +236,7 @@ async fn an_avatar_is_served_to_co_members_reencoded_as_a_small_square_from_the_
     assert_eq!(
         engine,
         match mode {
-            Mode::Cluster => api::attachments::storage::Engine::S3,
+            Mode::Cluster | Mode::RedisCluster => api::attachments::storage::Engine::S3,
             Mode::Single => api::attachments::storage::Engine::Disk,
         }
     );
