@@ -53,6 +53,13 @@ impl FromSecret for Totp {
 /// Enrols `user` and confirms with the current code; the secret and the
 /// recovery codes.
 pub(crate) async fn enable(app: &TestApp, user: &TestUser) -> (String, Vec<String>) {
+    let (secret, codes, _) = enable_with(app, user).await;
+    (secret, codes)
+}
+
+/// Like [`enable`], also answering the code the confirmation spent (a
+/// 30 s step may end right after it, so "now" is not that step).
+async fn enable_with(app: &TestApp, user: &TestUser) -> (String, Vec<String>, String) {
     let (status, enrolment) = app
         .post(
             "/v1/auth/totp/enrol",
@@ -62,11 +69,12 @@ pub(crate) async fn enable(app: &TestApp, user: &TestUser) -> (String, Vec<Strin
         .await;
     assert_eq!(status, StatusCode::OK, "{enrolment}");
     let secret = enrolment["secret"].as_str().expect("secret").to_owned();
+    let confirmation = app_code(&secret, 0);
     let (status, body) = app
         .post(
             "/v1/auth/totp/confirm",
             Some(&user.token),
-            json!({"code": app_code(&secret, 0)}),
+            json!({"code": confirmation}),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -76,7 +84,7 @@ pub(crate) async fn enable(app: &TestApp, user: &TestUser) -> (String, Vec<Strin
         .iter()
         .map(|c| c.as_str().expect("a code").to_owned())
         .collect();
-    (secret, codes)
+    (secret, codes, confirmation)
 }
 
 /// A login with the password: its status and body.
@@ -219,8 +227,8 @@ async fn enrolment_needs_the_password_and_a_confirming_code(mode: Mode) {
 async fn a_two_factor_login_answers_a_challenge_and_tokens_only_for_a_right_code(mode: Mode) {
     let app = TestApp::spawn(mode).await;
     let alice = app.user("alice").await;
-    // The confirmation spent the current step.
-    let (secret, _) = enable(&app, &alice).await;
+    // The confirmation spent its step.
+    let (secret, _, confirmation) = enable_with(&app, &alice).await;
     let challenge = challenge(&app, &alice).await;
 
     let (status, body) = answer(&app, &challenge, "12345").await;
@@ -228,7 +236,7 @@ async fn a_two_factor_login_answers_a_challenge_and_tokens_only_for_a_right_code
         (status, code(&body)),
         (StatusCode::UNAUTHORIZED, Some("invalid_two_factor_code"))
     );
-    let (status, body) = answer(&app, &challenge, &app_code(&secret, 0)).await;
+    let (status, body) = answer(&app, &challenge, &confirmation).await;
     assert_eq!(
         (status, code(&body)),
         (StatusCode::UNAUTHORIZED, Some("invalid_two_factor_code")),
