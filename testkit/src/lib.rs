@@ -747,6 +747,31 @@ impl TestApp {
         self.login(name, &password).await
     }
 
+    /// Asserts that `user`'s session is over: the access token answers
+    /// `401 session_revoked` and the refresh token is refused.
+    pub async fn assert_session_ended(&self, user: &TestUser) {
+        let (status, body) = self.get("/v1/users/me", Some(&user.token)).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("session_revoked")),
+            "{}'s access token",
+            user.username
+        );
+        let (status, _) = self
+            .post(
+                "/v1/auth/refresh",
+                None,
+                json!({"refresh_token": user.refresh_token}),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{}'s refresh token",
+            user.username
+        );
+    }
+
     pub async fn login(&self, login: &str, password: &str) -> TestUser {
         let (status, body) = self
             .post(

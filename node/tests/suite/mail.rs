@@ -447,19 +447,7 @@ async fn a_password_reset_revokes_every_session_and_closes_its_sockets(mode: Mod
     assert_eq!(alice_socket.closed().await, Some(close::SESSION_REVOKED));
     assert_eq!(phone_socket.closed().await, Some(close::SESSION_REVOKED));
     for user in [&alice, &phone] {
-        let (status, body) = app.get("/v1/users/me", Some(&user.token)).await;
-        assert_eq!(
-            (status, code(&body)),
-            (StatusCode::UNAUTHORIZED, Some("session_revoked"))
-        );
-        let (status, _) = app
-            .post(
-                "/v1/auth/refresh",
-                None,
-                json!({"refresh_token": user.refresh_token}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        app.assert_session_ended(user).await;
     }
     bob_socket.until_pong().await;
     let (status, _) = app.get("/v1/users/me", Some(&bob.token)).await;
