@@ -1,6 +1,7 @@
 //! What admins do to accounts (roles, suspension, the user list) and what
 //! an owner's deletion of their account removes.
 
+use crate::sessions::revoke_sessions_of;
 use crate::users::account_role;
 use crate::{Result, Store, StoreError};
 use shared::model::{AccountRole, Role, RoomKind, time_from_millis};
@@ -94,16 +95,6 @@ fn like_prefix(prefix: &str) -> String {
     }
     pattern.push('%');
     pattern
-}
-
-fn session_ids(rows: &[AnyRow]) -> Result<Vec<SessionId>> {
-    rows.iter()
-        .map(|row| {
-            let id: String = row.try_get("id")?;
-            id.parse()
-                .map_err(|_| StoreError::Corrupt(format!("session id {id:?}")))
-        })
-        .collect()
 }
 
 impl Store {
@@ -228,19 +219,12 @@ impl Store {
         if updated.rows_affected() != 1 {
             return Ok(None);
         }
-        let rows = sqlx::query(
-            "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
-        )
-        .bind(user.0)
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
+        let revoked = revoke_sessions_of(&mut tx, user, None, now).await?;
         // A half-finished two-factor login must not finish into a session.
         sqlx::query("DELETE FROM login_challenges WHERE user_id = $1")
             .bind(user.0)
             .execute(&mut *tx)
             .await?;
-        let revoked = session_ids(&rows)?;
         tx.commit().await?;
         Ok(Some(revoked))
     }
@@ -305,13 +289,7 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let sessions = sqlx::query(
-            "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
-        )
-        .bind(user.0)
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
+        let revoked_sessions = revoke_sessions_of(&mut tx, user, None, now).await?;
         let invited = sqlx::query("SELECT room_id FROM room_invitations WHERE user_id = $1")
             .bind(user.0)
             .fetch_all(&mut *tx)
@@ -337,7 +315,6 @@ impl Store {
             .bind(&email)
             .execute(&mut *tx)
             .await?;
-        let revoked_sessions = session_ids(&sessions)?;
         let invitations_dropped = invited
             .iter()
             .map(|r| r.try_get("room_id").map(RoomId))
@@ -371,14 +348,7 @@ impl Store {
         if updated.rows_affected() != 1 {
             return Ok(None);
         }
-        let rows = sqlx::query(
-            "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND id <> $3 AND revoked_at IS NULL RETURNING id",
-        )
-        .bind(user.0)
-        .bind(now)
-        .bind(keep.to_string())
-        .fetch_all(&mut *tx)
-        .await?;
+        let revoked = revoke_sessions_of(&mut tx, user, Some(keep), now).await?;
         // A reset link mailed before the change must not undo it.
         sqlx::query(
             "UPDATE account_tokens SET used_at = $2 WHERE user_id = $1 AND purpose = 'reset_password' AND used_at IS NULL",
@@ -387,7 +357,6 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let revoked = session_ids(&rows)?;
         tx.commit().await?;
         Ok(Some(revoked))
     }

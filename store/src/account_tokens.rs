@@ -8,7 +8,7 @@
 //! their row until a day past expiry: the per-account mail limits count
 //! them.
 
-use crate::{Result, Store, StoreError};
+use crate::{Result, Store};
 use shared::model::User;
 use shared::{SessionId, UserId};
 use sqlx::Row;
@@ -158,21 +158,8 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let rows = sqlx::query(
-            "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
-        )
-        .bind(user_id.0)
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
-        let revoked_sessions = rows
-            .iter()
-            .map(|row| {
-                let id: String = row.try_get("id")?;
-                id.parse()
-                    .map_err(|_| StoreError::Corrupt(format!("session id {id:?}")))
-            })
-            .collect::<Result<Vec<SessionId>>>()?;
+        let revoked_sessions =
+            crate::sessions::revoke_sessions_of(&mut tx, user_id, None, now).await?;
         tx.commit().await?;
         Ok(Some(PasswordReset {
             user_id,

@@ -179,3 +179,30 @@ impl Store {
             .collect()
     }
 }
+
+/// Revokes every live session of `user` but `keep`, inside the caller's
+/// transaction; the ids revoked (their sockets are the caller's to close).
+pub(crate) async fn revoke_sessions_of(
+    conn: &mut sqlx::AnyConnection,
+    user: UserId,
+    keep: Option<SessionId>,
+    now: i64,
+) -> Result<Vec<SessionId>> {
+    // '' is no session id, so "keep none" needs no second statement.
+    let keep = keep.map(|k| k.to_string()).unwrap_or_default();
+    let rows = sqlx::query(
+        "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND id <> $3 AND revoked_at IS NULL RETURNING id",
+    )
+    .bind(user.0)
+    .bind(now)
+    .bind(keep)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get("id")?;
+            id.parse()
+                .map_err(|_| crate::StoreError::Corrupt(format!("session id {id:?}")))
+        })
+        .collect()
+}
