@@ -8,6 +8,7 @@
 //! their row until a day past expiry: the per-account mail limits count
 //! them.
 
+use crate::error::unique_violation;
 use crate::{Result, Store};
 use shared::model::User;
 use shared::{SessionId, UserId};
@@ -37,6 +38,18 @@ pub struct NewAccountToken<'a> {
     pub email: &'a str,
     pub created_at: i64,
     pub expires_at: i64,
+}
+
+/// What using a verification token did.
+#[derive(Debug)]
+pub enum EmailVerification {
+    /// The address is verified (or was already).
+    Verified(User),
+    /// Unknown, used, expired, of another purpose, or for an address the
+    /// account no longer has.
+    Invalid,
+    /// Another account verified the address after this mail left.
+    AddressTaken,
 }
 
 /// A password reset that took effect.
@@ -91,13 +104,15 @@ impl Store {
 
     /// Uses a verification token: the account's address is verified if
     /// the token is unused, unexpired, and was mailed to the address the
-    /// account still has. None otherwise (nothing changes).
+    /// account still has, and no other account verified the address since
+    /// the mail left (addresses are unique among verified accounts). Nothing
+    /// changes otherwise.
     #[tracing::instrument(skip_all)]
-    pub async fn verify_email(&self, token_hash: &str, now: i64) -> Result<Option<User>> {
+    pub async fn verify_email(&self, token_hash: &str, now: i64) -> Result<EmailVerification> {
         let mut tx = self.begin_write().await?;
         let Some(token) = use_token(&mut tx, token_hash, TokenPurpose::VerifyEmail, now).await?
         else {
-            return Ok(None);
+            return Ok(EmailVerification::Invalid);
         };
         let row = sqlx::query(
             "UPDATE users SET email_verified_at = COALESCE(email_verified_at, $3) \
@@ -108,15 +123,20 @@ impl Store {
         .bind(token.1.as_str())
         .bind(now)
         .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        .await;
+        let row = match row {
+            Ok(Some(row)) => row,
             // The address changed since the mail: the token proves nothing
             // about the current one (and the rollback leaves it unused).
-            return Ok(None);
+            Ok(None) => return Ok(EmailVerification::Invalid),
+            Err(e) if unique_violation(&e) == Some("users_verified_email_key") => {
+                return Ok(EmailVerification::AddressTaken);
+            }
+            Err(e) => return Err(e.into()),
         };
         let user = crate::users::user_from_row(&row)?;
         tx.commit().await?;
-        Ok(Some(user))
+        Ok(EmailVerification::Verified(user))
     }
 
     /// Uses a reset token: sets the password hash, spends every other
@@ -138,8 +158,9 @@ impl Store {
         };
         let updated = sqlx::query(
             "UPDATE users SET password_hash = $2, \
-             email_verified_at = COALESCE(email_verified_at, CASE WHEN email = $3 THEN $4 END) \
-             WHERE id = $1",
+             email_verified_at = COALESCE(email_verified_at, CASE WHEN email = $3 AND NOT EXISTS \
+             (SELECT 1 FROM users o WHERE o.email = $3 AND o.email_verified_at IS NOT NULL AND o.id <> $1) \
+             THEN $4 END) WHERE id = $1",
         )
         .bind(user_id.0)
         .bind(password_hash)

@@ -95,7 +95,7 @@ impl StoreError {
 pub(crate) fn unique_violation(e: &sqlx::Error) -> Option<&'static str> {
     const CONSTRAINTS: &[(&str, &str)] = &[
         ("users_username_key", "users.username"),
-        ("users_email_key", "users.email"),
+        ("users_verified_email_key", "users.email"),
         ("rooms_direct_key_key", "rooms.direct_key"),
         ("room_members_pkey", "room_members.room_id"),
         (

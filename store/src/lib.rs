@@ -44,7 +44,7 @@ pub use account_admin::{
     AccountState, AdminUserFilter, DELETED_USERNAME_PREFIX, DeletedAccount, MembershipOf,
     deleted_username,
 };
-pub use account_tokens::{NewAccountToken, PasswordReset, TokenPurpose};
+pub use account_tokens::{EmailVerification, NewAccountToken, PasswordReset, TokenPurpose};
 pub use api_keys::{
     ApiKeyRecord, CreateApiKeyError, CustomOutcome, IDEMPOTENCY_TTL_MS, Idempotency, NewApiKey,
     NewCustomEvent,

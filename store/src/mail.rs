@@ -15,6 +15,7 @@
 //! verification or reset token when it sends. A sent job is deleted.
 
 use crate::{Backend, Result, Store};
+use shared::UserId;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -24,6 +25,10 @@ pub struct NewMailJob<'a> {
     /// What to send (`verify_email`, `password_reset`, `email_changed`).
     pub kind: &'a str,
     pub recipient: &'a str,
+    /// The account the mail is about, where one is (a verification: several
+    /// accounts may hold the same unverified address). A reset request
+    /// names only an address.
+    pub user_id: Option<UserId>,
     /// What the mail needs, a JSON object (no secrets).
     pub payload: String,
 }
@@ -34,6 +39,8 @@ pub struct MailJob {
     pub id: i64,
     pub kind: String,
     pub recipient: String,
+    /// See [`NewMailJob::user_id`].
+    pub user_id: Option<UserId>,
     pub payload: String,
     /// `pending` or `parked`.
     pub state: String,
@@ -61,14 +68,14 @@ pub enum RetryAt {
     Park,
 }
 
-const JOB_COLUMNS: &str =
-    "id, kind, recipient, payload, state, attempts, run_after, last_error, created_at, updated_at";
+const JOB_COLUMNS: &str = "id, kind, recipient, user_id, payload, state, attempts, run_after, last_error, created_at, updated_at";
 
 fn job_from_row(row: &AnyRow) -> Result<MailJob> {
     Ok(MailJob {
         id: row.try_get("id")?,
         kind: row.try_get("kind")?,
         recipient: row.try_get("recipient")?,
+        user_id: row.try_get::<Option<i64>, _>("user_id")?.map(UserId),
         payload: row.try_get("payload")?,
         state: row.try_get("state")?,
         attempts: row.try_get("attempts")?,
@@ -86,13 +93,14 @@ pub(crate) async fn insert_mail_job(
     now: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO mail_jobs (kind, recipient, payload, state, attempts, run_after, created_at, updated_at) \
-         VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4)",
+        "INSERT INTO mail_jobs (kind, recipient, payload, state, attempts, run_after, created_at, updated_at, user_id) \
+         VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4, $5)",
     )
     .bind(job.kind)
     .bind(job.recipient)
     .bind(job.payload.as_str())
     .bind(now)
+    .bind(job.user_id.map(|u| u.0))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -190,16 +198,25 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Jobs of `kind` to `recipient` not yet sent (pending, not parked).
+    /// Jobs of `kind` for the account at `recipient` not yet sent (pending,
+    /// not parked). A job queued before jobs named their account counts
+    /// by its address.
     #[tracing::instrument(skip(self, recipient))]
-    pub async fn pending_mail_jobs(&self, kind: &str, recipient: &str) -> Result<i64> {
+    pub async fn pending_mail_jobs(
+        &self,
+        kind: &str,
+        user: UserId,
+        recipient: &str,
+    ) -> Result<i64> {
         let pool = &self.pool;
         let row = self
             .read(|| {
                 sqlx::query(
-                    "SELECT COUNT(*) AS n FROM mail_jobs WHERE kind = $1 AND recipient = $2 AND state = 'pending'",
+                    "SELECT COUNT(*) AS n FROM mail_jobs WHERE kind = $1 AND state = 'pending' \
+                     AND (user_id = $2 OR (user_id IS NULL AND recipient = $3))",
                 )
                 .bind(kind)
+                .bind(user.0)
                 .bind(recipient)
                 .fetch_one(pool)
             })

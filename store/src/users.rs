@@ -33,8 +33,6 @@ pub struct UserCredentials {
 pub enum CreateUserError {
     #[error("username taken")]
     UsernameTaken,
-    #[error("email taken")]
-    EmailTaken,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -61,8 +59,6 @@ pub(crate) fn account_role(row: &AnyRow) -> Result<AccountRole> {
 /// Why an address could not be changed.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeEmailError {
-    #[error("email taken")]
-    EmailTaken,
     #[error("no such user")]
     NoUser,
     #[error(transparent)]
@@ -81,8 +77,12 @@ pub struct EmailChange<'a> {
 }
 
 impl Store {
-    /// Inserts an account; a taken username or email is its own error, read
-    /// from the unique constraint rather than checked beforehand (which would race).
+    /// Inserts an account; a taken username is its own error, read from the
+    /// unique constraint rather than checked beforehand (which would race).
+    /// An address is never "taken" here: it is unique among verified
+    /// accounts only, and a new account's is unverified (docs/api.md,
+    /// "Email addresses and enumeration"). The verification job, if any, is
+    /// queued for the new account.
     #[tracing::instrument(skip_all, fields(username = new.username))]
     pub async fn create_user(&self, new: NewUser<'_>) -> Result<User, CreateUserError> {
         let mut tx = self.begin_write().await.map_err(StoreError::from)?;
@@ -109,14 +109,19 @@ impl Store {
         .await;
         match inserted {
             Ok(row) => {
+                let id = UserId(row.try_get("id").map_err(StoreError::from)?);
                 if let Some(job) = &new.mail {
-                    insert_mail_job(&mut tx, job, new.created_at)
+                    let job = NewMailJob {
+                        user_id: Some(id),
+                        ..job.clone()
+                    };
+                    insert_mail_job(&mut tx, &job, new.created_at)
                         .await
                         .map_err(StoreError::from)?;
                 }
                 tx.commit().await.map_err(StoreError::from)?;
                 Ok(User {
-                    id: UserId(row.try_get("id").map_err(StoreError::from)?),
+                    id,
                     username: new.username.to_owned(),
                     email: new.email.to_owned(),
                     email_verified: false,
@@ -129,14 +134,6 @@ impl Store {
                 drop(tx);
                 Err(match unique_violation(&e) {
                     Some("users_username_key") => CreateUserError::UsernameTaken,
-                    // When both are taken the database names whichever index
-                    // it checked first (the email's, on both engines). The
-                    // username is what a person picked and sees, so it is the
-                    // one reported: look it up now that the insert has failed.
-                    Some("users_email_key") => match self.user_by_username(new.username).await? {
-                        Some(_) => CreateUserError::UsernameTaken,
-                        None => CreateUserError::EmailTaken,
-                    },
                     _ => CreateUserError::Store(e.into()),
                 })
             }
@@ -145,7 +142,8 @@ impl Store {
 
     /// Gives an account a new, unverified address and queues the mails
     /// (the verification to the new address, the notice to the old) in the
-    /// same transaction. A taken address is read from the unique constraint.
+    /// same transaction. Another account's address is accepted, unverified,
+    /// as at signup (see [`Store::create_user`]).
     #[tracing::instrument(skip_all, fields(user_id = %change.user_id))]
     pub async fn change_email(&self, change: EmailChange<'_>) -> Result<User, ChangeEmailError> {
         let mut tx = self.begin_write().await.map_err(StoreError::from)?;
@@ -159,12 +157,7 @@ impl Store {
         let row = match updated {
             Ok(Some(row)) => row,
             Ok(None) => return Err(ChangeEmailError::NoUser),
-            Err(e) => {
-                return Err(match unique_violation(&e) {
-                    Some("users_email_key") => ChangeEmailError::EmailTaken,
-                    _ => ChangeEmailError::Store(e.into()),
-                });
-            }
+            Err(e) => return Err(ChangeEmailError::Store(e.into())),
         };
         let user = user_from_row(&row)?;
         insert_mail_job(&mut tx, &change.verification, change.now)
@@ -179,15 +172,39 @@ impl Store {
         Ok(user)
     }
 
-    /// The account whose address is `email` (stored lowercase), if any.
+    /// The account an address (stored lowercase) reaches: the one that
+    /// verified it, else the newest that holds it unverified, if any.
     #[tracing::instrument(skip_all)]
     pub async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
         let pool = &self.pool;
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1");
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE email = $1 \
+             ORDER BY CASE WHEN email_verified_at IS NULL THEN 1 ELSE 0 END, id DESC LIMIT 1"
+        );
         let row = self
             .read(|| {
                 sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                     .bind(email)
+                    .fetch_optional(pool)
+            })
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    /// The account other than `except` that verified `email`, if any: the
+    /// address's owner, whom a verification mail for `except` must not
+    /// reach with a link.
+    #[tracing::instrument(skip_all)]
+    pub async fn verified_owner(&self, email: &str, except: UserId) -> Result<Option<User>> {
+        let pool = &self.pool;
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE email = $1 AND email_verified_at IS NOT NULL AND id <> $2"
+        );
+        let row = self
+            .read(|| {
+                sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(email)
+                    .bind(except.0)
                     .fetch_optional(pool)
             })
             .await?;
@@ -227,12 +244,16 @@ impl Store {
         row.map(|row| Ok(row.try_get("password_hash")?)).transpose()
     }
 
-    /// The account whose username or email is `login` (both stored lowercase).
+    /// The account whose username or *verified* email is `login` (both
+    /// stored lowercase). An unverified address logs nobody in: several
+    /// accounts may hold it, and a login that worked with it would tell
+    /// whether someone else had verified it.
     #[tracing::instrument(skip_all)]
     pub async fn user_credentials(&self, login: &str) -> Result<Option<UserCredentials>> {
         let pool = &self.pool;
         let sql = format!(
-            "SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = $1 OR email = $1"
+            "SELECT {USER_COLUMNS}, password_hash FROM users \
+             WHERE username = $1 OR (email = $1 AND email_verified_at IS NOT NULL)"
         );
         let row = self
             .read(|| {

@@ -747,6 +747,35 @@ impl TestApp {
         self.login(name, &password).await
     }
 
+    /// Verifies `user`'s address (`<username>@example.com`) the way its
+    /// owner would: follows the link in the verification mail the file
+    /// mailer (the default here) wrote into the data directory. Logging in
+    /// by address needs a verified one.
+    pub async fn verify_email(&self, user: &TestUser) {
+        let to = format!("{}@example.com", user.username);
+        let dir = self.data_dir.join("mail");
+        let link = "/v1/auth/verify-email?token=";
+        // Polled as `eventually` does: the mail leaves through the queue.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let token = loop {
+            let mail = newest_mail_with(&dir, &format!("To: {to}"), link);
+            if let Some(token) = mail.and_then(|mail| query_value(&mail, "token")) {
+                break token;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no verification mail to {to} in {}",
+                dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let (status, body) = self
+            .get(&format!("/v1/auth/verify-email?token={token}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "verifying {to}: {body}");
+        assert_eq!(body["email_verified"], true, "{body}");
+    }
+
     /// Asserts that `user`'s session is over: the access token answers
     /// `401 session_revoked` and the refresh token is refused.
     pub async fn assert_session_ended(&self, user: &TestUser) {
@@ -1021,6 +1050,22 @@ fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after 1970")
         .as_secs()
+}
+
+/// The newest `.eml` file in `dir` holding both `header` and `needle`.
+fn newest_mail_with(dir: &std::path::Path, header: &str, needle: &str) -> Option<String> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "eml"))
+        .collect();
+    // Named `<millis>-<uuid>.eml`: the name sorts by time.
+    names.sort();
+    names.iter().rev().find_map(|path| {
+        let mail = std::fs::read_to_string(path).ok()?;
+        (mail.lines().any(|line| line.eq_ignore_ascii_case(header)) && mail.contains(needle))
+            .then_some(mail)
+    })
 }
 
 /// Polls `check` until it holds or `within` passes. For conditions that

@@ -45,7 +45,7 @@ use shared::rest::{
     PasswordResetRequest, SecurityEventKind, VerifyEmailRequest,
 };
 use std::time::{Duration, Instant};
-use store::{ChangeEmailError, EmailChange, NewMailJob, TokenPurpose};
+use store::{ChangeEmailError, EmailChange, EmailVerification, NewMailJob, TokenPurpose};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -147,6 +147,7 @@ pub async fn require_verified(state: &AppState, user: UserId) -> ApiResult<()> {
     responses(
         (status = 200, description = "The address is verified (also when it was already)", body = User),
         (status = 400, description = "`invalid_verification_token`: unknown, used, expired, or the account's address changed since", body = ErrorBody),
+        (status = 409, description = "`email_taken`: another account verified the address after the mail left", body = ErrorBody),
         (status = 429, description = "`rate_limited`: too many requests from this IP", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all)]
@@ -164,6 +165,7 @@ async fn verify_email_link(
     responses(
         (status = 200, description = "The address is verified", body = User),
         (status = 400, description = "`invalid_verification_token`: unknown, used, expired, or the account's address changed since", body = ErrorBody),
+        (status = 409, description = "`email_taken`: another account verified the address after the mail left", body = ErrorBody),
         (status = 429, description = "`rate_limited`: too many requests from this IP", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all)]
@@ -177,11 +179,13 @@ async fn verify_email(
 
 async fn verify(state: &AppState, meta: &ClientMeta, token: &str) -> ApiResult<User> {
     let hash = presented_hash(token).ok_or(ApiError::InvalidVerificationToken)?;
-    let user = state
-        .store
-        .verify_email(&hash, now_millis())
-        .await?
-        .ok_or(ApiError::InvalidVerificationToken)?;
+    let user = match state.store.verify_email(&hash, now_millis()).await? {
+        EmailVerification::Verified(user) => user,
+        EmailVerification::Invalid => return Err(ApiError::InvalidVerificationToken),
+        // Only whoever reads the address's mail gets here, so this tells
+        // no stranger anything.
+        EmailVerification::AddressTaken => return Err(ApiError::EmailTaken),
+    };
     state.verified.verified(user.id);
     tracing::info!(target: "security", user_id = %user.id, "email address verified");
     metrics::counter!("api_email_verifications_total").increment(1);
@@ -221,7 +225,7 @@ async fn resend_verification(
     }
     if state
         .store
-        .pending_mail_jobs(mail::VERIFY_EMAIL, &user.email)
+        .pending_mail_jobs(mail::VERIFY_EMAIL, user.id, &user.email)
         .await?
         > 0
     {
@@ -244,6 +248,7 @@ async fn resend_verification(
         NewMailJob {
             kind: mail::VERIFY_EMAIL,
             recipient: &user.email,
+            user_id: Some(user.id),
             payload: JobPayload::from_meta(&meta).to_json(),
         },
     )
@@ -259,7 +264,6 @@ async fn resend_verification(
     responses(
         (status = 200, description = "The address is changed (and unverified)", body = User),
         (status = 403, description = "`wrong_password`", body = ErrorBody),
-        (status = 409, description = "`email_taken`", body = ErrorBody),
         (status = 429, description = "`rate_limited`: too many wrong passwords for this account", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
@@ -296,18 +300,19 @@ async fn change_email(
             verification: NewMailJob {
                 kind: mail::VERIFY_EMAIL,
                 recipient: email.as_str(),
+                user_id: Some(caller.user_id),
                 payload: payload.to_json(),
             },
             notice: Some(NewMailJob {
                 kind: mail::EMAIL_CHANGED,
                 recipient: &current.email,
+                user_id: Some(caller.user_id),
                 payload: notice.to_json(),
             }),
             now: now_millis(),
         })
         .await
         .map_err(|e| match e {
-            ChangeEmailError::EmailTaken => ApiError::EmailTaken,
             ChangeEmailError::NoUser => ApiError::UserNotFound,
             ChangeEmailError::Store(e) => e.into(),
         })?;
@@ -349,6 +354,8 @@ async fn request_password_reset(
         NewMailJob {
             kind: mail::PASSWORD_RESET,
             recipient: email.as_str(),
+            // Resolved when sent: which account the address reaches then.
+            user_id: None,
             payload: JobPayload::from_meta(&meta).to_json(),
         },
     )

@@ -60,8 +60,8 @@ const MAX_USER_AGENT: usize = 256;
 /// Creates an account.
 #[utoipa::path(post, path = "/signup", tag = "auth", request_body = SignupRequest,
     responses(
-        (status = 201, description = "Account created; a verification link is mailed to its address", body = User),
-        (status = 409, description = "`username_taken` or `email_taken` (`username_taken` when both are)", body = ErrorBody),
+        (status = 201, description = "Account created, its address unverified; the address gets a verification link (or, when another account verified it already, its owner a notice)", body = User),
+        (status = 409, description = "`username_taken`", body = ErrorBody),
         (status = 422, description = "`validation_failed` (with `field`) or `invalid_body`", body = ErrorBody),
         (status = 429, description = "`rate_limited`: too many requests from this IP", body = ErrorBody),
     ))]
@@ -86,13 +86,14 @@ async fn signup(
             mail: Some(NewMailJob {
                 kind: crate::mail::VERIFY_EMAIL,
                 recipient: email.as_str(),
+                // The store names the account it inserts.
+                user_id: None,
                 payload: crate::mail::JobPayload::from_meta(&meta).to_json(),
             }),
         })
         .await
         .map_err(|e| match e {
             CreateUserError::UsernameTaken => ApiError::UsernameTaken,
-            CreateUserError::EmailTaken => ApiError::EmailTaken,
             CreateUserError::Store(e) => e.into(),
         })?;
     state.mail.wake();

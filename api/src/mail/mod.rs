@@ -250,14 +250,22 @@ async fn deliver(state: &AppState, job: &store::MailJob) -> Result<Delivery, Job
     let payload: JobPayload = serde_json::from_str(&job.payload).unwrap_or_default();
     let mail = match job.kind.as_str() {
         VERIFY_EMAIL => {
-            let Some(user) = state.store.user_by_email(&job.recipient).await? else {
-                return Ok(Delivery::Skipped(
-                    "the address belongs to no account any more",
-                ));
+            let user = match job.user_id {
+                Some(id) => state.store.user(id).await?,
+                // Queued before jobs named their account.
+                None => state.store.user_by_email(&job.recipient).await?,
+            };
+            let Some(user) = user.filter(|u| u.email == job.recipient) else {
+                return Ok(Delivery::Skipped("the account's address changed since"));
             };
             if user.email_verified {
                 return Ok(Delivery::Skipped("the address is verified already"));
             }
+            // Minted in both cases below: the hourly limit on verification
+            // mails counts minted tokens, and a notice to an address's owner
+            // must be as limited as a link (or an account could mail them
+            // without end). The notice's token is never sent, so it
+            // verifies nothing.
             let token = mint(
                 state,
                 user.id,
@@ -266,20 +274,40 @@ async fn deliver(state: &AppState, job: &store::MailJob) -> Result<Delivery, Job
                 state.mail.verification_ttl,
             )
             .await?;
-            let link = format!(
-                "{}/v1/auth/verify-email?token={token}",
-                state.mail.public_url
-            );
-            OutgoingMail {
-                to: user.email,
-                subject: "Verify your email address for Parley".into(),
-                body: format!(
-                    "Hello {name},\r\n\r\nTo verify this address for your Parley account, open this link:\r\n\r\n{link}\r\n\r\n\
-                     It works once, for {ttl}. An app can instead send the token\r\n\r\n{token}\r\n\r\n\
-                     to POST /v1/auth/verify-email. If you did not sign up, ignore this mail.\r\n",
-                    name = user.username,
-                    ttl = human(state.mail.verification_ttl),
-                ),
+            if let Some(owner) = state.store.verified_owner(&user.email, user.id).await? {
+                // The address is someone else's: its owner hears of the
+                // attempt, the new account gets nothing to verify with.
+                // Signup answered as for any address (docs/api.md, "Email
+                // addresses and enumeration").
+                tracing::info!(target: "security", user_id = %user.id, owner_id = %owner.id,
+                    "verification for an address another account verified: its owner is told instead");
+                OutgoingMail {
+                    to: user.email,
+                    subject: "Someone used your email address on Parley".into(),
+                    body: format!(
+                        "Hello {owner},\r\n\r\nSomeone signed up for Parley, or changed an account's address, giving this\r\n\
+                         address. It belongs to your account {owner} already, so nothing changed for you and\r\n\
+                         the other account cannot use it. If it was you, log in as {owner} (or reset your\r\n\
+                         password with this address). Otherwise you can ignore this mail.\r\n",
+                        owner = owner.username,
+                    ),
+                }
+            } else {
+                let link = format!(
+                    "{}/v1/auth/verify-email?token={token}",
+                    state.mail.public_url
+                );
+                OutgoingMail {
+                    to: user.email,
+                    subject: "Verify your email address for Parley".into(),
+                    body: format!(
+                        "Hello {name},\r\n\r\nTo verify this address for your Parley account, open this link:\r\n\r\n{link}\r\n\r\n\
+                         It works once, for {ttl}. An app can instead send the token\r\n\r\n{token}\r\n\r\n\
+                         to POST /v1/auth/verify-email. If you did not sign up, ignore this mail.\r\n",
+                        name = user.username,
+                        ttl = human(state.mail.verification_ttl),
+                    ),
+                }
             }
         }
         PASSWORD_RESET => {

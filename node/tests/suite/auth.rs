@@ -1,12 +1,12 @@
 //! Accounts and sessions.
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use testkit::{Mode, Options, TestApp, both_modes};
 
 both_modes!(
     signup_validates_every_field_and_never_returns_the_hash,
-    a_taken_username_or_email_is_a_conflict_with_its_own_code,
+    a_taken_username_is_a_conflict_and_a_taken_address_is_not_revealed,
     login_accepts_username_or_email_and_fails_the_same_way_for_unknown_users,
     refresh_rotates_and_a_replayed_refresh_token_revokes_the_session,
     logout_and_revocation_end_a_session_everywhere,
@@ -142,37 +142,81 @@ async fn signup_validates_every_field_and_never_returns_the_hash(mode: Mode) {
     app.stop().await;
 }
 
-async fn a_taken_username_or_email_is_a_conflict_with_its_own_code(mode: Mode) {
+async fn a_taken_username_is_a_conflict_and_a_taken_address_is_not_revealed(mode: Mode) {
     let app = TestApp::spawn(mode).await;
-    app.user("alice").await;
-    let (status, body) = app
-        .post("/v1/auth/signup", None, json!({"username": "alice", "email": "other@example.com", "password": "long enough pw"}))
-        .await;
+    let alice = app.user("alice").await;
+    app.verify_email(&alice).await;
+    let signup = |username: &str, email: &str| {
+        app.post(
+            "/v1/auth/signup",
+            None,
+            json!({"username": username, "email": email, "password": "long enough pw"}),
+        )
+    };
+    let (status, body) = signup("alice", "other@example.com").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (StatusCode::CONFLICT, Some("username_taken"))
     );
-    let (status, body) = app
-        .post("/v1/auth/signup", None, json!({"username": "alice2", "email": "ALICE@example.com", "password": "long enough pw"}))
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("email_taken"))
-    );
-    let (status, body) = app
-        .post("/v1/auth/signup", None, json!({"username": "alice", "email": "alice@example.com", "password": "long enough pw"}))
-        .await;
+    let (status, body) = signup("alice", "alice@example.com").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (StatusCode::CONFLICT, Some("username_taken")),
         "with both taken, the username is reported"
     );
+
+    // Alice's (verified) address and an address nobody has answer alike.
+    let (taken_status, taken) = signup("mallory", "ALICE@example.com").await;
+    let (fresh_status, fresh) = signup("trent", "trent@example.com").await;
+    assert_eq!(taken_status, StatusCode::CREATED, "{taken}");
+    assert_eq!(fresh_status, StatusCode::CREATED, "{fresh}");
+    let keys = |v: &Value| {
+        v.as_object()
+            .expect("an object")
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&taken), keys(&fresh));
+    assert_eq!(taken["email"], "alice@example.com");
+    assert_eq!(taken["email_verified"], false);
+    assert_eq!(fresh["email_verified"], false);
+
+    // The address still logs in alice only; mallory exists, by her name.
+    let by_address = app.login("alice@example.com", "alice-correct-horse").await;
+    assert_eq!(by_address.id, alice.id);
+    let (status, body) = app
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"login": "alice@example.com", "password": "long enough pw"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_credentials"))
+    );
+    let mallory = app.login("mallory", "long enough pw").await;
+    let (status, me) = app.get("/v1/users/me", Some(&mallory.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["email_verified"], false);
+    // An unverified address logs nobody in, taken or not: otherwise a
+    // login would tell whether someone else had verified it.
+    let (status, _) = app
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"login": "trent@example.com", "password": "long enough pw"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     app.stop().await;
 }
 
 async fn login_accepts_username_or_email_and_fails_the_same_way_for_unknown_users(mode: Mode) {
     let app = TestApp::spawn(mode).await;
     let alice = app.user("alice").await;
+    app.verify_email(&alice).await;
     let by_email = app.login("ALICE@example.com", "alice-correct-horse").await;
     assert_eq!(by_email.id, alice.id);
     assert_ne!(
@@ -357,8 +401,10 @@ async fn failures_through_username_and_email_share_one_budget(mode: Mode) {
     let mut options = Options::default();
     options.policy.login_failures_per_15min = 4;
     let app = TestApp::spawn_with(mode, options).await;
-    app.user("alice").await;
-    app.user("bob").await;
+    for name in ["alice", "bob"] {
+        let user = app.user(name).await;
+        app.verify_email(&user).await;
+    }
     let login = |login: &'static str, password: &'static str| {
         app.post(
             "/v1/auth/login",

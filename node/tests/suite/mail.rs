@@ -16,6 +16,7 @@ both_modes!(
     a_verification_token_works_once_for_its_account_and_purpose_only,
     expired_links_are_refused,
     changing_the_address_needs_the_password_and_verifies_the_new_one,
+    an_address_in_use_is_revealed_neither_by_signup_nor_by_an_address_change,
     resending_the_verification_is_limited_and_refused_once_verified,
     a_password_reset_revokes_every_session_and_closes_its_sockets,
     a_locked_out_account_can_reset_its_password_and_log_in_again,
@@ -288,7 +289,6 @@ async fn changing_the_address_needs_the_password_and_verifies_the_new_one(mode: 
     let smtp = SmtpServer::start().await;
     let app = TestApp::spawn_with(mode, options(&smtp.url())).await;
     let alice = app.user("alice").await;
-    app.user("bob").await;
     // The signup's link, not followed before the address changes.
     let old_token = verification_token(&smtp, "alice", 1).await;
     let change = |email: &str, password: &str| Some(json!({"email": email, "password": password}));
@@ -305,11 +305,6 @@ async fn changing_the_address_needs_the_password_and_verifies_the_new_one(mode: 
     assert_eq!(
         (status, code(&body)),
         (StatusCode::FORBIDDEN, Some("wrong_password"))
-    );
-    let (status, body) = put(change(&address("bob"), "alice-correct-horse")).await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::CONFLICT, Some("email_taken"))
     );
     let (status, body) = put(change(&address("alice"), "alice-correct-horse")).await;
     assert_eq!(
@@ -353,6 +348,131 @@ async fn changing_the_address_needs_the_password_and_verifies_the_new_one(mode: 
     );
     let kinds = security_event_kinds(&app, &alice).await;
     assert!(kinds.contains(&"email_changed".to_owned()), "{kinds:?}");
+    app.stop().await;
+}
+
+async fn an_address_in_use_is_revealed_neither_by_signup_nor_by_an_address_change(mode: Mode) {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn_with(mode, options(&smtp.url())).await;
+    let alice = app.user("alice").await;
+    let token = verification_token(&smtp, "alice", 1).await;
+    assert_eq!(follow_link(&app, &token).await.0, StatusCode::OK);
+    let a_notice = |mail: &str| {
+        mail.contains("Someone used your email address")
+            && mail.contains("Hello alice")
+            && !mail.contains("token=")
+    };
+
+    // Mallory signs up with alice's address: answered as any signup.
+    let (status, body) = app
+        .post(
+            "/v1/auth/signup",
+            None,
+            json!({"username": "mallory", "email": "Alice@Example.com", "password": "mallory-correct-horse"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["email_verified"], false);
+    // Alice hears of it, with no link and no word of who it was.
+    let mails = smtp.wait_for(&address("alice"), 2, MAIL_WAIT).await;
+    let notice = mails.last().expect("a mail");
+    assert!(a_notice(notice), "{notice}");
+    assert!(!notice.contains("mallory"), "{notice}");
+    // Asking again gets alice another notice, never mallory a link.
+    let mallory = app.login("mallory", "mallory-correct-horse").await;
+    queue_drained(&app).await;
+    let (status, _) = app
+        .post(
+            "/v1/users/me/email/verification",
+            Some(&mallory.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let mails = smtp.wait_for(&address("alice"), 3, MAIL_WAIT).await;
+    assert!(mails.last().is_some_and(|m| a_notice(m)), "{mails:?}");
+    let (status, _) = app
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"login": "alice@example.com", "password": "mallory-correct-horse"}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the address logs in alice only"
+    );
+
+    // Bob moves his account to alice's address: answered as any change.
+    let bob = app.user("bob").await;
+    smtp.wait_for(&address("bob"), 1, MAIL_WAIT).await;
+    let (status, body) = app
+        .request(
+            reqwest::Method::PUT,
+            "/v1/users/me/email",
+            Some(&bob.token),
+            Some(json!({"email": "alice@example.com", "password": "bob-correct-horse"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["email_verified"], false);
+    let mails = smtp.wait_for(&address("alice"), 4, MAIL_WAIT).await;
+    assert!(mails.last().is_some_and(|m| a_notice(m)), "{mails:?}");
+    let mails = smtp.wait_for(&address("bob"), 2, MAIL_WAIT).await;
+    assert!(
+        mails.last().is_some_and(|m| m.contains("was changed")),
+        "{mails:?}"
+    );
+
+    // An address only unverified accounts hold: each gets a link, the
+    // first to follow one claims it.
+    for name in ["dave", "erin"] {
+        let (status, body) = app
+            .post(
+                "/v1/auth/signup",
+                None,
+                json!({"username": name, "email": "shared@example.com", "password": "long enough pw"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let mails = smtp.wait_for("shared@example.com", 2, MAIL_WAIT).await;
+    let tokens: Vec<String> = mails
+        .iter()
+        .map(|m| query_value(m, "token").expect("a link"))
+        .collect();
+    let (status, first) = follow_link(&app, &tokens[0]).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (status, body) = follow_link(&app, &tokens[1]).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::CONFLICT, Some("email_taken"))
+    );
+    let claimed = app.login("shared@example.com", "long enough pw").await;
+    assert_eq!(claimed.id.0, first["id"].as_i64().expect("an id"));
+
+    // A reset for alice's address reaches alice's account.
+    let (status, _) = app
+        .post(
+            "/v1/auth/password-reset",
+            None,
+            json!({"email": "alice@example.com"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let token = reset_token(&smtp, "alice", 5).await;
+    let (status, body) = app
+        .post(
+            "/v1/auth/password-reset/confirm",
+            None,
+            json!({"token": token, "password": "alice-new-horse-battery"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    app.assert_session_ended(&alice).await;
+    let back = app.login("alice", "alice-new-horse-battery").await;
+    assert_eq!(back.id, alice.id);
     app.stop().await;
 }
 

@@ -116,3 +116,118 @@ async fn the_postgres_and_sqlite_schemas_have_the_same_tables_and_columns() {
         "tables, columns and nullability must match"
     );
 }
+
+/// Migration 20261201000012 rebuilds `users` on SQLite (a UNIQUE constraint
+/// cannot be dropped there): a single node's existing data must come
+/// through it whole, with every reference to an account intact, the id
+/// counter kept, and foreign keys enforced again afterwards.
+#[tokio::test]
+async fn upgrading_a_sqlite_database_keeps_accounts_and_what_refers_to_them() {
+    let dir =
+        std::env::temp_dir().join(format!("parley-upgrade-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let url = format!("sqlite://{}/node.db", dir.display());
+    let options = url
+        .parse::<sqlx::sqlite::SqliteConnectOptions>()
+        .expect("url")
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let mut conn = SqliteConnection::connect_with(&options)
+        .await
+        .expect("open");
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/sqlite");
+    sqlx::migrate::Migrator::new(migrations)
+        .await
+        .expect("migrations")
+        .run_to(20261201000011, &mut conn)
+        .await
+        .expect("migrate to the schema before the rebuild");
+    for (id, name, verified) in [(1, "alice", Some(5)), (2, "bob", None), (3, "gone", None)] {
+        sqlx::query(
+            "INSERT INTO users (id, username, email, password_hash, created_at, email_verified_at, display_name) \
+             VALUES (?, ?, ?, 'hash', 1, ?, ?)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(format!("{name}@example.com"))
+        .bind(verified)
+        .bind(format!("{name}'s name"))
+        .execute(&mut conn)
+        .await
+        .expect("user");
+    }
+    // The newest id is no longer in the table: the counter must remember it.
+    sqlx::query("DELETE FROM users WHERE id = 3")
+        .execute(&mut conn)
+        .await
+        .expect("delete");
+    sqlx::query(
+        "INSERT INTO sessions (id, user_id, refresh_hash, created_at, last_used_at, expires_at) VALUES ('s1', 1, 'h', 1, 1, 9)",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("session");
+    sqlx::query("INSERT INTO rooms (id, kind, name, created_by, created_at) VALUES (1, 'group', 'general', 2, 1)")
+        .execute(&mut conn)
+        .await
+        .expect("room");
+    conn.close().await.ok();
+
+    let store = store::Store::connect(&url, 1)
+        .await
+        .expect("open the store");
+    store.migrate().await.expect("the upgrade");
+    store.close().await;
+
+    let mut conn = SqliteConnection::connect_with(&options)
+        .await
+        .expect("reopen");
+    let users: Vec<(i64, String, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT id, username, email_verified_at, display_name FROM users ORDER BY id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("users");
+    assert_eq!(
+        users,
+        vec![
+            (1, "alice".into(), Some(5), Some("alice's name".into())),
+            (2, "bob".into(), None, Some("bob's name".into())),
+        ]
+    );
+    let session_user: i64 = sqlx::query_scalar("SELECT user_id FROM sessions WHERE id = 's1'")
+        .fetch_one(&mut conn)
+        .await
+        .expect("the session survived");
+    assert_eq!(session_user, 1);
+    let broken: Vec<sqlx::sqlite::SqliteRow> = sqlx::query("PRAGMA foreign_key_check")
+        .fetch_all(&mut conn)
+        .await
+        .expect("foreign key check");
+    assert!(broken.is_empty(), "{} dangling references", broken.len());
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO users (username, email, password_hash, created_at) VALUES ('carol', 'alice@example.com', 'h', 2) RETURNING id",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("a new account may hold a verified address, unverified");
+    assert_eq!(id, 4, "ids are never given twice");
+    let verified_twice = sqlx::query("UPDATE users SET email_verified_at = 6 WHERE id = 4")
+        .execute(&mut conn)
+        .await;
+    assert!(
+        verified_twice.is_err(),
+        "an address is unique among verified accounts"
+    );
+    let dangling = sqlx::query(
+        "INSERT INTO sessions (id, user_id, refresh_hash, created_at, last_used_at, expires_at) VALUES ('s2', 99, 'h', 1, 1, 9)",
+    )
+    .execute(&mut conn)
+    .await;
+    assert!(
+        dangling.is_err(),
+        "foreign keys still hold on the rebuilt table"
+    );
+    conn.close().await.ok();
+    std::fs::remove_dir_all(&dir).ok();
+}
