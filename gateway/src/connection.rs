@@ -529,7 +529,23 @@ impl Session {
                 },
             });
         }
-        match session_live(&self.node, conn).await {
+        // Always the store, never another connection's word: a refresh is
+        // when a revocation whose notice was lost (a publish that failed for
+        // good) is caught, so a token's lifetime bounds what a lost notice
+        // can leave open.
+        let epoch = self.node.hub.notice_epoch();
+        let checked = self
+            .node
+            .store
+            .session_active_until(identity.session_id, now_millis())
+            .await
+            .map(|until| {
+                if let Some(until) = until {
+                    self.node.hub.session_checked(conn, epoch, until);
+                }
+                until.is_some()
+            });
+        match checked {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(target: "security", user_id = %identity.user_id, session_id = %identity.session_id,

@@ -10,15 +10,17 @@
 //! - One subscription task applies SUBSCRIBE/UNSUBSCRIBE to the broker in
 //!   the order they were decided, so the broker's view ends where the node's is:
 //!   subscribed to a room exactly while it has local members.
-//! - The session check of a connect (and of an in-band refresh) is answered
-//!   without the store when a live connection of the same session on this
-//!   node already passed it ([`Hub::vouch`]): the registry is the session
-//!   cache. It needs no TTL and no bound of its own: an entry is a
+//! - The session check of a connect is answered without the store when a
+//!   live connection of the same session on this node already passed it
+//!   ([`Hub::vouch`]): the registry is the session cache. It needs no TTL and no bound of its own: an entry is a
 //!   connection, it lives exactly while the node holds the user's topic (on
 //!   which revocations arrive), and a revocation notice marks the session's
 //!   connections under the same lock the lookup takes. A broker reconnect
 //!   or dropped deliveries (notices possibly missed) move the notice epoch,
-//!   and only checks made in the current epoch vouch.
+//!   and only checks made in the current epoch vouch. An in-band refresh
+//!   always asks the store: it is what catches a revocation whose notice
+//!   was lost for good, so what a lost notice leaves open (the connection
+//!   and any it vouched for) ends with their tokens.
 
 mod shard;
 mod subscriptions;
@@ -106,6 +108,9 @@ pub struct AuthCacheStats {
     pub membership_hits: AtomicU64,
     pub membership_misses: AtomicU64,
     pub member_lists: AtomicU64,
+    /// Reads of a live room's newest seq (after joins answered from its
+    /// member list, after subscribing, after a broker reconnect).
+    pub tail_reads: AtomicU64,
 }
 
 impl AuthCacheStats {
@@ -343,8 +348,8 @@ impl Hub {
     }
 
     /// Whether `conn`'s session is known to be live without asking the
-    /// store: a registered connection of the same session (`conn` itself
-    /// included, for a refresh) was checked in the current notice epoch,
+    /// store: a registered connection of the same session was checked in
+    /// the current notice epoch,
     /// has not been revoked since, and the session has not expired. If so,
     /// `conn` now vouches too. `conn` must be registered: a revocation that
     /// the lookup does not see yet then reaches it as a notice.
