@@ -16,12 +16,15 @@
 //! A shard also knows who may join its live rooms: the member list read
 //! when a room is first joined here, kept current by the room's own
 //! `member.added` / `member.removed` / `room.deleted` events as they are
-//! delivered (in seq order, after the list's seq), so a join to a live room
-//! needs no store query. A room becomes live on this node only for a joiner
-//! the list admits: a stranger's join costs a read and never a
-//! subscription. Lists are bounded per room ([`MEMBER_LIST_LIMIT`]) and for
-//! the node ([`KNOWN_MEMBERS_BUDGET`]); a room past either is simply not
-//! known and its joins ask the store, as every join did before.
+//! delivered (in seq order, after the list's seq), so a member's join to a
+//! live room needs no membership query (a join the list does not admit is
+//! decided by the store; an admitted one is followed by a coalesced read of
+//! the room's newest seq, see `check_tail`). A room becomes live on this
+//! node only for a joiner the list admits: a stranger's join costs a probe
+//! and never a subscription. Lists are bounded per room
+//! ([`MEMBER_LIST_LIMIT`]) and for the node ([`KNOWN_MEMBERS_BUDGET`]); a
+//! room past either is simply not known and its joins ask the store, as
+//! every join did before.
 
 use super::subscriptions::{Reply, SubCmd};
 use super::{Conn, ConnId};
@@ -158,7 +161,8 @@ pub(crate) enum ShardCmd {
         room: RoomId,
         ok: bool,
     },
-    /// A room's member list was read (None: it could not be, or is too long).
+    /// A room's member list was read: None if the read failed, Some(None)
+    /// if there is no such room or its reader is not in it.
     Members {
         room: RoomId,
         listed: Option<Option<store::MemberIds>>,
