@@ -55,6 +55,9 @@ pub enum Delivery {
     /// The connection to the broker was lost and is back, subscriptions
     /// restored; anything published meanwhile was not delivered.
     Reconnected,
+    /// The node fell behind its subscription and some deliveries were
+    /// dropped (room events come back by seq; user notices do not).
+    Lost,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -371,6 +371,11 @@ pub(crate) async fn forward(
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(lost = n, "the node fell behind Redis; lost deliveries will be recovered from the store");
                     count_dropped(n);
+                    // A revocation notice may be among them: the gateway
+                    // stops trusting what it learnt from notices.
+                    if tx.send(Delivery::Lost).await.is_err() {
+                        return;
+                    }
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },

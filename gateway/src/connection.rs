@@ -282,6 +282,7 @@ where
         joined: Default::default(),
         present: Default::default(),
         logged_out: Default::default(),
+        session: Default::default(),
     });
     if node.hub.register(conn.clone()).await.is_err() {
         // The broker did not confirm the user's subscription in time
@@ -294,11 +295,7 @@ where
     }
     // Checked once the user's notices reach this node: a revocation
     // committed after the check closes the socket through its notice.
-    match node
-        .store
-        .session_active(identity.session_id, now_millis())
-        .await
-    {
+    match session_live(node, &conn).await {
         Ok(true) => node.hub.announce(&conn),
         Ok(false) => {
             tracing::warn!(target: "security", user_id = %identity.user_id, session_id = %identity.session_id,
@@ -338,6 +335,30 @@ where
         expires_at_ms: expiry_ms(&identity),
     });
     Ok((conn, expiry_ms(&identity)))
+}
+
+/// Whether the session of registered connection `conn` may be used: known
+/// from a live connection of it on this node ([`crate::hub::Hub::vouch`]),
+/// else asked of the store, whose answer then vouches for the next ones.
+pub(crate) async fn session_live(node: &Inner, conn: &Conn) -> Result<bool, store::StoreError> {
+    let now = now_millis();
+    if node.hub.vouch(conn, now) {
+        return Ok(true);
+    }
+    // Read first: a notice missed while the store is asked moves it, and
+    // this check then vouches for nothing.
+    let epoch = node.hub.notice_epoch();
+    match node
+        .store
+        .session_active_until(conn.session_id, now)
+        .await?
+    {
+        Some(until) => {
+            node.hub.session_checked(conn, epoch, until);
+            Ok(true)
+        }
+        None => Ok(false),
+    }
 }
 
 /// A token's expiry in milliseconds since the Unix epoch.
@@ -508,12 +529,23 @@ impl Session {
                 },
             });
         }
-        match self
+        // Always the store, never another connection's word: a refresh is
+        // when a revocation whose notice was lost (a publish that failed for
+        // good) is caught, so a token's lifetime bounds what a lost notice
+        // can leave open.
+        let epoch = self.node.hub.notice_epoch();
+        let checked = self
             .node
             .store
-            .session_active(identity.session_id, now_millis())
+            .session_active_until(identity.session_id, now_millis())
             .await
-        {
+            .map(|until| {
+                if let Some(until) = until {
+                    self.node.hub.session_checked(conn, epoch, until);
+                }
+                until.is_some()
+            });
+        match checked {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(target: "security", user_id = %identity.user_id, session_id = %identity.session_id,
@@ -609,9 +641,11 @@ impl Session {
 
 /// Joins `conn` to a room its user is a member of (a WebSocket `join`, or
 /// a room of an SSE stream), answering `joined` or `error` on it. The
-/// store is asked first, so a stranger's join costs one indexed read and
-/// never a subscription. The room cap is the shard's to check: only it
-/// knows whether this is a re-join of a room the connection is already in
+/// room's shard decides first from the room's member list, which it keeps
+/// while the room is live on this node; only when it does not know is the
+/// store asked (one indexed row), so a stranger's join never costs a
+/// subscription. The room cap is the shard's to check: only it knows
+/// whether this is a re-join of a room the connection is already in
 /// (answered `joined`).
 pub(crate) async fn join(
     node: &Inner,
@@ -621,48 +655,39 @@ pub(crate) async fn join(
     since_seq: Option<i64>,
     presence: bool,
 ) {
-    let membership = match node.store.membership(room_id, conn.user_id).await {
-        Ok(Some(m)) => m,
-        Ok(None) => return not_found(conn, id, room_id),
-        Err(e) => {
-            tracing::warn!(error = %e, "membership check failed");
-            return send_error(
-                conn,
-                id,
-                ErrorCode::Unavailable,
-                "try again shortly".into(),
-                Some(room_id),
-            );
+    let known = match since_seq {
+        // Refused below with the room's newest seq in the message.
+        Some(since) if since < 0 => {
+            node.hub.auth_cache_stats().count("membership", false);
+            Err(JoinError::Unchecked)
+        }
+        _ => {
+            node.hub
+                .join(room_id, conn.clone(), None, id, since_seq, presence)
+                .await
         }
     };
-    if let Some(since) = since_seq
-        && !(0..=membership.last_seq).contains(&since)
-    {
-        let message = format!(
-            "since_seq must be between 0 and the room's newest seq ({})",
-            membership.last_seq
-        );
-        return send_error(conn, id, ErrorCode::InvalidSeq, message, Some(room_id));
-    }
-    match node
-        .hub
-        .join(
-            room_id,
-            conn.clone(),
-            membership.last_seq,
-            id,
-            since_seq,
-            presence,
-        )
-        .await
-    {
+    let joined = match known {
+        Err(JoinError::Unchecked) => {
+            join_checked(node, conn, id, room_id, since_seq, presence).await
+        }
+        known => known.map_err(Refused::Join),
+    };
+    match joined {
         Ok(_) => {}
-        Err(JoinError::NotMember) => not_found(conn, id, room_id),
-        Err(JoinError::TooManyRooms) => {
+        Err(Refused::SinceBeyond(last_seq)) => {
+            let message =
+                format!("since_seq must be between 0 and the room's newest seq ({last_seq})");
+            send_error(conn, id, ErrorCode::InvalidSeq, message, Some(room_id));
+        }
+        Err(Refused::Join(JoinError::NotMember)) => not_found(conn, id, room_id),
+        Err(Refused::Join(JoinError::TooManyRooms)) => {
             let message = format!("a connection may join at most {MAX_ROOMS_PER_CONNECTION} rooms");
             send_error(conn, id, ErrorCode::TooManyRooms, message, Some(room_id));
         }
-        Err(JoinError::Unavailable) => send_error(
+        // After the store was asked the shard always decides; should it
+        // not, the client may try again.
+        Err(Refused::Join(JoinError::Unavailable | JoinError::Unchecked)) => send_error(
             conn,
             id,
             ErrorCode::Unavailable,
@@ -670,6 +695,49 @@ pub(crate) async fn join(
             Some(room_id),
         ),
     }
+}
+
+/// Why a join was refused.
+enum Refused {
+    Join(JoinError),
+    /// `since_seq` is past the room's newest seq (carried).
+    SinceBeyond(i64),
+}
+
+/// A join the node could not decide: membership and the room's newest seq
+/// read from the store, then the join with them.
+async fn join_checked(
+    node: &Inner,
+    conn: &Arc<Conn>,
+    id: Option<u64>,
+    room_id: RoomId,
+    since_seq: Option<i64>,
+    presence: bool,
+) -> Result<i64, Refused> {
+    let last_seq = match node.store.member_last_seq(room_id, conn.user_id).await {
+        Ok(Some(last_seq)) => last_seq,
+        Ok(None) => return Err(Refused::Join(JoinError::NotMember)),
+        Err(e) => {
+            tracing::warn!(error = %e, "membership check failed");
+            return Err(Refused::Join(JoinError::Unavailable));
+        }
+    };
+    if let Some(since) = since_seq
+        && !(0..=last_seq).contains(&since)
+    {
+        return Err(Refused::SinceBeyond(last_seq));
+    }
+    node.hub
+        .join(
+            room_id,
+            conn.clone(),
+            Some(last_seq),
+            id,
+            since_seq,
+            presence,
+        )
+        .await
+        .map_err(Refused::Join)
 }
 
 fn not_found(conn: &Conn, id: Option<u64>, room_id: RoomId) {

@@ -35,6 +35,27 @@ pub fn register() {
         counter!("gateway_sse_streams_total", "outcome" => outcome).increment(0);
     }
     describe_counter!(
+        "gateway_auth_cache_total",
+        "Session checks (kind=session) and join membership checks (kind=membership) answered by what the node knows (hit) or by a store query (miss)"
+    );
+    for kind in ["session", "membership"] {
+        for outcome in ["hit", "miss"] {
+            counter!("gateway_auth_cache_total", "kind" => kind, "outcome" => outcome).increment(0);
+        }
+    }
+    describe_counter!(
+        "gateway_member_lists_total",
+        "Member lists read from the store for a room becoming live on this node: listed, too_many (over the per-room limit, not kept), failed"
+    );
+    for outcome in ["listed", "too_many", "failed"] {
+        counter!("gateway_member_lists_total", "outcome" => outcome).increment(0);
+    }
+    describe_gauge!(
+        "gateway_known_members",
+        "Member ids the node keeps for its live rooms (bounded by the node's budget)"
+    );
+    gauge!("gateway_known_members").set(0.0);
+    describe_counter!(
         "gateway_disconnects_total",
         "Authenticated connections that ended, by close reason"
     );

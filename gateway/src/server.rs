@@ -159,6 +159,12 @@ impl Gateway {
         )
     }
 
+    /// Session and membership checks this node answered without the store
+    /// and with it, and the member lists it read.
+    pub fn auth_cache_stats(&self) -> &crate::hub::AuthCacheStats {
+        self.inner.hub.auth_cache_stats()
+    }
+
     /// Presence changes this node reported that the store applied.
     pub fn presence_changes_applied(&self) -> u64 {
         self.inner.presence.applied()

@@ -140,6 +140,7 @@ pub(crate) async fn open(
         joined: Default::default(),
         present: Default::default(),
         logged_out: Default::default(),
+        session: Default::default(),
     });
     if node.hub.register(conn.clone()).await.is_err() {
         node.hub.unregister(&conn);
@@ -147,11 +148,7 @@ pub(crate) async fn open(
     }
     // Checked once the user's notices reach this node: a revocation
     // committed after the check ends the stream through its notice.
-    match node
-        .store
-        .session_active(caller.session_id, now_millis())
-        .await
-    {
+    match connection::session_live(&node, &conn).await {
         Ok(true) => node.hub.announce(&conn),
         Ok(false) => {
             tracing::warn!(target: "security", user_id = %caller.user_id, session_id = %caller.session_id,

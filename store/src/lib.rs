@@ -63,8 +63,8 @@ pub use profiles::{AvatarReplaced, ProfileUpdate, StoredAvatar, VisibleProfile};
 pub use provision::{ProvisionError, ProvisionSpec, Provisioned, UNUSABLE_PASSWORD};
 pub use room_admin::{DeletedRoom, InvitationError, ProfileChange, RoomChangeError};
 pub use rooms::{
-    AddMemberError, DirectRoom, MAX_ROOMS_PAGE, Membership, RemoveMemberError, RoomCursor,
-    RoomProfile,
+    AddMemberError, DirectRoom, MAX_ROOMS_PAGE, MemberIds, Membership, RemoveMemberError,
+    RoomCursor, RoomProfile,
 };
 pub use search::{
     Explain, SEARCH_TIMEOUT_MS, SearchClause, SearchExpr, SearchHit, SearchKey, SearchRequest,

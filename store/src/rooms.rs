@@ -22,6 +22,15 @@ pub struct Membership {
     pub last_seq: i64,
 }
 
+/// A room's members as one read saw them ([`Store::member_ids`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberIds {
+    /// Every member, as of the room's `last_seq`.
+    Listed { last_seq: i64, users: Vec<UserId> },
+    /// More members than the caller wanted listed.
+    TooMany,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AddMemberError {
     #[error("already a member")]
@@ -322,6 +331,70 @@ impl Store {
             join_policy: r.join_policy,
             last_seq: r.last_seq,
         }))
+    }
+
+    /// The room's newest `seq` if `user` is a member of it; None if not.
+    /// The gateway's join check: one indexed row, nothing of the room's
+    /// listing (unread counts, last message) that [`Store::membership`] reads.
+    #[tracing::instrument(skip(self))]
+    pub async fn member_last_seq(&self, room: RoomId, user: UserId) -> Result<Option<i64>> {
+        let pool = &self.pool;
+        let row = self
+            .read(|| {
+                sqlx::query(
+                    "SELECT r.last_seq FROM room_members m JOIN rooms r ON r.id = m.room_id \
+                     WHERE m.room_id = $1 AND m.user_id = $2",
+                )
+                .bind(room.0)
+                .bind(user.0)
+                .fetch_optional(pool)
+            })
+            .await?;
+        Ok(row.map(|r| r.try_get("last_seq")).transpose()?)
+    }
+
+    /// Every member of `room` and the room's newest `seq`, read in one
+    /// statement (so the list is exactly the membership as of that seq: a
+    /// member change and its event's seq commit together), if `reader` is a
+    /// member: a stranger learns nothing and costs one indexed probe, not
+    /// the list. None if there is no such room or `reader` is not in it;
+    /// [`MemberIds::TooMany`] past `limit` members.
+    #[tracing::instrument(skip(self))]
+    pub async fn member_ids(
+        &self,
+        room: RoomId,
+        reader: UserId,
+        limit: usize,
+    ) -> Result<Option<MemberIds>> {
+        let pool = &self.pool;
+        let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+        let rows = self
+            .read(|| {
+                sqlx::query(
+                    "SELECT r.last_seq, m.user_id FROM rooms r \
+                     JOIN room_members m ON m.room_id = r.id \
+                     WHERE r.id = $1 AND EXISTS ( \
+                         SELECT 1 FROM room_members me WHERE me.room_id = $1 AND me.user_id = $2) \
+                     LIMIT $3",
+                )
+                .bind(room.0)
+                .bind(reader.0)
+                .bind(fetch)
+                .fetch_all(pool)
+            })
+            .await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        if rows.len() > limit {
+            return Ok(Some(MemberIds::TooMany));
+        }
+        let last_seq: i64 = first.try_get("last_seq")?;
+        let users = rows
+            .iter()
+            .map(|row| row.try_get("user_id").map(UserId))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Some(MemberIds::Listed { last_seq, users }))
     }
 
     /// The newest `seq` of `room`'s timeline; None if there is no such room.

@@ -135,6 +135,26 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// When a session that may still be used (not revoked, not expired)
+    /// expires (ms since the epoch); None if it may not. What a gateway
+    /// needs to vouch for the session later without asking again.
+    #[tracing::instrument(skip(self))]
+    pub async fn session_active_until(&self, id: SessionId, now: i64) -> Result<Option<i64>> {
+        let pool = &self.pool;
+        let row = self
+            .read(|| {
+                sqlx::query(
+                    "SELECT expires_at FROM sessions \
+                     WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2",
+                )
+                .bind(id.to_string())
+                .bind(now)
+                .fetch_optional(pool)
+            })
+            .await?;
+        Ok(row.map(|r| r.try_get("expires_at")).transpose()?)
+    }
+
     /// Whether a session may still be used (not revoked, not expired).
     #[tracing::instrument(skip(self))]
     pub async fn session_active(&self, id: SessionId, now: i64) -> Result<bool> {

@@ -10,6 +10,17 @@
 //! - One subscription task applies SUBSCRIBE/UNSUBSCRIBE to the broker in
 //!   the order they were decided, so the broker's view ends where the node's is:
 //!   subscribed to a room exactly while it has local members.
+//! - The session check of a connect is answered without the store when a
+//!   live connection of the same session on this node already passed it
+//!   ([`Hub::vouch`]): the registry is the session cache. It needs no TTL and no bound of its own: an entry is a
+//!   connection, it lives exactly while the node holds the user's topic (on
+//!   which revocations arrive), and a revocation notice marks the session's
+//!   connections under the same lock the lookup takes. A broker reconnect
+//!   or dropped deliveries (notices possibly missed) move the notice epoch,
+//!   and only checks made in the current epoch vouch. An in-band refresh
+//!   always asks the store: it is what catches a revocation whose notice
+//!   was lost for good, so what a lost notice leaves open (the connection
+//!   and any it vouched for) ends with their tokens.
 
 mod shard;
 mod subscriptions;
@@ -22,7 +33,7 @@ use shard::{Shard, ShardCmd};
 use shared::protocol::{Encoding, ServerFrame, UserNotice, close};
 use shared::{RoomId, SessionId, UserId};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use store::Store;
 use subscriptions::{Reply, SubCmd};
@@ -30,7 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use shard::{JoinError, ReadVerdict, TypingVerdict};
+pub use shard::{JoinError, KNOWN_MEMBERS_BUDGET, MEMBER_LIST_LIMIT, ReadVerdict, TypingVerdict};
 
 /// Node-local connection number.
 pub type ConnId = u64;
@@ -82,6 +93,62 @@ pub struct Conn {
     pub present: AtomicBool,
     /// Its session was revoked (a logout): presence lets go at once.
     pub logged_out: AtomicBool,
+    /// What this connection knows of its session (see [`Hub::vouch`]).
+    pub session: SessionCheck,
+}
+
+/// How often the node answered a session or membership check from what it
+/// knows (a hit) or asked the store (a miss), and how many member lists it
+/// read; the same counts as `gateway_auth_cache_total` and
+/// `gateway_member_lists_total`, per node (tests run nodes in one process).
+#[derive(Debug, Default)]
+pub struct AuthCacheStats {
+    pub session_hits: AtomicU64,
+    pub session_misses: AtomicU64,
+    pub membership_hits: AtomicU64,
+    pub membership_misses: AtomicU64,
+    pub member_lists: AtomicU64,
+    /// Reads of a live room's newest seq (after joins answered from its
+    /// member list, after subscribing, after a broker reconnect).
+    pub tail_reads: AtomicU64,
+}
+
+impl AuthCacheStats {
+    /// Counts a session check (`kind` "session") or a join's membership
+    /// check ("membership").
+    pub(crate) fn count(&self, kind: &'static str, hit: bool) {
+        let counter = match (kind, hit) {
+            ("session", true) => &self.session_hits,
+            ("session", false) => &self.session_misses,
+            (_, true) => &self.membership_hits,
+            (_, false) => &self.membership_misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("gateway_auth_cache_total", "kind" => kind,
+            "outcome" => if hit { "hit" } else { "miss" })
+        .increment(1);
+    }
+}
+
+/// A connection's last session check: the notice epoch it was made in (0:
+/// none yet) and when the session expires (ms since the epoch), so another
+/// connection of the session can rely on it while both hold.
+#[derive(Debug, Default)]
+pub struct SessionCheck {
+    epoch: AtomicU64,
+    until_ms: AtomicI64,
+}
+
+impl SessionCheck {
+    fn vouches(&self, epoch: u64, now_ms: i64) -> Option<i64> {
+        let until = self.until_ms.load(Ordering::Acquire);
+        (self.epoch.load(Ordering::Acquire) == epoch && until > now_ms).then_some(until)
+    }
+
+    fn set(&self, epoch: u64, until_ms: i64) {
+        self.until_ms.store(until_ms, Ordering::Release);
+        self.epoch.store(epoch, Ordering::Release);
+    }
 }
 
 impl Conn {
@@ -135,6 +202,11 @@ pub struct Hub {
     subscribed: Arc<DashSet<Topic>>,
     presence: PresenceHandle,
     backlog: Arc<crate::backlog::BacklogReader>,
+    /// Moves whenever user notices may have been missed (a broker
+    /// reconnect, dropped deliveries): session checks made before no
+    /// longer vouch for anything. Starts at 1 (0 means "never checked").
+    notice_epoch: AtomicU64,
+    auth_stats: Arc<AuthCacheStats>,
 }
 
 impl Hub {
@@ -151,6 +223,7 @@ impl Hub {
         let shard_count = settings.shards;
         let subscription = broker.subscribe().await?;
         let subscribed = Arc::new(DashSet::new());
+        let auth_stats = Arc::new(AuthCacheStats::default());
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let mut shards = Vec::new();
         let mut shard_rxs = Vec::new();
@@ -167,6 +240,8 @@ impl Hub {
             subscribed: subscribed.clone(),
             presence: settings.presence.clone(),
             backlog: settings.backlog.clone(),
+            notice_epoch: AtomicU64::new(1),
+            auth_stats: auth_stats.clone(),
         });
         let deps = shard::ShardDeps {
             store,
@@ -180,6 +255,8 @@ impl Hub {
             },
             backlog: settings.backlog.clone(),
             resume_limit: settings.resume_limit,
+            known_budget: Arc::new(AtomicUsize::new(0)),
+            auth_stats,
         };
         for (index, rx) in shard_rxs.into_iter().enumerate() {
             let shard = Shard::new(index, sub_tx.clone(), shards[index].clone(), deps.clone());
@@ -213,6 +290,11 @@ impl Hub {
     /// Where this node's reads of past events were served from.
     pub fn backlog_stats(&self) -> &crate::backlog::BacklogStats {
         self.backlog.stats()
+    }
+
+    /// Session and membership checks answered without the store, and not.
+    pub fn auth_cache_stats(&self) -> &AuthCacheStats {
+        &self.auth_stats
     }
 
     /// Whether the broker has confirmed this node's subscription to `topic`.
@@ -259,6 +341,49 @@ impl Hub {
         Ok(())
     }
 
+    /// The current notice epoch: read before a session is checked against
+    /// the store, given to [`Hub::session_checked`] after.
+    pub fn notice_epoch(&self) -> u64 {
+        self.notice_epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether `conn`'s session is known to be live without asking the
+    /// store: a registered connection of the same session was checked in
+    /// the current notice epoch,
+    /// has not been revoked since, and the session has not expired. If so,
+    /// `conn` now vouches too. `conn` must be registered: a revocation that
+    /// the lookup does not see yet then reaches it as a notice.
+    pub fn vouch(&self, conn: &Conn, now_ms: i64) -> bool {
+        let epoch = self.notice_epoch();
+        // A read guard on the user's entry: a revocation notice marks the
+        // session's connections under the write guard, so it happens wholly
+        // before this lookup (which then sees them revoked) or wholly after
+        // (and then marks `conn`, registered before, too).
+        let until = self.users.get(&conn.user_id).and_then(|conns| {
+            conns
+                .iter()
+                .filter(|c| {
+                    c.session_id == conn.session_id
+                        && !c.logged_out.load(Ordering::Acquire)
+                        && !c.out.is_closed()
+                })
+                .filter_map(|c| c.session.vouches(epoch, now_ms))
+                .max()
+        });
+        let hit = until.is_some();
+        if let Some(until) = until {
+            conn.session.set(epoch, until);
+        }
+        self.auth_stats.count("session", hit);
+        hit
+    }
+
+    /// Records that the store found `conn`'s session live until `until_ms`
+    /// in a check that began in notice epoch `epoch`.
+    pub fn session_checked(&self, conn: &Conn, epoch: u64, until_ms: i64) {
+        conn.session.set(epoch, until_ms);
+    }
+
     /// The registered connection's session is live: its user is online.
     pub fn announce(&self, conn: &Conn) {
         if !conn.present.swap(true, Ordering::Relaxed) {
@@ -294,7 +419,9 @@ impl Hub {
     }
 
     /// Adds `conn` to `room`'s local members. `snapshot` is the room's
-    /// `seq` when the store confirmed membership. The shard queues the
+    /// `seq` when the store confirmed membership; None has the room's shard
+    /// check membership against what it knows of the room, or answer
+    /// [`JoinError::Unchecked`] when it knows nothing. The shard queues the
     /// `joined` frame (answering request `id`, with who is in the room when
     /// `presence` asks for it) ahead of any event, then, for a resume
     /// (`since`), the events after `since`; returns the `seq` after which
@@ -303,7 +430,7 @@ impl Hub {
         &self,
         room: RoomId,
         conn: Arc<Conn>,
-        snapshot: i64,
+        snapshot: Option<i64>,
         id: Option<u64>,
         since: Option<i64>,
         presence: bool,
@@ -429,9 +556,20 @@ impl Hub {
                 payload,
             },
             UserNotice::SessionRevoked { session_id } => {
-                for conn in conns.iter().filter(|c| c.session_id == session_id) {
+                // Marked under the entry's write guard (see `Hub::vouch`):
+                // the connections registered by now, also those whose own
+                // check is still under way.
+                let revoked: Vec<Arc<Conn>> = match self.users.get_mut(&user) {
+                    Some(entry) => entry
+                        .iter()
+                        .filter(|c| c.session_id == session_id)
+                        .inspect(|c| c.logged_out.store(true, Ordering::Release))
+                        .cloned()
+                        .collect(),
+                    None => Vec::new(),
+                };
+                for conn in &revoked {
                     // A logout: the user's presence ends at once, not after the grace.
-                    conn.logged_out.store(true, Ordering::Relaxed);
                     tracing::info!(target: "security", %user, %session_id, "closing a connection of a revoked session");
                     conn.out.close(CloseReason {
                         code: close::SESSION_REVOKED,
@@ -508,7 +646,11 @@ async fn route(
                 topic: Topic::User(user),
                 payload,
             } => hub.user_notice(user, &payload),
+            Delivery::Lost => {
+                hub.notice_epoch.fetch_add(1, Ordering::AcqRel);
+            }
             Delivery::Reconnected => {
+                hub.notice_epoch.fetch_add(1, Ordering::AcqRel);
                 for shard in &hub.shards {
                     let _ = shard.send(ShardCmd::Resync).await;
                 }

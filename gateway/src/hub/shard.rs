@@ -12,6 +12,19 @@
 //! connections, and who is shown as typing (so a message from that user can
 //! end it). Both live in the room's state, so they are bounded by the room's
 //! typists within one indicator lifetime and die with the room.
+//!
+//! A shard also knows who may join its live rooms: the member list read
+//! when a room is first joined here, kept current by the room's own
+//! `member.added` / `member.removed` / `room.deleted` events as they are
+//! delivered (in seq order, after the list's seq), so a member's join to a
+//! live room needs no membership query (a join the list does not admit is
+//! decided by the store; an admitted one is followed by a coalesced read of
+//! the room's newest seq, see `check_tail`). A room becomes live on this
+//! node only for a joiner the list admits: a stranger's join costs a probe
+//! and never a subscription. Lists are bounded per room
+//! ([`MEMBER_LIST_LIMIT`]) and for the node ([`KNOWN_MEMBERS_BUDGET`]); a
+//! room past either is simply not known and its joins ask the store, as
+//! every join did before.
 
 use super::subscriptions::{Reply, SubCmd};
 use super::{Conn, ConnId};
@@ -29,8 +42,9 @@ use shared::protocol::{
 use shared::trace_context::{self, RemoteParent};
 use shared::{RoomId, UserId};
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use store::Store;
 use tokio::sync::{mpsc, oneshot};
@@ -43,6 +57,16 @@ pub const GAP_WAIT: Duration = Duration::from_millis(50);
 /// Most commands a shard handles before it writes what they queued: the
 /// bound on how long the first of them waits for its write.
 const MAX_COMMANDS_PER_PASS: usize = 256;
+
+/// Most members of a room whose list a node keeps: a larger room's joins
+/// ask the store one by one (each an indexed row), which costs less than
+/// reading and holding tens of thousands of ids for a few local joiners.
+pub const MEMBER_LIST_LIMIT: usize = 10_000;
+
+/// Most member ids a node keeps over all its live rooms: 8 bytes each plus
+/// the set's overhead, about 32 MB at this bound. Past it a newly live
+/// room is not known (its joins ask the store) until other rooms go quiet.
+pub const KNOWN_MEMBERS_BUDGET: usize = 1_000_000;
 
 /// `member.removed` seqs remembered per room so a join racing with a
 /// removal can be refused; older ones are forgotten past this many.
@@ -82,6 +106,11 @@ pub enum JoinError {
     /// The connection is in [`MAX_ROOMS_PER_CONNECTION`] other rooms.
     #[error("too many rooms")]
     TooManyRooms,
+    /// A join without a membership check: the node does not know the
+    /// room's members (or the `since` asked for is past what it knows), so
+    /// the caller must ask the store and join again with what it read.
+    #[error("membership not known here")]
+    Unchecked,
 }
 
 /// What a shard needs for presence.
@@ -99,7 +128,9 @@ pub(crate) enum ShardCmd {
     Join {
         room: RoomId,
         conn: Arc<Conn>,
-        snapshot: i64,
+        /// The room's seq when the store confirmed membership; None to
+        /// have the shard check it against the room's member list.
+        snapshot: Option<i64>,
         id: Option<u64>,
         since: Option<i64>,
         presence: bool,
@@ -129,6 +160,12 @@ pub(crate) enum ShardCmd {
     Subscribed {
         room: RoomId,
         ok: bool,
+    },
+    /// A room's member list was read: None if the read failed, Some(None)
+    /// if there is no such room or its reader is not in it.
+    Members {
+        room: RoomId,
+        listed: Option<Option<store::MemberIds>>,
     },
     GapTimer {
         room: RoomId,
@@ -301,6 +338,125 @@ impl Incoming {
     }
 }
 
+/// Who may join a live room, as this node knows it (see the module docs).
+enum Known {
+    /// Not known (not read, too many, over the budget, or events missed):
+    /// joins ask the store.
+    No,
+    /// Every member as of `as_of`, plus the membership events this node
+    /// delivered after it.
+    Members {
+        as_of: i64,
+        users: HashSet<UserId>,
+        held: Held,
+    },
+}
+
+/// What the known members say of a join.
+enum Verdict {
+    /// A member; the seq the node's knowledge is as of.
+    Member(i64),
+    Stranger,
+    /// Ask the store.
+    Unknown,
+}
+
+impl Known {
+    /// Judges `user`'s join (resuming after `since`), `delivered` being
+    /// the newest event this node delivered in the room.
+    fn judge(&self, user: UserId, since: Option<i64>, delivered: i64) -> Verdict {
+        let Known::Members { as_of, users, .. } = self else {
+            return Verdict::Unknown;
+        };
+        if !users.contains(&user) {
+            return Verdict::Stranger;
+        }
+        let known = (*as_of).max(delivered);
+        // A client may have seen events this node has not yet: only the
+        // store can say whether such a `since` is real.
+        match since {
+            Some(since) if since > known => Verdict::Unknown,
+            _ => Verdict::Member(known),
+        }
+    }
+
+    /// Applies a delivered event's membership effect; the list already
+    /// has every change up to `as_of`.
+    fn apply(&mut self, seq: i64, effect: &Effect) {
+        let Known::Members { as_of, users, held } = self else {
+            return;
+        };
+        if seq <= *as_of {
+            return;
+        }
+        match effect {
+            Effect::Added(user) => {
+                if users.insert(*user) && !held.grow() {
+                    *self = Known::No;
+                }
+            }
+            Effect::Removed(user) => {
+                if users.remove(user) {
+                    held.shrink();
+                }
+            }
+            Effect::Deleted => *self = Known::No,
+            Effect::None | Effect::Posted(_) => {}
+        }
+    }
+}
+
+/// A room's share of [`KNOWN_MEMBERS_BUDGET`], given back when dropped
+/// (with the room's state, or when its list is abandoned).
+struct Held {
+    budget: Arc<AtomicUsize>,
+    n: usize,
+}
+
+impl Held {
+    fn take(budget: &Arc<AtomicUsize>, n: usize) -> Option<Held> {
+        let before = budget.fetch_add(n, Ordering::AcqRel);
+        if before + n > KNOWN_MEMBERS_BUDGET {
+            budget.fetch_sub(n, Ordering::AcqRel);
+            return None;
+        }
+        metrics::gauge!("gateway_known_members").increment(n as f64);
+        Some(Held {
+            budget: budget.clone(),
+            n,
+        })
+    }
+
+    /// One more member; false if the budget has no room for it.
+    fn grow(&mut self) -> bool {
+        if self.budget.fetch_add(1, Ordering::AcqRel) >= KNOWN_MEMBERS_BUDGET {
+            self.budget.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        metrics::gauge!("gateway_known_members").increment(1.0);
+        self.n += 1;
+        true
+    }
+}
+
+impl Held {
+    /// One member fewer.
+    fn shrink(&mut self) {
+        if self.n > 0 {
+            self.n -= 1;
+            self.budget.fetch_sub(1, Ordering::AcqRel);
+            metrics::gauge!("gateway_known_members").decrement(1.0);
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.n, Ordering::AcqRel);
+        metrics::gauge!("gateway_known_members").decrement(self.n as f64);
+    }
+}
+
 /// This node's last forwarded `typing` of one user in one room.
 struct TypingSent {
     at: Instant,
@@ -310,7 +466,8 @@ struct TypingSent {
 
 pub(crate) struct PendingJoin {
     conn: Arc<Conn>,
-    snapshot: i64,
+    /// None until membership is confirmed (see [`ShardCmd::Join`]).
+    snapshot: Option<i64>,
     id: Option<u64>,
     /// Resume: every event after this seq first.
     since: Option<i64>,
@@ -361,6 +518,13 @@ impl JoinedReply {
 }
 
 enum Phase {
+    /// The room's member list is being read for the joins waiting here; the
+    /// room is not subscribed until a member among them is found.
+    Reading {
+        joins: Vec<PendingJoin>,
+        /// The list is read as this joiner (see [`Store::member_ids`]).
+        reader: UserId,
+    },
     /// SUBSCRIBE sent, not yet confirmed. Joins wait here; events that
     /// arrive meanwhile are kept for the sequencer.
     Subscribing {
@@ -375,6 +539,12 @@ enum Phase {
 struct RoomState {
     members: Vec<Arc<Conn>>,
     phase: Phase,
+    /// Who may join (see the module docs).
+    known: Known,
+    /// A read of the room's newest seq is under way (see `check_tail`),
+    /// and another was asked for meanwhile.
+    tail_reading: bool,
+    tail_again: bool,
     /// user → seq of their latest processed `member.removed`.
     removed: HashMap<UserId, i64>,
     gap_timer_armed: bool,
@@ -423,6 +593,9 @@ pub(crate) struct Shard {
     backlog: Arc<BacklogReader>,
     /// Longest backlog streamed to a resuming join.
     resume_limit: i64,
+    /// Member ids kept by every shard of the node (see [`Held`]).
+    known_budget: Arc<AtomicUsize>,
+    auth_stats: Arc<super::AuthCacheStats>,
 }
 
 /// What every shard of a node shares.
@@ -435,6 +608,9 @@ pub(crate) struct ShardDeps {
     pub presence: PresenceDeps,
     pub backlog: Arc<BacklogReader>,
     pub resume_limit: i64,
+    /// Member ids kept over all shards (see [`KNOWN_MEMBERS_BUDGET`]).
+    pub known_budget: Arc<AtomicUsize>,
+    pub auth_stats: Arc<super::AuthCacheStats>,
 }
 
 impl Shard {
@@ -459,6 +635,8 @@ impl Shard {
             presence: deps.presence,
             backlog: deps.backlog,
             resume_limit: deps.resume_limit,
+            known_budget: deps.known_budget,
+            auth_stats: deps.auth_stats,
         }
     }
 
@@ -557,6 +735,7 @@ impl Shard {
             }
             ShardCmd::Deliver { room, payload } => self.deliver(room, payload),
             ShardCmd::Subscribed { room, ok } => self.subscribed(room, ok),
+            ShardCmd::Members { room, listed } => self.members_read(room, listed),
             ShardCmd::GapTimer { room } => {
                 if let Some(state) = self.rooms.get_mut(&room) {
                     state.gap_timer_armed = false;
@@ -596,7 +775,9 @@ impl Shard {
                         match &state.phase {
                             Phase::Active { seq: s } if seq <= s.delivered() => ReadVerdict::Accept,
                             Phase::Active { seq: s } => ReadVerdict::Beyond(s.delivered()),
-                            Phase::Subscribing { .. } => ReadVerdict::Beyond(0),
+                            Phase::Subscribing { .. } | Phase::Reading { .. } => {
+                                ReadVerdict::Beyond(0)
+                            }
                         }
                     }
                     _ => ReadVerdict::NotJoined,
@@ -727,17 +908,81 @@ impl Shard {
             let _ = join.reply.send(Err(JoinError::TooManyRooms));
             return;
         }
-        let state = self.rooms.entry(room).or_insert_with(|| {
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return self.first_join(room, join);
+        };
+        let delivered = match &mut state.phase {
+            Phase::Reading { joins, .. } => {
+                // Decided with the others once the member list is read.
+                joins.push(join);
+                return;
+            }
+            // Not delivering yet: what is known is as of the list.
+            Phase::Subscribing { .. } => match &state.known {
+                Known::Members { as_of, .. } => *as_of,
+                Known::No => 0,
+            },
+            Phase::Active { seq } => seq.delivered(),
+        };
+        let unchecked = join.snapshot.is_none();
+        let Some(join) = check(&state.known, delivered, join, &self.auth_stats) else {
+            return;
+        };
+        match &mut state.phase {
+            // The tail read after the subscription covers it.
+            Phase::Subscribing { joins, .. } => joins.push(join),
+            _ => {
+                self.join_active(room, join);
+                if unchecked {
+                    // What the store would have shown this join: events
+                    // committed before it whose publish was lost.
+                    self.check_tail(room);
+                }
+            }
+        }
+    }
+
+    /// The first join of a room not live on this node. One whose
+    /// membership the store confirmed subscribes at once; one without reads
+    /// the room's member list first (later joins wait with it), and the room
+    /// is subscribed only if a waiting joiner is on it.
+    fn first_join(&mut self, room: RoomId, join: PendingJoin) {
+        let phase = if join.snapshot.is_some() {
             let _ = self.subscriptions.send(SubCmd::Add(
                 Topic::Room(room),
                 Reply::Shard(self.me.clone(), room),
             ));
+            Phase::Subscribing {
+                joins: vec![join],
+                early: Vec::new(),
+            }
+        } else {
+            let store = self.store.clone();
+            let me = self.me.clone();
+            let reader = join.conn.user_id;
+            tokio::spawn(async move {
+                let listed = match store.member_ids(room, reader, MEMBER_LIST_LIMIT).await {
+                    Ok(listed) => Some(listed),
+                    Err(e) => {
+                        tracing::warn!(%room, error = %e, "reading a room's members failed");
+                        None
+                    }
+                };
+                let _ = me.send(ShardCmd::Members { room, listed }).await;
+            });
+            Phase::Reading {
+                joins: vec![join],
+                reader,
+            }
+        };
+        self.rooms.insert(
+            room,
             RoomState {
                 members: Vec::new(),
-                phase: Phase::Subscribing {
-                    joins: Vec::new(),
-                    early: Vec::new(),
-                },
+                phase,
+                known: Known::No,
+                tail_reading: false,
+                tail_again: false,
                 removed: HashMap::new(),
                 gap_timer_armed: false,
                 filling: false,
@@ -749,12 +994,98 @@ impl Shard {
                 backlog_reads: 0,
                 recent_events: Vec::new(),
                 skip_until: HashMap::new(),
+            },
+        );
+    }
+
+    /// The member list of a room in [`Phase::Reading`] arrived (or could
+    /// not be read): the waiting joins are decided by it, and the room is
+    /// subscribed for those admitted, or forgotten if there are none.
+    fn members_read(&mut self, room: RoomId, listed: Option<Option<store::MemberIds>>) {
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let Phase::Reading { joins, reader } = &mut state.phase else {
+            return;
+        };
+        let (joins, reader) = (std::mem::take(joins), *reader);
+        self.auth_stats
+            .member_lists
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let outcome = match listed {
+            Some(Some(store::MemberIds::Listed { last_seq, users })) => {
+                metrics::counter!("gateway_member_lists_total", "outcome" => "listed").increment(1);
+                Some(Some((last_seq, users.into_iter().collect::<HashSet<_>>())))
             }
-        });
-        match &mut state.phase {
-            Phase::Subscribing { joins, .. } => joins.push(join),
-            Phase::Active { .. } => self.join_active(room, join),
+            Some(None) => Some(None),
+            Some(Some(store::MemberIds::TooMany)) => {
+                metrics::counter!("gateway_member_lists_total", "outcome" => "too_many")
+                    .increment(1);
+                None
+            }
+            None => {
+                metrics::counter!("gateway_member_lists_total", "outcome" => "failed").increment(1);
+                None
+            }
+        };
+        let mut admitted = Vec::new();
+        for mut join in joins {
+            if join.snapshot.is_some() {
+                // Confirmed by the store while the list was read.
+                admitted.push(join);
+                continue;
+            }
+            let verdict = match &outcome {
+                // No such room, or the reader is not in it; of the others
+                // that says nothing.
+                Some(None) if join.conn.user_id == reader => Err(JoinError::NotMember),
+                Some(None) => Err(JoinError::Unchecked),
+                Some(Some((_, users))) if !users.contains(&join.conn.user_id) => {
+                    Err(JoinError::NotMember)
+                }
+                Some(Some((last_seq, _))) if join.since.is_some_and(|s| s > *last_seq) => {
+                    Err(JoinError::Unchecked)
+                }
+                Some(Some((last_seq, _))) => Ok(*last_seq),
+                None => Err(JoinError::Unchecked),
+            };
+            self.auth_stats
+                .count("membership", verdict != Err(JoinError::Unchecked));
+            match verdict {
+                Ok(seq) => {
+                    join.snapshot = Some(seq);
+                    admitted.push(join);
+                }
+                Err(e) => {
+                    let _ = join.reply.send(Err(e));
+                }
+            }
         }
+        if admitted.is_empty() {
+            self.rooms.remove(&room);
+            return;
+        }
+        // Delivery starts at the lowest snapshot (see `subscribed`): the
+        // list is kept only if every event after it will pass through this
+        // shard, which a joiner confirmed by the store with a newer
+        // snapshot than the list's would not guarantee.
+        let start = admitted.iter().filter_map(|j| j.snapshot).min();
+        if let Some(Some((as_of, users))) = outcome
+            && start.is_some_and(|start| start <= as_of)
+        {
+            state.known = match Held::take(&self.known_budget, users.len()) {
+                Some(held) => Known::Members { as_of, users, held },
+                None => Known::No,
+            };
+        }
+        state.phase = Phase::Subscribing {
+            joins: admitted,
+            early: Vec::new(),
+        };
+        let _ = self.subscriptions.send(SubCmd::Add(
+            Topic::Room(room),
+            Reply::Shard(self.me.clone(), room),
+        ));
     }
 
     /// Admits a join to an active room: at once, or once what it asked for
@@ -774,10 +1105,11 @@ impl Shard {
             return;
         };
         let delivered = seq.delivered();
-        if join.snapshot > delivered {
+        let snapshot = join.snapshot.unwrap_or(0);
+        if snapshot > delivered {
             // Usually events on their way here; if not, the gap timer
             // fetches them (see `expected`).
-            state.expected = state.expected.max(join.snapshot);
+            state.expected = state.expected.max(snapshot);
             self.arm_gap_timer(room);
         }
         let Some(state) = self.rooms.get_mut(&room) else {
@@ -970,7 +1302,7 @@ impl Shard {
         }
         // The first joiner's snapshot is where the node's delivery starts;
         // anything later that it missed is read from the store as a gap.
-        let start = joins.iter().map(|j| j.snapshot).min().unwrap_or(0);
+        let start = joins.iter().filter_map(|j| j.snapshot).min().unwrap_or(0);
         state.phase = Phase::Active {
             seq: Sequencer::new(start),
         };
@@ -1040,6 +1372,7 @@ impl Shard {
         };
         let last_delivered = ready.last().map(|(seq, _)| *seq);
         for (seq, event) in ready {
+            state.known.apply(seq, &event.effect);
             // Only sampled events carry a trace; the rest cost no span.
             // Counts are recorded as i64: OpenTelemetry has no unsigned
             // integers, and tracing-opentelemetry turns a u64 into a string.
@@ -1274,6 +1607,8 @@ impl Shard {
             // move on rather than stall the room.
             tracing::error!(%room, from, "events missing from the store; skipping the gap");
             metrics::counter!("gateway_gaps_skipped_total").increment(1);
+            // A membership change may be among what is skipped.
+            state.known = Known::No;
             ready.extend(seq.skip_gap());
         }
         let more = seq.gap().is_some();
@@ -1285,14 +1620,31 @@ impl Shard {
 
     /// After a broker reconnect: ask the store how far each room got.
     fn resync(&mut self) {
-        for &room in self.rooms.keys() {
+        let rooms: Vec<RoomId> = self.rooms.keys().copied().collect();
+        for room in rooms {
             self.check_tail(room);
         }
     }
 
     /// Asks the store how far `room` got; what this node has not delivered
     /// of it is then read like a gap (see [`Self::tail`]).
-    fn check_tail(&self, room: RoomId) {
+    ///
+    /// One read per room at a time: asked for while one is under way, it
+    /// reads again once that one is back (a read that began before the
+    /// asker's reason might not show what the asker needs), so a burst of
+    /// joins costs a read per read-time, not a read per join.
+    fn check_tail(&mut self, room: RoomId) {
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        if state.tail_reading {
+            state.tail_again = true;
+            return;
+        }
+        state.tail_reading = true;
+        self.auth_stats
+            .tail_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let store = self.store.clone();
         let me = self.me.clone();
         tokio::spawn(async move {
@@ -1302,6 +1654,13 @@ impl Shard {
     }
 
     fn tail(&mut self, room: RoomId, last_seq: Option<i64>) {
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        state.tail_reading = false;
+        if std::mem::take(&mut state.tail_again) {
+            self.check_tail(room);
+        }
         let Some(state) = self.rooms.get_mut(&room) else {
             return;
         };
@@ -1364,6 +1723,35 @@ impl Shard {
     }
 }
 
+/// Decides a join without a membership check by what the room's shard
+/// knows (`delivered`: how far it is); a join checked by the store passes.
+/// Returns the join to go on with, or None once it was answered.
+/// Counted here, before any answer reaches the client.
+fn check(
+    known: &Known,
+    delivered: i64,
+    mut join: PendingJoin,
+    stats: &super::AuthCacheStats,
+) -> Option<PendingJoin> {
+    if join.snapshot.is_some() {
+        return Some(join);
+    }
+    let refused = match known.judge(join.conn.user_id, join.since, delivered) {
+        Verdict::Member(seq) => {
+            stats.count("membership", true);
+            join.snapshot = Some(seq);
+            return Some(join);
+        }
+        // Refused only by the store: a member added by an event this node
+        // has not seen (its publish lost, the room quiet) must not be
+        // turned away, and strangers are rare.
+        Verdict::Stranger | Verdict::Unknown => JoinError::Unchecked,
+    };
+    stats.count("membership", false);
+    let _ = join.reply.send(Err(refused));
+    None
+}
+
 /// Sleeps until `due`, or forever when there is nothing to wait for.
 async fn sleep_until(due: Option<Instant>) {
     match due {
@@ -1394,7 +1782,7 @@ fn admit(
     let result = if state
         .removed
         .get(&conn.user_id)
-        .is_some_and(|&removed_at| removed_at > snapshot)
+        .is_some_and(|&removed_at| removed_at > snapshot.unwrap_or(0))
     {
         Err(JoinError::NotMember)
     } else if conn.out.is_closed() {
@@ -1487,6 +1875,69 @@ mod tests {
     use super::*;
 
     const FRAME: &[u8] = br#"{"type":"event","room_id":2,"seq":9,"sender_id":4,"created_at":"2023-11-14T22:13:20Z","kind":"message.created","body":"hi"}"#;
+
+    fn known(as_of: i64, users: &[i64], budget: &Arc<AtomicUsize>) -> Known {
+        Known::Members {
+            as_of,
+            users: users.iter().map(|u| UserId(*u)).collect(),
+            held: Held::take(budget, users.len()).expect("within the budget"),
+        }
+    }
+
+    fn is_member(known: &Known, user: i64) -> bool {
+        matches!(known.judge(UserId(user), None, 0), Verdict::Member(_))
+    }
+
+    #[test]
+    fn the_member_list_follows_the_events_after_its_seq_only() {
+        let budget = Arc::new(AtomicUsize::new(0));
+        let mut k = known(10, &[1, 2], &budget);
+        // Already in the list's seq: a removal at or before it changes nothing.
+        k.apply(10, &Effect::Removed(UserId(2)));
+        assert!(is_member(&k, 2));
+        k.apply(11, &Effect::Removed(UserId(2)));
+        assert!(!is_member(&k, 2));
+        assert!(matches!(k.judge(UserId(2), None, 11), Verdict::Stranger));
+        k.apply(12, &Effect::Added(UserId(2)));
+        assert!(is_member(&k, 2));
+        assert_eq!(budget.load(Ordering::Relaxed), 2);
+        k.apply(13, &Effect::Deleted);
+        assert!(matches!(k, Known::No));
+        assert_eq!(budget.load(Ordering::Relaxed), 0, "given back");
+    }
+
+    #[test]
+    fn a_member_resuming_past_what_the_node_knows_is_asked_of_the_store() {
+        let budget = Arc::new(AtomicUsize::new(0));
+        let k = known(10, &[1], &budget);
+        assert!(matches!(k.judge(UserId(1), Some(12), 11), Verdict::Unknown));
+        assert!(matches!(
+            k.judge(UserId(1), Some(11), 11),
+            Verdict::Member(11)
+        ));
+        // The list's seq counts when the node has delivered less.
+        assert!(matches!(
+            k.judge(UserId(1), Some(10), 3),
+            Verdict::Member(10)
+        ));
+        assert!(matches!(
+            Known::No.judge(UserId(1), None, 0),
+            Verdict::Unknown
+        ));
+    }
+
+    #[test]
+    fn member_lists_stop_at_the_nodes_budget() {
+        let budget = Arc::new(AtomicUsize::new(KNOWN_MEMBERS_BUDGET - 1));
+        assert!(Held::take(&budget, 2).is_none());
+        assert_eq!(budget.load(Ordering::Relaxed), KNOWN_MEMBERS_BUDGET - 1);
+        let mut k = known(1, &[1], &budget);
+        assert_eq!(budget.load(Ordering::Relaxed), KNOWN_MEMBERS_BUDGET);
+        // One more member does not fit: the room is no longer known.
+        k.apply(2, &Effect::Added(UserId(2)));
+        assert!(matches!(k, Known::No));
+        assert_eq!(budget.load(Ordering::Relaxed), KNOWN_MEMBERS_BUDGET - 1);
+    }
 
     #[test]
     fn an_untraced_event_is_delivered_from_the_buffer_it_arrived_in() {

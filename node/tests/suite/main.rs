@@ -9,6 +9,7 @@ mod append;
 mod attachments;
 mod audit;
 mod auth;
+mod auth_cache;
 mod browser_sessions;
 mod cors;
 mod errors;

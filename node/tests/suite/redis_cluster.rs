@@ -223,7 +223,7 @@ async fn login_budgets_and_presence_work_on_the_cluster() {
         loop {
             match subscription.deliveries.recv().await {
                 Some(broker::Delivery::Message { topic, payload }) => break (topic, payload),
-                Some(broker::Delivery::Reconnected) => continue,
+                Some(broker::Delivery::Reconnected | broker::Delivery::Lost) => continue,
                 None => panic!("the subscription ended"),
             }
         }
