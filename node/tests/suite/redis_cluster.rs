@@ -1033,3 +1033,91 @@ async fn cluster_is_ok(address: &str) -> bool {
     let _ = node.quit().await;
     info.lines().any(|l| l.trim() == "cluster_state:ok")
 }
+
+/// The gateways' subscriber connections to a room's master are cut
+/// (`CLIENT KILL TYPE pubsub`) while the slot map stays as it was: the
+/// client reconnects and subscribes the shard channels again by itself
+/// (fred 10.1's own resubscription stopped at an empty SUBSCRIBE and never
+/// got to them), and every member gets every later message once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_subscriber_connection_is_subscribed_again() {
+    let cluster = PrivateCluster::start_on(7150).await;
+    let app = TestApp::spawn_with(
+        Mode::RedisCluster,
+        testkit::Options {
+            redis_url: Some(cluster.url()),
+            ..testkit::Options::default()
+        },
+    )
+    .await;
+    let (alice, bob, carol) = (
+        app.user("alice").await,
+        app.user("bob").await,
+        app.user("carol").await,
+    );
+    let room = app.create_room(&alice, "general").await;
+    app.add_member(&alice, room, &bob).await;
+    app.add_member(&alice, room, &carol).await;
+    let mut members = Vec::new();
+    for (i, user) in [&alice, &bob, &carol].into_iter().enumerate() {
+        let mut ws = app.ws(i, user).await;
+        ws.join(room).await.expect("a member may join");
+        members.push(ws);
+    }
+    let channel = app.room_channel(room);
+    let master = cluster.owner(slot(&channel)).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            shard_numsub(&master, &channel).await == 3
+        })
+        .await
+    );
+    let mut sent = vec![app.send_message(&alice, room, "before").await.seq];
+    {
+        use fred::prelude::*;
+        let node = testkit::redis_node(&master).await;
+        let killed: i64 = node
+            .custom(
+                fred::types::CustomCommand::new_static(
+                    "CLIENT",
+                    fred::types::ClusterHash::Random,
+                    false,
+                ),
+                vec!["KILL", "TYPE", "pubsub"],
+            )
+            .await
+            .expect("CLIENT KILL");
+        let _ = node.quit().await;
+        assert!(killed >= 3, "the gateways' subscribers were cut: {killed}");
+    }
+    // Back by themselves, on the same master.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            shard_numsub(&master, &channel).await == 3
+        })
+        .await,
+        "every gateway subscribes again: {}",
+        shard_numsub(&master, &channel).await
+    );
+    for i in 0..10 {
+        sent.push(
+            app.send_message(&alice, room, &format!("after {i}"))
+                .await
+                .seq,
+        );
+    }
+    for (n, ws) in members.iter_mut().enumerate() {
+        let mut frames = Vec::new();
+        while message_seqs(&frames).len() < sent.len() {
+            frames.push(ws.frame().await);
+        }
+        assert_eq!(
+            message_seqs(&frames),
+            sent,
+            "member {n}: every message once, in order"
+        );
+        assert_eq!(message_seqs(&ws.until_pong().await), Vec::<i64>::new());
+    }
+    app.stop().await;
+    drop(cluster);
+}
