@@ -892,6 +892,15 @@ async fn messages_flow_while_a_master_dies(death: Death, first_port: u16) {
         .and_then(|(_, p)| p.parse().ok())
         .expect("host:port");
     let pid = redis_pid(&master).await;
+    // A replica that has not finished its first sync cannot take over
+    // (Redis refuses to elect it): the cluster would stay down.
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            replication_link_up(&replica).await
+        })
+        .await,
+        "{replica} never finished syncing from {master}"
+    );
 
     let mut sent: Vec<(i64, std::time::Instant)> = Vec::new();
     for i in 0..BEFORE {
@@ -1013,6 +1022,22 @@ async fn messages_flow_while_a_master_dies(death: Death, first_port: u16) {
     drop(members);
     app.stop().await;
     drop(cluster);
+}
+
+/// Whether the replica at `address` is in sync with its master
+/// (`master_link_status:up`).
+async fn replication_link_up(address: &str) -> bool {
+    use fred::prelude::*;
+    let node = testkit::redis_node(address).await;
+    let info: String = node
+        .custom(
+            fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::Random, false),
+            vec!["replication"],
+        )
+        .await
+        .expect("INFO replication");
+    let _ = node.quit().await;
+    info.lines().any(|l| l.trim() == "master_link_status:up")
 }
 
 /// Whether the node at `address` reports `cluster_state:ok`.
