@@ -21,8 +21,14 @@
 //! recovered by seq.
 //!
 //! A connection that drops without the slot map changing (a node restarted
-//! in place) is fred's to restore: it reconnects, re-SSUBSCRIBEs what it
-//! tracks, and the forwarder reports the reconnection.
+//! in place) is restored by the client: fred reconnects, and a
+//! **resubscriber** then SSUBSCRIBEs every shard channel the client tracks,
+//! slot by slot, and reports [`Delivery::Reconnected`] once they are
+//! subscribed, so the gap fill that follows misses nothing published
+//! before. fred's own `manage_subscriptions` is not used: in fred 10.1 it
+//! sends `SUBSCRIBE` first even with no classic channel, Redis refuses a
+//! SUBSCRIBE without arguments, and fred stops there, before the shard
+//! channels, so after a reconnection the node heard nothing more.
 //!
 //! How long delivery may stall: Redis's failure detection (for a dead
 //! master: `cluster-node-timeout` plus the replica's election; nothing for
@@ -121,7 +127,11 @@ impl Connected {
             .build_subscriber_client()
             .map_err(|e| BrokerError::Config(e.to_string()))?;
         client.init().await.map_err(unavailable)?;
-        let resubscriber = client.manage_subscriptions();
+        let resubscriber = tokio::spawn(resubscribe(
+            client.clone(),
+            client.reconnect_rx(),
+            tx.clone(),
+        ));
         let forwarder = tokio::spawn(forward(
             client.message_rx(),
             client.reconnect_rx(),
@@ -140,6 +150,54 @@ impl Connected {
             task.abort();
         }
     }
+}
+
+/// After each reconnection of `client`, SSUBSCRIBEs every shard channel it
+/// tracks (one SSUBSCRIBE per slot), then reports a reconnection: the
+/// gateway's gap fill then starts after the channels are live again. (The
+/// forwarder reports the reconnection at once too; that earlier fill may
+/// run before the channels are back, this one closes the gap.)
+async fn resubscribe(
+    client: SubscriberClient,
+    mut reconnects: tokio::sync::broadcast::Receiver<Server>,
+    tx: mpsc::Sender<Delivery>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match reconnects.recv().await {
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+        // Until it succeeds: a reconnection during a failover can reach a
+        // node that no longer owns a slot. (If the slot map changed, the
+        // probe replaces this client meanwhile, which ends this task.)
+        loop {
+            match resubscribe_all(&client).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "subscribing again after a reconnection failed; retrying");
+                    tokio::time::sleep(PROBE_INTERVAL).await;
+                }
+            }
+        }
+        if tx.send(Delivery::Reconnected).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn resubscribe_all(client: &SubscriberClient) -> Result<(), Error> {
+    let mut groups: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    for channel in client.tracked_shard_channels() {
+        groups
+            .entry(slot(&channel))
+            .or_default()
+            .push(channel.to_string());
+    }
+    for (_, channels) in groups {
+        client.ssubscribe(channels).await?;
+    }
+    Ok(())
 }
 
 /// Channels grouped by hash slot: what one SSUBSCRIBE may take.

@@ -131,11 +131,30 @@ impl BacklogReader {
         }
         metrics::counter!("gateway_backlog_reads_total", "source" => "database").increment(1);
         self.stats.database.fetch_add(1, Ordering::Relaxed);
-        let events = self
-            .store
-            .events_between(room, after + 1, to)
-            .await
-            .map_err(|e| tracing::warn!(%room, error = %e, "reading past events failed"))?;
+        // The store answers at most a page (MAX_HISTORY_PAGE) at a time: a
+        // longer range (a resume of up to PARLEY_RESUME_LIMIT events, a gap
+        // left by a Redis outage) is read page by page. Reading only the
+        // first page made every event past it look missing, and the gap was
+        // skipped: lost for the node's members.
+        let page = usize::try_from(store::MAX_HISTORY_PAGE).unwrap_or(usize::MAX);
+        let mut events = Vec::new();
+        let mut next = after + 1;
+        while next <= to {
+            let more = self
+                .store
+                .events_between(room, next, to)
+                .await
+                .map_err(|e| tracing::warn!(%room, error = %e, "reading past events failed"))?;
+            let full = more.len() >= page;
+            match more.last() {
+                Some(last) => next = last.seq + 1,
+                None => break,
+            }
+            events.extend(more);
+            if !full {
+                break;
+            }
+        }
         let contiguous = events.len() as i64 == to - after
             && events.iter().zip(after + 1..).all(|(e, seq)| e.seq == seq);
         if !contiguous {

@@ -512,7 +512,7 @@ impl Store {
     }
 
     /// Events `from..=to` of `room`, oldest first, at most `MAX_HISTORY_PAGE`
-    /// (gateways fill gaps in what they received with this).
+    /// (gateways fill gaps in what they received with this, page by page).
     #[tracing::instrument(skip(self))]
     pub async fn events_between(&self, room: RoomId, from: i64, to: i64) -> Result<Vec<RoomEvent>> {
         let pool = &self.pool;

@@ -292,6 +292,39 @@ impl PrivateCluster {
         );
     }
 
+    /// Starts the node on `port` again, as it was started (it keeps its
+    /// nodes.conf, so it rejoins the cluster; it has no data, as none is
+    /// saved).
+    async fn start_node(&self, port: u16) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/redis-cluster");
+        let output = tokio::process::Command::new(&script)
+            .args(["start-node", &port.to_string()])
+            .env(
+                "PARLEY_TEST_REDIS_CLUSTER_PORT",
+                self.first_port.to_string(),
+            )
+            .output()
+            .await
+            .expect("running .ci/redis-cluster");
+        assert!(
+            output.status.success(),
+            ".ci/redis-cluster start-node {port}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// The nodes that accept connections (a killed one does not).
+    async fn live_nodes(&self) -> Vec<String> {
+        let mut live = Vec::new();
+        for port in self.first_port..self.first_port + 6 {
+            let address = format!("127.0.0.1:{port}");
+            if tokio::net::TcpStream::connect(&address).await.is_ok() {
+                live.push(address);
+            }
+        }
+        live
+    }
+
     fn url(&self) -> String {
         let p = self.first_port;
         format!(
@@ -303,8 +336,14 @@ impl PrivateCluster {
 
     /// `(node id, address, role, master id)` of every node.
     async fn nodes(&self) -> Vec<(String, String, String, String)> {
+        self.nodes_as_seen_by(&format!("127.0.0.1:{}", self.first_port))
+            .await
+    }
+
+    /// Every node as the node at `address` sees it.
+    async fn nodes_as_seen_by(&self, address: &str) -> Vec<(String, String, String, String)> {
         use fred::prelude::*;
-        let node = testkit::redis_node(&format!("127.0.0.1:{}", self.first_port)).await;
+        let node = testkit::redis_node(address).await;
         let text: String = node
             .custom(
                 fred::types::CustomCommand::new_static(
@@ -321,7 +360,11 @@ impl PrivateCluster {
             .filter_map(|line| {
                 let f: Vec<&str> = line.split_whitespace().collect();
                 let address = f.get(1)?.split('@').next()?.to_owned();
-                let role = if f.get(2)?.contains("master") {
+                let flags = f.get(2)?;
+                let role = if flags.contains("fail") && !flags.contains("fail?") {
+                    // A node the cluster gave up on, whatever it was.
+                    "failed"
+                } else if flags.contains("master") {
                     "master"
                 } else {
                     "replica"
@@ -338,8 +381,15 @@ impl PrivateCluster {
 
     /// The master owning `slot`, by its own account (CLUSTER SLOTS on a seed).
     async fn owner(&self, slot_of: u16) -> String {
+        self.owner_as_seen_by(&format!("127.0.0.1:{}", self.first_port), slot_of)
+            .await
+    }
+
+    /// The master owning `slot` as the node at `address` sees it (when the
+    /// seed may be down).
+    async fn owner_as_seen_by(&self, address: &str, slot_of: u16) -> String {
         use fred::prelude::*;
-        let node = testkit::redis_node(&format!("127.0.0.1:{}", self.first_port)).await;
+        let node = testkit::redis_node(address).await;
         let slots: Value = node.cluster_slots().await.expect("CLUSTER SLOTS");
         let _ = node.quit().await;
         let Value::Array(ranges) = slots else {
@@ -643,6 +693,456 @@ async fn messages_flow_through(change: ClusterChange, first_port: u16) {
         "every gateway subscribes on the new master"
     );
     assert_eq!(shard_numsub(&master, &channel).await, 0);
+    app.stop().await;
+    drop(cluster);
+}
+
+/// How a test stops the master that owns a live room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Death {
+    /// SIGKILL; the cluster fails it over to its replica.
+    Killed,
+    /// SIGKILL; once its replica took over, the process is started again
+    /// and rejoins as a replica of the new master.
+    KilledThenRestarted,
+    /// SIGKILL and started again at once, well within cluster-node-timeout:
+    /// the same node owns the same slots, with no data (nothing is saved).
+    RestartedInPlace,
+}
+
+/// `cluster-node-timeout` of the test clusters (`.ci/redis-cluster`).
+const NODE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The stated bound on a delivery stall after a master dies
+/// (docs/operations.md, "Redis Cluster"): failure detection
+/// (`cluster-node-timeout`) and the replica's election (about a second),
+/// one probe interval, then a connect, the SSUBSCRIBEs and the gap fill
+/// (a second is generous for one room). Two seconds on top for a test
+/// machine whose two cores run the cluster, PostgreSQL, the api, three
+/// gateways and the test itself.
+fn stall_bound() -> Duration {
+    NODE_TIMEOUT
+        + Duration::from_secs(1)
+        + broker::CLUSTER_PROBE_INTERVAL
+        + Duration::from_secs(1)
+        + Duration::from_secs(2)
+}
+
+/// The process id of a Redis node, from `INFO server`.
+async fn redis_pid(address: &str) -> u32 {
+    use fred::prelude::*;
+    let node = testkit::redis_node(address).await;
+    let info: String = node
+        .custom(
+            fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::Random, false),
+            vec!["server"],
+        )
+        .await
+        .expect("INFO server");
+    let _ = node.quit().await;
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("process_id:"))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no process_id in INFO server of {address}"))
+}
+
+async fn sigkill(pid: u32) {
+    let status = tokio::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .await
+        .expect("running kill");
+    assert!(status.success(), "kill -KILL {pid}");
+}
+
+/// Posts `body` as `user` until the api accepts it, with one
+/// `client_msg_id` for every attempt, as a client does: a retryable
+/// answer (5xx) is tried again, and a repeat of an attempt that did commit
+/// returns the original (200). Returns the event and when the attempt that
+/// was accepted began.
+async fn post_until_accepted(
+    app: &TestApp,
+    user: &testkit::TestUser,
+    room: RoomId,
+    body: &str,
+) -> (shared::model::RoomEvent, std::time::Instant) {
+    /// Attempts before the test gives up: the api answers within the
+    /// publish timeout (1 s) even while Redis is down.
+    const ATTEMPTS: usize = 50;
+    let client_msg_id = uuid::Uuid::new_v4().simple().to_string();
+    for _ in 0..ATTEMPTS {
+        let began = std::time::Instant::now();
+        let (status, json) = app
+            .post(
+                &format!("/v1/rooms/{room}/messages"),
+                Some(&user.token),
+                json!({"body": body, "client_msg_id": client_msg_id}),
+            )
+            .await;
+        if status.is_success() {
+            return (serde_json::from_value(json).expect("a room event"), began);
+        }
+        assert!(
+            status.is_server_error(),
+            "posting {body:?}: {status} {json} is not retryable"
+        );
+        // A client's backoff; the next attempt is the same message.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("posting {body:?}: not accepted in {ATTEMPTS} attempts")
+}
+
+/// Reads `ws` until the watch names the last seq sent and that seq has
+/// arrived: every message event with the moment it arrived.
+async fn collect_messages(
+    mut ws: testkit::WsClient,
+    mut last: tokio::sync::watch::Receiver<Option<i64>>,
+) -> (testkit::WsClient, Vec<(i64, std::time::Instant)>) {
+    let mut got: Vec<(i64, std::time::Instant)> = Vec::new();
+    loop {
+        let done = *last.borrow_and_update();
+        if let Some(last) = done
+            && got.iter().any(|(seq, _)| *seq >= last)
+        {
+            return (ws, got);
+        }
+        tokio::select! {
+            frame = ws.frame() => {
+                let now = std::time::Instant::now();
+                got.extend(message_seqs(&[frame]).into_iter().map(|seq| (seq, now)));
+            }
+            // Looked at again at the top of the loop.
+            _ = last.changed() => {}
+        }
+    }
+}
+
+/// A master that owns a live room dies (SIGKILL) while messages flow to
+/// members on three gateways; the cluster fails it over to its replica.
+/// Posts the api refuses meanwhile are retried with their `client_msg_id`;
+/// every member gets every accepted message once, in order, and no message
+/// waits longer than the stated bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_of_a_room_loses_and_repeats_nothing() {
+    messages_flow_while_a_master_dies(Death::Killed, 7120).await
+}
+
+/// The killed master's process is started again after its replica took
+/// over: it rejoins as a replica of the new master, and messages keep
+/// arriving once each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_that_rejoins_as_a_replica_loses_and_repeats_nothing() {
+    messages_flow_while_a_master_dies(Death::KilledThenRestarted, 7130).await
+}
+
+/// A room's master restarts in place (killed and started again before the
+/// cluster notices): the gateways' connections to it drop and are made
+/// again to the same, now empty, node; nothing is lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_master_restarted_in_place_loses_and_repeats_nothing() {
+    messages_flow_while_a_master_dies(Death::RestartedInPlace, 7140).await
+}
+
+async fn messages_flow_while_a_master_dies(death: Death, first_port: u16) {
+    const BEFORE: usize = 10;
+    const AFTER: usize = 20;
+    /// Between two posts while the cluster recovers: about 50 a second,
+    /// a live room's pace, and a few hundred messages at most.
+    const PACE: Duration = Duration::from_millis(20);
+    let cluster = PrivateCluster::start_on(first_port).await;
+    let app = TestApp::spawn_with(
+        Mode::RedisCluster,
+        testkit::Options {
+            redis_url: Some(cluster.url()),
+            ..testkit::Options::default()
+        },
+    )
+    .await;
+    let (alice, bob, carol) = (
+        app.user("alice").await,
+        app.user("bob").await,
+        app.user("carol").await,
+    );
+    let room = app.create_room(&alice, "general").await;
+    app.add_member(&alice, room, &bob).await;
+    app.add_member(&alice, room, &carol).await;
+    let (last_tx, last_rx) = tokio::sync::watch::channel(None);
+    let mut readers = Vec::new();
+    for (i, user) in [&alice, &bob, &carol].into_iter().enumerate() {
+        let mut ws = app.ws(i, user).await;
+        ws.join(room).await.expect("a member may join");
+        readers.push(tokio::spawn(collect_messages(ws, last_rx.clone())));
+    }
+
+    let room_slot = slot(&app.room_channel(room));
+    let master = cluster.owner(room_slot).await;
+    let nodes = cluster.nodes().await;
+    let master_id = nodes
+        .iter()
+        .find(|(_, address, _, _)| *address == master)
+        .map(|(id, ..)| id.clone())
+        .expect("the master is listed");
+    let replica = nodes
+        .iter()
+        .find(|(_, _, role, of)| role == "replica" && *of == master_id)
+        .map(|(_, address, ..)| address.clone())
+        .expect("the master has a replica");
+    let master_port: u16 = master
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("host:port");
+    let pid = redis_pid(&master).await;
+    // A replica that has not finished its first sync cannot take over
+    // (Redis refuses to elect it): the cluster would stay down.
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            replication_link_up(&replica).await
+        })
+        .await,
+        "{replica} never finished syncing from {master}"
+    );
+
+    let mut sent: Vec<(i64, std::time::Instant)> = Vec::new();
+    for i in 0..BEFORE {
+        let (event, began) = post_until_accepted(&app, &alice, room, &format!("before {i}")).await;
+        sent.push((event.seq, began));
+    }
+    sigkill(pid).await;
+    let killed = std::time::Instant::now();
+    if death == Death::RestartedInPlace {
+        cluster.start_node(master_port).await;
+    }
+    // Whom the room's slot belongs to in the end.
+    let owner = match death {
+        Death::Killed | Death::KilledThenRestarted => replica.clone(),
+        Death::RestartedInPlace => master.clone(),
+    };
+    let mut ticks = tokio::time::interval(PACE);
+    let mut restarted = false;
+    let mut i = 0;
+    loop {
+        ticks.tick().await;
+        let (event, began) = post_until_accepted(&app, &alice, room, &format!("during {i}")).await;
+        sent.push((event.seq, began));
+        i += 1;
+        if killed.elapsed() > Duration::from_secs(60) {
+            panic!(
+                "the cluster did not recover from {death:?} of {master} within a minute: {:?}",
+                cluster.nodes_as_seen_by(&owner).await
+            );
+        }
+        // Asked of the node that ends up owning the slot (the killed one
+        // may not answer).
+        let owns = cluster.owner_as_seen_by(&owner, room_slot).await == owner;
+        let recovered = match death {
+            Death::Killed | Death::RestartedInPlace => owns && cluster_is_ok(&owner).await,
+            Death::KilledThenRestarted if !owns => false,
+            Death::KilledThenRestarted if !restarted => {
+                cluster.start_node(master_port).await;
+                restarted = true;
+                false
+            }
+            Death::KilledThenRestarted => {
+                let nodes = cluster.nodes_as_seen_by(&owner).await;
+                nodes
+                    .iter()
+                    .any(|(_, address, role, _)| *address == master && role == "replica")
+                    && cluster_is_ok(&owner).await
+            }
+        };
+        if recovered {
+            break;
+        }
+    }
+    for i in 0..AFTER {
+        let (event, began) = post_until_accepted(&app, &alice, room, &format!("after {i}")).await;
+        sent.push((event.seq, began));
+    }
+    let seqs: Vec<i64> = sent.iter().map(|(seq, _)| *seq).collect();
+    let last = *seqs.last().expect("messages were sent");
+    last_tx.send_replace(Some(last));
+
+    let mut stall = Duration::ZERO;
+    // Kept open to the end: a member leaving would end the subscriptions.
+    let mut members = Vec::new();
+    for (n, reader) in readers.into_iter().enumerate() {
+        let (mut ws, got) = reader.await.expect("a reader");
+        assert_eq!(
+            got.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            seqs,
+            "member {n} got every accepted message once, in order ({death:?})"
+        );
+        assert_eq!(message_seqs(&ws.until_pong().await), Vec::<i64>::new());
+        for ((_, began), (_, arrived)) in sent.iter().zip(&got) {
+            stall = stall.max(arrived.saturating_duration_since(*began));
+        }
+        members.push(ws);
+    }
+    eprintln!(
+        "{death:?}: {} messages, the longest from post to delivery {stall:?} (bound {:?})",
+        seqs.len(),
+        stall_bound()
+    );
+    assert!(
+        stall <= stall_bound(),
+        "a message waited {stall:?} for delivery after {death:?}; the bound is {:?}",
+        stall_bound()
+    );
+    // The gateways listen where the room now lives, and only there.
+    let channel = app.room_channel(room);
+    let owner = cluster.owner_as_seen_by(&replica, room_slot).await;
+    let expected: Vec<(String, i64)> = cluster
+        .live_nodes()
+        .await
+        .into_iter()
+        .map(|address| {
+            let n = if address == owner { 3 } else { 0 };
+            (address, n)
+        })
+        .collect();
+    let seen = std::sync::Mutex::new(Vec::new());
+    let settled = eventually(Duration::from_secs(5), || {
+        let (expected, seen, channel) = (&expected, &seen, &channel);
+        async move {
+            let mut now = Vec::new();
+            for (address, _) in expected {
+                now.push((address.clone(), shard_numsub(address, channel).await));
+            }
+            let same = now == *expected;
+            *seen.lock().expect("not poisoned") = now;
+            same
+        }
+    })
+    .await;
+    assert!(
+        settled,
+        "every gateway subscribes on {owner} and nowhere else: {:?}",
+        seen.lock().expect("not poisoned")
+    );
+    drop(members);
+    app.stop().await;
+    drop(cluster);
+}
+
+/// Whether the replica at `address` is in sync with its master
+/// (`master_link_status:up`).
+async fn replication_link_up(address: &str) -> bool {
+    use fred::prelude::*;
+    let node = testkit::redis_node(address).await;
+    let info: String = node
+        .custom(
+            fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::Random, false),
+            vec!["replication"],
+        )
+        .await
+        .expect("INFO replication");
+    let _ = node.quit().await;
+    info.lines().any(|l| l.trim() == "master_link_status:up")
+}
+
+/// Whether the node at `address` reports `cluster_state:ok`.
+async fn cluster_is_ok(address: &str) -> bool {
+    use fred::prelude::*;
+    let node = testkit::redis_node(address).await;
+    let info: String = node
+        .custom(
+            fred::types::CustomCommand::new_static(
+                "CLUSTER",
+                fred::types::ClusterHash::Random,
+                false,
+            ),
+            vec!["INFO"],
+        )
+        .await
+        .expect("CLUSTER INFO");
+    let _ = node.quit().await;
+    info.lines().any(|l| l.trim() == "cluster_state:ok")
+}
+
+/// The gateways' subscriber connections to a room's master are cut
+/// (`CLIENT KILL TYPE pubsub`) while the slot map stays as it was: the
+/// client reconnects and subscribes the shard channels again by itself
+/// (fred 10.1's own resubscription stopped at an empty SUBSCRIBE and never
+/// got to them), and every member gets every later message once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_subscriber_connection_is_subscribed_again() {
+    let cluster = PrivateCluster::start_on(7150).await;
+    let app = TestApp::spawn_with(
+        Mode::RedisCluster,
+        testkit::Options {
+            redis_url: Some(cluster.url()),
+            ..testkit::Options::default()
+        },
+    )
+    .await;
+    let (alice, bob, carol) = (
+        app.user("alice").await,
+        app.user("bob").await,
+        app.user("carol").await,
+    );
+    let room = app.create_room(&alice, "general").await;
+    app.add_member(&alice, room, &bob).await;
+    app.add_member(&alice, room, &carol).await;
+    let mut members = Vec::new();
+    for (i, user) in [&alice, &bob, &carol].into_iter().enumerate() {
+        let mut ws = app.ws(i, user).await;
+        ws.join(room).await.expect("a member may join");
+        members.push(ws);
+    }
+    let channel = app.room_channel(room);
+    let master = cluster.owner(slot(&channel)).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            shard_numsub(&master, &channel).await == 3
+        })
+        .await
+    );
+    let mut sent = vec![app.send_message(&alice, room, "before").await.seq];
+    {
+        use fred::prelude::*;
+        let node = testkit::redis_node(&master).await;
+        let killed: i64 = node
+            .custom(
+                fred::types::CustomCommand::new_static(
+                    "CLIENT",
+                    fred::types::ClusterHash::Random,
+                    false,
+                ),
+                vec!["KILL", "TYPE", "pubsub"],
+            )
+            .await
+            .expect("CLIENT KILL");
+        let _ = node.quit().await;
+        assert!(killed >= 3, "the gateways' subscribers were cut: {killed}");
+    }
+    // Back by themselves, on the same master.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            shard_numsub(&master, &channel).await == 3
+        })
+        .await,
+        "every gateway subscribes again: {}",
+        shard_numsub(&master, &channel).await
+    );
+    for i in 0..10 {
+        sent.push(
+            app.send_message(&alice, room, &format!("after {i}"))
+                .await
+                .seq,
+        );
+    }
+    for (n, ws) in members.iter_mut().enumerate() {
+        let mut frames = Vec::new();
+        while message_seqs(&frames).len() < sent.len() {
+            frames.push(ws.frame().await);
+        }
+        assert_eq!(
+            message_seqs(&frames),
+            sent,
+            "member {n}: every message once, in order"
+        );
+        assert_eq!(message_seqs(&ws.until_pong().await), Vec::<i64>::new());
+    }
     app.stop().await;
     drop(cluster);
 }

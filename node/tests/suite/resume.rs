@@ -13,6 +13,7 @@ both_modes!(
     since_seq_outside_the_room_is_refused,
     resumes_are_served_from_the_window,
     an_event_whose_publish_was_lost_reaches_members_once_a_join_shows_it,
+    a_backlog_longer_than_a_page_of_history_is_read_whole_from_the_database,
 );
 
 /// Messages posted while the readers drop and resume.
@@ -168,6 +169,35 @@ async fn a_backlog_over_the_limit_points_at_the_history(mode: Mode) {
     for expected in start + 5..=posted.seq {
         assert_eq!(next_event(&mut again).await, expected);
     }
+}
+
+/// Without a window every backlog comes from the database, which answers a
+/// page (`store::MAX_HISTORY_PAGE`) at a time: a longer one is read page by
+/// page, not cut at the first page (which made a gateway skip the rest as
+/// missing, losing it).
+async fn a_backlog_longer_than_a_page_of_history_is_read_whole_from_the_database(mode: Mode) {
+    let app = TestApp::spawn_with(
+        mode,
+        Options {
+            window_events: 0,
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = app.user("alice").await;
+    let room = app.create_room(&alice, "long").await;
+    let start = app.last_seq(&alice, room).await;
+    let behind = i64::from(store::MAX_HISTORY_PAGE) * 2 + 10;
+    for i in 0..behind {
+        app.send_message(&alice, room, &format!("m{i}")).await;
+    }
+    let mut ws = app.ws(0, &alice).await;
+    assert_eq!(ws.join_since(room, start).await, Ok((start, COMPLETE)));
+    for expected in start + 1..=start + behind {
+        assert_eq!(next_event(&mut ws).await, expected);
+    }
+    let posted = app.send_message(&alice, room, "live").await;
+    assert_eq!(next_event(&mut ws).await, posted.seq);
 }
 
 async fn since_seq_outside_the_room_is_refused(mode: Mode) {
