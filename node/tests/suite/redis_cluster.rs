@@ -576,9 +576,18 @@ async fn move_slot(
     }
 }
 
-async fn messages_flow_through(change: ClusterChange, first_port: u16) {
-    const BEFORE: usize = 10;
-    const AFTER: usize = 20;
+/// A private cluster at `first_port` (see [`PrivateCluster`]), a node on it,
+/// and alice's room with bob and carol, each member joined on their own
+/// gateway: what every cluster-change test starts from. Alice posts.
+async fn members_on_a_private_cluster(
+    first_port: u16,
+) -> (
+    PrivateCluster,
+    TestApp,
+    testkit::TestUser,
+    RoomId,
+    Vec<testkit::WsClient>,
+) {
     let cluster = PrivateCluster::start_on(first_port).await;
     let app = TestApp::spawn_with(
         Mode::RedisCluster,
@@ -602,6 +611,13 @@ async fn messages_flow_through(change: ClusterChange, first_port: u16) {
         ws.join(room).await.expect("a member may join");
         members.push(ws);
     }
+    (cluster, app, alice, room, members)
+}
+
+async fn messages_flow_through(change: ClusterChange, first_port: u16) {
+    const BEFORE: usize = 10;
+    const AFTER: usize = 20;
+    let (cluster, app, alice, room, mut members) = members_on_a_private_cluster(first_port).await;
 
     let room_slot = slot(&app.room_channel(room));
     let master = cluster.owner(room_slot).await;
@@ -849,30 +865,12 @@ async fn messages_flow_while_a_master_dies(death: Death, first_port: u16) {
     /// Between two posts while the cluster recovers: about 50 a second,
     /// a live room's pace, and a few hundred messages at most.
     const PACE: Duration = Duration::from_millis(20);
-    let cluster = PrivateCluster::start_on(first_port).await;
-    let app = TestApp::spawn_with(
-        Mode::RedisCluster,
-        testkit::Options {
-            redis_url: Some(cluster.url()),
-            ..testkit::Options::default()
-        },
-    )
-    .await;
-    let (alice, bob, carol) = (
-        app.user("alice").await,
-        app.user("bob").await,
-        app.user("carol").await,
-    );
-    let room = app.create_room(&alice, "general").await;
-    app.add_member(&alice, room, &bob).await;
-    app.add_member(&alice, room, &carol).await;
+    let (cluster, app, alice, room, members) = members_on_a_private_cluster(first_port).await;
     let (last_tx, last_rx) = tokio::sync::watch::channel(None);
-    let mut readers = Vec::new();
-    for (i, user) in [&alice, &bob, &carol].into_iter().enumerate() {
-        let mut ws = app.ws(i, user).await;
-        ws.join(room).await.expect("a member may join");
-        readers.push(tokio::spawn(collect_messages(ws, last_rx.clone())));
-    }
+    let readers: Vec<_> = members
+        .into_iter()
+        .map(|ws| tokio::spawn(collect_messages(ws, last_rx.clone())))
+        .collect();
 
     let room_slot = slot(&app.room_channel(room));
     let master = cluster.owner(room_slot).await;
@@ -1066,29 +1064,7 @@ async fn cluster_is_ok(address: &str) -> bool {
 /// got to them), and every member gets every later message once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_subscriber_connection_is_subscribed_again() {
-    let cluster = PrivateCluster::start_on(7150).await;
-    let app = TestApp::spawn_with(
-        Mode::RedisCluster,
-        testkit::Options {
-            redis_url: Some(cluster.url()),
-            ..testkit::Options::default()
-        },
-    )
-    .await;
-    let (alice, bob, carol) = (
-        app.user("alice").await,
-        app.user("bob").await,
-        app.user("carol").await,
-    );
-    let room = app.create_room(&alice, "general").await;
-    app.add_member(&alice, room, &bob).await;
-    app.add_member(&alice, room, &carol).await;
-    let mut members = Vec::new();
-    for (i, user) in [&alice, &bob, &carol].into_iter().enumerate() {
-        let mut ws = app.ws(i, user).await;
-        ws.join(room).await.expect("a member may join");
-        members.push(ws);
-    }
+    let (cluster, app, alice, room, mut members) = members_on_a_private_cluster(7150).await;
     let channel = app.room_channel(room);
     let master = cluster.owner(slot(&channel)).await;
     assert!(
